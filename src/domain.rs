@@ -1,0 +1,217 @@
+//! Validated values from the edge of the API. Each has one constructor that checks it, so
+//! code past the handlers never re-checks ids, extensions or accounts.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// A media id: a random UUID, always printed lower-case and hyphenated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MediaId(Uuid);
+
+impl MediaId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Accepts the hyphenated form only, in either case. `None` for anything else, which the
+    /// API answers with 404 like an unknown id.
+    pub fn parse(raw: &str) -> Option<Self> {
+        if raw.len() != 36 {
+            return None;
+        }
+        Uuid::try_parse(raw).ok().map(Self)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl From<Uuid> for MediaId {
+    fn from(value: Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for MediaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+/// The account that owns uploads: the token's `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok =
+            !raw.is_empty() && raw.len() <= Self::MAX_LEN && raw.chars().all(|c| !c.is_control());
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A file extension from `X-Gr-File-Extension`: 1-16 ASCII letters or digits, lower-case,
+/// after removing one leading dot. It only ever names a content type and a download file
+/// name; it never reaches a path or an object key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileExtension(String);
+
+impl FileExtension {
+    pub const MAX_LEN: usize = 16;
+
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let trimmed = raw.strip_prefix('.').unwrap_or(raw);
+        if trimmed.is_empty() || trimmed.len() > Self::MAX_LEN {
+            return Err("X-Gr-File-Extension must be 1-16 letters or digits");
+        }
+        if !trimmed.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err("X-Gr-File-Extension must be 1-16 letters or digits");
+        }
+        Ok(Self(trimmed.to_ascii_lowercase()))
+    }
+
+    /// For values read back from the database, which were validated on the way in.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The content type served for this extension; unknown ones are opaque bytes.
+    pub fn content_type(&self) -> &'static str {
+        content_type_for(&self.0)
+    }
+}
+
+impl fmt::Display for FileExtension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Well-known types for the media a messenger carries. The client's `Content-Type` is never
+/// trusted; this table is the only source.
+fn content_type_for(ext: &str) -> &'static str {
+    match ext {
+        // images
+        "jpg" | "jpeg" | "jpe" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        "avif" => "image/avif",
+        "bmp" => "image/bmp",
+        "tif" | "tiff" => "image/tiff",
+        // video
+        "mp4" | "m4v" => "video/mp4",
+        "3gp" | "3gpp" => "video/3gpp",
+        "mov" => "video/quicktime",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        "avi" => "video/x-msvideo",
+        // audio and voice notes
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "aac" => "audio/aac",
+        "amr" => "audio/amr",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        // documents
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "rtf" => "application/rtf",
+        "json" => "application/json",
+        "zip" => "application/zip",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "odt" => "application/vnd.oasis.opendocument.text",
+        "ods" => "application/vnd.oasis.opendocument.spreadsheet",
+        "odp" => "application/vnd.oasis.opendocument.presentation",
+        "vcf" => "text/vcard",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_rules() {
+        assert_eq!(FileExtension::parse("jpeg").unwrap().as_str(), "jpeg");
+        assert_eq!(FileExtension::parse("JPEG").unwrap().as_str(), "jpeg");
+        assert_eq!(FileExtension::parse(".png").unwrap().as_str(), "png");
+        assert_eq!(FileExtension::parse("mp3").unwrap().as_str(), "mp3");
+        assert_eq!(
+            FileExtension::parse("abcdefghij123456").unwrap().as_str(),
+            "abcdefghij123456"
+        );
+        for bad in [
+            "",
+            ".",
+            "..png",
+            "abcdefghij1234567",
+            "../etc",
+            "a/b",
+            "a\\b",
+            "tar.gz",
+            "jp eg",
+            "jpé",
+            "%2e",
+            "a\0",
+            "png.",
+        ] {
+            assert!(FileExtension::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let ct = |e: &str| FileExtension::parse(e).unwrap().content_type();
+        assert_eq!(ct("JPG"), "image/jpeg");
+        assert_eq!(ct("ogg"), "audio/ogg");
+        assert_eq!(ct("pdf"), "application/pdf");
+        assert_eq!(ct("xyz"), "application/octet-stream");
+    }
+
+    #[test]
+    fn media_ids() {
+        let id = MediaId::parse("F32BB4F9-850B-43C6-9B91-279831914C95").unwrap();
+        assert_eq!(id.to_string(), "f32bb4f9-850b-43c6-9b91-279831914c95");
+        assert!(MediaId::parse("f32bb4f9850b43c69b91279831914c95").is_none());
+        assert!(MediaId::parse("{f32bb4f9-850b-43c6-9b91-279831914c95}").is_none());
+        assert!(MediaId::parse("not-a-uuid").is_none());
+        assert!(MediaId::parse("").is_none());
+    }
+
+    #[test]
+    fn accounts() {
+        assert!(AccountId::parse("demo").is_some());
+        assert!(AccountId::parse("").is_none());
+        assert!(AccountId::parse("a\nb").is_none());
+        assert!(AccountId::parse(&"x".repeat(256)).is_none());
+    }
+}

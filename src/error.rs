@@ -1,0 +1,177 @@
+//! The API's one error type and its mapping to the contract's JSON error body and status.
+//! Internal causes go to the log with the request id, never into a response.
+
+use std::fmt;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::request_id;
+
+pub const API_STATUS: &str = "stable";
+pub const API_VERSION: &str = "2.0.1";
+
+/// The `meta` object every body of the API carries.
+pub fn meta() -> serde_json::Value {
+    json!({ "api_status": API_STATUS, "version": API_VERSION })
+}
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: &str = "5";
+
+#[derive(thiserror::Error)]
+pub enum ApiError {
+    /// 400, code 1008: a required parameter (header, body) is missing.
+    #[error("{0}")]
+    MissingParameter(String),
+    /// 400, code 1009: a parameter has an invalid value.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// 401: no usable token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: a valid token without the needed scope.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such media for this account (also unknown routes).
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 for a known route with a method it does not serve.
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    /// 413: the body is over the limit.
+    #[error("the body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    /// 416: the `Range` cannot be satisfied for an object of this size.
+    #[error("the requested range is not satisfiable for a {size}-byte object")]
+    RangeNotSatisfiable { size: u64 },
+    /// 503: the database or object storage cannot be reached. Nothing half-stored remains.
+    #[error("service unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500: a bug. The cause is logged, the body only carries the request id.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl fmt::Debug for ApiError {
+    // The whole cause chain, so a log line says why and not only what.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl ApiError {
+    fn code_and_title(&self) -> (u16, &'static str) {
+        match self {
+            ApiError::MissingParameter(_) => (1008, "Required parameter is missing"),
+            ApiError::InvalidParameter(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::RangeNotSatisfiable { .. } => (1009, "Parameter value is not valid"),
+            ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
+            ApiError::NotFound(_) => (1006, "Resource not found"),
+            ApiError::MethodNotAllowed { .. } => (1025, "Invalid request"),
+            ApiError::Unavailable(_) => (1011, "Service not ready"),
+            ApiError::Internal(_) => (1014, "Internal error"),
+        }
+    }
+
+    fn details(&self) -> String {
+        match self {
+            ApiError::Unavailable(_) => {
+                "the database or object storage is unavailable; retry later".to_owned()
+            }
+            ApiError::Internal(_) => match request_id::current() {
+                Some(id) => format!("internal error; request id {id}"),
+                None => "internal error".to_owned(),
+            },
+            other => other.to_string(),
+        }
+    }
+
+    /// The error for "storage said not found" or "row gone": one answer for every case, so
+    /// ids do not leak.
+    pub fn media_not_found() -> Self {
+        ApiError::NotFound("no such media".to_owned())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingParameter(_) | ApiError::InvalidParameter(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Internal(_) => tracing::error!(error = ?self, "request failed"),
+            ApiError::Unavailable(_) => tracing::warn!(error = ?self, "backend unavailable"),
+            _ => {}
+        }
+        let (code, title) = self.code_and_title();
+        let body = json!({
+            "errors": [{ "code": code, "title": title, "details": self.details() }],
+            "meta": meta(),
+        });
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthenticated(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+            }
+            ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                // The rest of the body is not read; the connection cannot be reused.
+                response.insert_header((header::CONNECTION, "close"));
+            }
+            _ => {}
+        }
+        response.json(body)
+    }
+}
+
+impl From<crate::metadata::MetadataError> for ApiError {
+    fn from(err: crate::metadata::MetadataError) -> Self {
+        if err.is_unavailable() {
+            ApiError::Unavailable(err.into())
+        } else {
+            ApiError::Internal(err.into())
+        }
+    }
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(err: crate::storage::StorageError) -> Self {
+        if err.is_not_found() {
+            ApiError::media_not_found()
+        } else if err.is_unavailable() {
+            ApiError::Unavailable(err.into())
+        } else {
+            ApiError::Internal(err.into())
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! media-node: the upload node of a messaging API. Clients upload a file once, get an id,
+//! and refer to that id when they send messages; files are kept for a retention period
+//! (24 hours by default), then removed.
+//!
+//! Bytes go to object storage (`storage`), metadata and expiry to SQL (`metadata`); an
+//! upload's "row, stream, commit or roll back" lives in `ingest`; `startup` assembles the
+//! HTTP servers from `settings`.
+
+pub mod auth;
+pub mod domain;
+pub mod error;
+pub mod ingest;
+pub mod metadata;
+pub mod ops;
+pub mod request_id;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

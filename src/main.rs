@@ -1,0 +1,89 @@
+//! The `media-node` binary: settings, logging, subcommand, run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use media_node::auth::{self, Authenticator};
+use media_node::metadata::Metadata;
+use media_node::settings::Settings;
+use media_node::startup::Application;
+use media_node::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "media-node",
+    version,
+    about = "Upload once, refer by id, kept 24 hours"
+)]
+struct Cli {
+    /// A TOML file layered over config/default.toml and config/<APP_ENV>.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where config/<APP_ENV>.toml is looked for.
+    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and the admin endpoints (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a JWT signed with the configured HS256 secret (development and tests).
+    Token {
+        /// The account the token speaks for (the `sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Space-separated scopes, e.g. "media:read media:write"; none means all.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli).await {
+        // The whole cause chain, so a failed start says why.
+        eprintln!("media-node: {err:#}");
+        tracing::error!(error = format!("{err:#}"), "exiting");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings =
+        Settings::load(&cli.config_dir, cli.config.as_deref()).context("loading configuration")?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    telemetry::init(&settings.log, !matches!(command, Command::Serve));
+    match command {
+        Command::Serve => {
+            let app = Application::build(&settings).await?;
+            app.run_until_stopped().await
+        }
+        Command::Migrate => {
+            let metadata = Metadata::connect(
+                settings.database.url.expose(),
+                settings.database.max_connections,
+            )?;
+            metadata.migrate().await.context("applying migrations")?;
+            tracing::info!(database = metadata.backend_name(), "migrations applied");
+            Ok(())
+        }
+        Command::Token { sub, ttl, scope } => {
+            let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
+            let scope = scope.as_deref().and_then(auth::normalise_scope);
+            println!("{}", auth.mint(&sub, ttl, scope.as_deref())?);
+            Ok(())
+        }
+    }
+}

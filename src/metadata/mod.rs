@@ -1,0 +1,251 @@
+//! The `media` table: one row per object, written before the object and removed after it.
+//! PostgreSQL in production, SQLite as the embedded default; the backend is chosen by the
+//! URL alone. Both pass the same contract tests (`tests/metadata_contract.rs`).
+//!
+//! Time is passed in by the caller (`now`), so both backends agree on what "expired" means
+//! and tests can move the clock.
+
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::domain::{AccountId, FileExtension, MediaId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaStatus {
+    Uploading,
+    Ready,
+}
+
+impl MediaStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaStatus::Uploading => "uploading",
+            MediaStatus::Ready => "ready",
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Self, MetadataError> {
+        match raw {
+            "uploading" => Ok(MediaStatus::Uploading),
+            "ready" => Ok(MediaStatus::Ready),
+            other => Err(MetadataError::Corrupt(format!("unknown status {other:?}"))),
+        }
+    }
+}
+
+/// A row of `media`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRecord {
+    pub id: MediaId,
+    pub owner: AccountId,
+    pub extension: FileExtension,
+    pub content_type: String,
+    pub size_bytes: Option<u64>,
+    pub sha256: Option<String>,
+    pub status: MediaStatus,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What is known of an upload before its first byte.
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    pub id: MediaId,
+    pub owner: AccountId,
+    pub extension: FileExtension,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unexpected value in the media table: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL (expected postgres:// or sqlite://): {0}")]
+    UnsupportedUrl(String),
+}
+
+impl MetadataError {
+    /// True when the database cannot be reached (503 and retry), false for a bug (500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            MetadataError::Database(err) => match err {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // PostgreSQL: connection exceptions (08), insufficient resources (53),
+                    // operator intervention such as shutdown (57P), read-only standby (25006).
+                    // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "25006"
+                        || code == "5"
+                        || code == "6"
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
+
+/// The metadata repository. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub enum Metadata {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// How long a request waits for a pooled connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Metadata {
+    /// Connects lazily (the first query opens the first connection), so the service can
+    /// start while the database is still coming up; readiness reports it.
+    pub fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?.application_name("media-node");
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+            Ok(Metadata::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(ACQUIRE_TIMEOUT)
+                .foreign_keys(true);
+            if let Some(dir) = options.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+            Ok(Metadata::Sqlite(pool))
+        } else {
+            Err(MetadataError::UnsupportedUrl(crate::settings::redact_url(
+                url,
+            )))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Metadata::Postgres(_) => "postgres",
+            Metadata::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Metadata::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Metadata::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Metadata::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Metadata::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the row of an upload that is about to start (`status = 'uploading'`).
+    pub async fn insert_uploading(&self, media: &NewMedia) -> Result<()> {
+        match self {
+            Metadata::Postgres(pool) => postgres::insert_uploading(pool, media).await,
+            Metadata::Sqlite(pool) => sqlite::insert_uploading(pool, media).await,
+        }
+    }
+
+    /// Marks an upload complete. False when the row is gone (it was reaped meanwhile).
+    pub async fn mark_ready(&self, id: MediaId, size_bytes: u64, sha256: &str) -> Result<bool> {
+        match self {
+            Metadata::Postgres(pool) => postgres::mark_ready(pool, id, size_bytes, sha256).await,
+            Metadata::Sqlite(pool) => sqlite::mark_ready(pool, id, size_bytes, sha256).await,
+        }
+    }
+
+    /// The media `owner` may read now: ready, not expired, theirs.
+    pub async fn find_readable(
+        &self,
+        id: MediaId,
+        owner: &AccountId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<MediaRecord>> {
+        match self {
+            Metadata::Postgres(pool) => postgres::find_readable(pool, id, owner, now).await,
+            Metadata::Sqlite(pool) => sqlite::find_readable(pool, id, owner, now).await,
+        }
+    }
+
+    /// Any row with this id, whatever its state (tests and operations).
+    pub async fn get(&self, id: MediaId) -> Result<Option<MediaRecord>> {
+        match self {
+            Metadata::Postgres(pool) => postgres::get(pool, id).await,
+            Metadata::Sqlite(pool) => sqlite::get(pool, id).await,
+        }
+    }
+
+    /// Removes a row. False when there was none.
+    pub async fn delete(&self, id: MediaId) -> Result<bool> {
+        match self {
+            Metadata::Postgres(pool) => postgres::delete(pool, id).await,
+            Metadata::Sqlite(pool) => sqlite::delete(pool, id).await,
+        }
+    }
+
+    /// How many rows there are, by status (tests and operations).
+    pub async fn count(&self) -> Result<u64> {
+        match self {
+            Metadata::Postgres(pool) => postgres::count(pool).await,
+            Metadata::Sqlite(pool) => sqlite::count(pool).await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Metadata::Postgres(pool) => pool.close().await,
+            Metadata::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Size columns are `bigint`; a negative one can only come from outside this service.
+fn size_from_db(value: Option<i64>) -> Result<Option<u64>> {
+    value
+        .map(|v| u64::try_from(v).map_err(|_| MetadataError::Corrupt(format!("size {v}"))))
+        .transpose()
+}

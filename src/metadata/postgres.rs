@@ -1,0 +1,104 @@
+//! PostgreSQL queries for the `media` table.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{size_from_db, MediaRecord, MediaStatus, NewMedia, Result};
+use crate::domain::{AccountId, FileExtension, MediaId};
+
+const COLUMNS: &str =
+    "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at";
+
+fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
+    let owner: String = row.try_get("owner")?;
+    let status: String = row.try_get("status")?;
+    Ok(MediaRecord {
+        id: MediaId::from(row.try_get::<Uuid, _>("id")?),
+        owner: AccountId::parse(&owner)
+            .ok_or_else(|| super::MetadataError::Corrupt(format!("owner {owner:?}")))?,
+        extension: FileExtension::from_stored(row.try_get("extension")?),
+        content_type: row.try_get("content_type")?,
+        size_bytes: size_from_db(row.try_get("size_bytes")?)?,
+        sha256: row.try_get("sha256")?,
+        status: MediaStatus::parse(&status)?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+pub(super) async fn insert_uploading(pool: &PgPool, media: &NewMedia) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO media (id, owner, extension, content_type, status, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, 'uploading', $5, $6)",
+    )
+    .bind(media.id.as_uuid())
+    .bind(media.owner.as_str())
+    .bind(media.extension.as_str())
+    .bind(media.extension.content_type())
+    .bind(media.created_at)
+    .bind(media.expires_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn mark_ready(
+    pool: &PgPool,
+    id: MediaId,
+    size_bytes: u64,
+    sha256: &str,
+) -> Result<bool> {
+    let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
+    let done = sqlx::query(
+        "UPDATE media SET status = 'ready', size_bytes = $2, sha256 = $3 \
+         WHERE id = $1 AND status = 'uploading'",
+    )
+    .bind(id.as_uuid())
+    .bind(size)
+    .bind(sha256)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn find_readable(
+    pool: &PgPool,
+    id: MediaId,
+    owner: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<Option<MediaRecord>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM media \
+         WHERE id = $1 AND owner = $2 AND status = 'ready' AND expires_at > $3"
+    ))
+    .bind(id.as_uuid())
+    .bind(owner.as_str())
+    .bind(now)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(record).transpose()
+}
+
+pub(super) async fn get(pool: &PgPool, id: MediaId) -> Result<Option<MediaRecord>> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM media WHERE id = $1"))
+        .bind(id.as_uuid())
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(record).transpose()
+}
+
+pub(super) async fn delete(pool: &PgPool, id: MediaId) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM media WHERE id = $1")
+        .bind(id.as_uuid())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn count(pool: &PgPool) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media")
+        .fetch_one(pool)
+        .await?;
+    Ok(n as u64)
+}

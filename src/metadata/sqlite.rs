@@ -1,0 +1,113 @@
+//! SQLite queries for the `media` table. Ids are stored as lower-case hyphenated text and
+//! instants as Unix epoch milliseconds.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Row, SqlitePool};
+
+use super::{size_from_db, MediaRecord, MediaStatus, MetadataError, NewMedia, Result};
+use crate::domain::{AccountId, FileExtension, MediaId};
+
+const COLUMNS: &str =
+    "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at";
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn instant(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| MetadataError::Corrupt(format!("time {ms}")))
+}
+
+fn record(row: &sqlx::sqlite::SqliteRow) -> Result<MediaRecord> {
+    let id: String = row.try_get("id")?;
+    let owner: String = row.try_get("owner")?;
+    let status: String = row.try_get("status")?;
+    Ok(MediaRecord {
+        id: MediaId::parse(&id).ok_or_else(|| MetadataError::Corrupt(format!("id {id:?}")))?,
+        owner: AccountId::parse(&owner)
+            .ok_or_else(|| MetadataError::Corrupt(format!("owner {owner:?}")))?,
+        extension: FileExtension::from_stored(row.try_get("extension")?),
+        content_type: row.try_get("content_type")?,
+        size_bytes: size_from_db(row.try_get("size_bytes")?)?,
+        sha256: row.try_get("sha256")?,
+        status: MediaStatus::parse(&status)?,
+        created_at: instant(row.try_get("created_at")?)?,
+        expires_at: instant(row.try_get("expires_at")?)?,
+    })
+}
+
+pub(super) async fn insert_uploading(pool: &SqlitePool, media: &NewMedia) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO media (id, owner, extension, content_type, status, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, 'uploading', ?5, ?6)",
+    )
+    .bind(media.id.to_string())
+    .bind(media.owner.as_str())
+    .bind(media.extension.as_str())
+    .bind(media.extension.content_type())
+    .bind(millis(media.created_at))
+    .bind(millis(media.expires_at))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn mark_ready(
+    pool: &SqlitePool,
+    id: MediaId,
+    size_bytes: u64,
+    sha256: &str,
+) -> Result<bool> {
+    let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
+    let done = sqlx::query(
+        "UPDATE media SET status = 'ready', size_bytes = ?2, sha256 = ?3 \
+         WHERE id = ?1 AND status = 'uploading'",
+    )
+    .bind(id.to_string())
+    .bind(size)
+    .bind(sha256)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn find_readable(
+    pool: &SqlitePool,
+    id: MediaId,
+    owner: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<Option<MediaRecord>> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM media \
+         WHERE id = ?1 AND owner = ?2 AND status = 'ready' AND expires_at > ?3"
+    ))
+    .bind(id.to_string())
+    .bind(owner.as_str())
+    .bind(millis(now))
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(record).transpose()
+}
+
+pub(super) async fn get(pool: &SqlitePool, id: MediaId) -> Result<Option<MediaRecord>> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM media WHERE id = ?1"))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(record).transpose()
+}
+
+pub(super) async fn delete(pool: &SqlitePool, id: MediaId) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM media WHERE id = ?1")
+        .bind(id.to_string())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn count(pool: &SqlitePool) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media")
+        .fetch_one(pool)
+        .await?;
+    Ok(n as u64)
+}

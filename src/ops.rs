@@ -1,0 +1,69 @@
+//! The admin listener: liveness, readiness and Prometheus metrics. It is bound to its own
+//! port and never routed through the public load balancer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde_json::json;
+
+use crate::metadata::Metadata;
+use crate::storage::Storage;
+
+/// How long a readiness probe waits for each backend.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct OpsState {
+    pub metadata: Metadata,
+    pub storage: Storage,
+    pub registry: Registry,
+    /// Set once shutdown begins: readiness answers 503 so the load balancer stops sending.
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(livez))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<OpsState>) -> HttpResponse {
+    if state.draining.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().json(json!({ "status": "draining" }));
+    }
+    let (database, storage) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, state.metadata.ping()),
+        tokio::time::timeout(PROBE_TIMEOUT, state.storage.ping()),
+    );
+    let database_ok = matches!(database, Ok(Ok(())));
+    let storage_ok = matches!(storage, Ok(Ok(())));
+    let body = json!({
+        "status": if database_ok && storage_ok { "ready" } else { "unavailable" },
+        "database": if database_ok { "ok" } else { "unreachable" },
+        "storage": if storage_ok { "ok" } else { "unreachable" },
+    });
+    if database_ok && storage_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::new();
+    if let Err(err) = encoder.encode(&state.registry.gather(), &mut buffer) {
+        tracing::error!(error = %err, "encoding metrics failed");
+        return HttpResponse::InternalServerError().finish();
+    }
+    HttpResponse::Ok()
+        .content_type(encoder.format_type())
+        .body(buffer)
+}

@@ -1,0 +1,242 @@
+//! `GET`/`HEAD /v1/media/{id}` and `/v1/{account}/media/{id}`: the bytes back, streamed
+//! from storage, with a single `Range` and `If-None-Match` honoured.
+
+use std::ops::Range;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use chrono::Utc;
+use futures_util::StreamExt;
+
+use super::{media_id, AppState};
+use crate::auth::{Caller, SCOPE_READ};
+use crate::domain::MediaId;
+use crate::error::ApiError;
+use crate::metadata::MediaRecord;
+
+pub async fn download(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.caller(&req, SCOPE_READ)?;
+    let id = media_id(&path)?;
+    serve(&req, &state, &caller, id).await
+}
+
+pub async fn download_for_account(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.caller(&req, SCOPE_READ)?;
+    let (account, id) = path.into_inner();
+    if account != caller.account.as_str() {
+        return Err(ApiError::media_not_found());
+    }
+    let id = media_id(&id)?;
+    serve(&req, &state, &caller, id).await
+}
+
+async fn serve(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &Caller,
+    id: MediaId,
+) -> Result<HttpResponse, ApiError> {
+    let record = state
+        .metadata
+        .find_readable(id, &caller.account, Utc::now())
+        .await?
+        .ok_or_else(ApiError::media_not_found)?;
+    let size = record.size_bytes.unwrap_or(0);
+    let etag = record.sha256.as_deref().map(|sha| format!("\"{sha}\""));
+
+    if let Some(etag) = &etag {
+        if none_match(req.headers(), etag) {
+            let mut response = HttpResponse::build(StatusCode::NOT_MODIFIED);
+            validators(&mut response, &record, etag);
+            return Ok(response.finish());
+        }
+    }
+
+    let range = match requested_range(req.headers(), etag.as_deref()) {
+        Some(spec) => match resolve(&spec, size) {
+            Resolved::Whole => None,
+            Resolved::Part(range) => Some(range),
+            Resolved::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
+        },
+        None => None,
+    };
+
+    let mut response = match &range {
+        Some(r) => {
+            let mut b = HttpResponse::build(StatusCode::PARTIAL_CONTENT);
+            b.insert_header((
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            ));
+            b
+        }
+        None => HttpResponse::Ok(),
+    };
+    if let Some(etag) = &etag {
+        validators(&mut response, &record, etag);
+    }
+    response
+        .insert_header((header::CONTENT_TYPE, record.content_type.as_str()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"{}.{}\"",
+                record.id, record.extension
+            ),
+        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    if req.method() == Method::HEAD {
+        // The length of what a GET would send; the server sends no body for HEAD.
+        let empty = futures_util::stream::empty::<Result<bytes::Bytes, ApiError>>();
+        return Ok(response.body(SizedStream::new(length, empty)));
+    }
+
+    let object = state.storage.get(id, range).await?;
+    let stream = object
+        .into_stream()
+        .map(|chunk| chunk.map_err(|e| ApiError::from(crate::storage::StorageError::from(e))));
+    Ok(response.body(SizedStream::new(length, stream)))
+}
+
+/// Headers that describe this version of the media, on 200, 206 and 304 alike.
+fn validators(response: &mut HttpResponseBuilder, record: &MediaRecord, etag: &str) {
+    response
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "private"))
+        .insert_header((
+            header::EXPIRES,
+            httpdate::fmt_http_date(record.expires_at.into()),
+        ))
+        .insert_header((
+            header::LAST_MODIFIED,
+            httpdate::fmt_http_date(record.created_at.into()),
+        ));
+}
+
+/// `If-None-Match` with a weak comparison (RFC 9110 13.1.2): `*` or any listed tag.
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// The `Range` header, unless `If-Range` names another version (then the whole body).
+fn requested_range<'a>(headers: &'a HeaderMap, etag: Option<&str>) -> Option<&'a str> {
+    let range = headers.get(header::RANGE)?.to_str().ok()?;
+    if let Some(if_range) = headers.get(header::IF_RANGE) {
+        let matches = etag.is_some_and(|e| if_range.to_str().is_ok_and(|v| v.trim() == e));
+        if !matches {
+            return None;
+        }
+    }
+    Some(range)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Resolved {
+    /// No range, a syntactically invalid one, or several: answer with the whole body.
+    Whole,
+    /// One satisfiable range, as a half-open byte range clipped to the object.
+    Part(Range<u64>),
+    Unsatisfiable,
+}
+
+/// Resolves a `Range` header value against an object of `size` bytes (RFC 9110 14.1.2).
+fn resolve(spec: &str, size: u64) -> Resolved {
+    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+        return Resolved::Whole;
+    };
+    let mut ranges = set.split(',').map(str::trim);
+    let (Some(first), None) = (ranges.next(), ranges.next()) else {
+        return Resolved::Whole;
+    };
+    let Some((start, end)) = first.split_once('-') else {
+        return Resolved::Whole;
+    };
+    let (start, end) = (start.trim(), end.trim());
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    if start.is_empty() {
+        // bytes=-N: the last N bytes.
+        return match number(end) {
+            Some(0) => Resolved::Unsatisfiable,
+            Some(_) if size == 0 => Resolved::Unsatisfiable,
+            Some(n) => Resolved::Part(size.saturating_sub(n)..size),
+            None => Resolved::Whole,
+        };
+    }
+    let Some(first_byte) = number(start) else {
+        return Resolved::Whole;
+    };
+    let last_byte = if end.is_empty() {
+        None
+    } else {
+        match number(end) {
+            Some(last) if last >= first_byte => Some(last),
+            _ => return Resolved::Whole,
+        }
+    };
+    if first_byte >= size {
+        return Resolved::Unsatisfiable;
+    }
+    let end = last_byte.map_or(size, |last| last.saturating_add(1).min(size));
+    Resolved::Part(first_byte..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(resolve("bytes=0-99", 1000), Resolved::Part(0..100));
+        assert_eq!(resolve("bytes=900-", 1000), Resolved::Part(900..1000));
+        assert_eq!(resolve("bytes=-100", 1000), Resolved::Part(900..1000));
+        assert_eq!(resolve("bytes=-5000", 1000), Resolved::Part(0..1000));
+        assert_eq!(resolve("bytes=990-5000", 1000), Resolved::Part(990..1000));
+        assert_eq!(resolve("bytes=999-999", 1000), Resolved::Part(999..1000));
+        assert_eq!(resolve("bytes=1000-", 1000), Resolved::Unsatisfiable);
+        assert_eq!(resolve("bytes=1000-1001", 1000), Resolved::Unsatisfiable);
+        assert_eq!(resolve("bytes=-0", 1000), Resolved::Unsatisfiable);
+        assert_eq!(resolve("bytes=0-1,5-6", 1000), Resolved::Whole);
+        assert_eq!(resolve("bytes=5-1", 1000), Resolved::Whole);
+        assert_eq!(resolve("items=0-1", 1000), Resolved::Whole);
+        assert_eq!(resolve("bytes=abc", 1000), Resolved::Whole);
+        assert_eq!(resolve("bytes=+1-2", 1000), Resolved::Whole);
+    }
+
+    #[test]
+    fn if_none_match() {
+        let mut headers = HeaderMap::new();
+        let etag = "\"abc\"";
+        headers.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"abc\""),
+        );
+        assert!(none_match(&headers, etag));
+        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
+        assert!(!none_match(&headers, etag));
+        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(none_match(&headers, etag));
+    }
+}

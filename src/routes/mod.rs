@@ -1,0 +1,73 @@
+//! The public API, one module per resource. Handlers are thin: authenticate, validate,
+//! call the logic, shape the answer.
+
+mod delete;
+mod download;
+mod upload;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::auth::{Authenticator, Caller};
+use crate::domain::MediaId;
+use crate::error::ApiError;
+use crate::ingest::Ingest;
+use crate::metadata::Metadata;
+use crate::storage::Storage;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub auth: Authenticator,
+    pub metadata: Metadata,
+    pub storage: Storage,
+    pub ingest: Ingest,
+}
+
+impl AppState {
+    /// 401 unless the request carries a valid token, 403 unless it allows `scope`; in that
+    /// order, before anything about the addressed media is looked at.
+    fn caller(&self, req: &HttpRequest, scope: &str) -> Result<Caller, ApiError> {
+        let caller = self.auth.authenticate(req.headers())?;
+        caller.require(scope)?;
+        Ok(caller)
+    }
+}
+
+/// A media id from the path: anything that is not one is answered like an unknown id.
+fn media_id(raw: &str) -> Result<MediaId, ApiError> {
+    MediaId::parse(raw).ok_or_else(ApiError::media_not_found)
+}
+
+/// Registers the public routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/media")
+            .name("media_collection")
+            .route(web::post().to(upload::upload))
+            .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/media/{id}")
+            .name("media_item")
+            .route(web::get().to(download::download))
+            .route(web::head().to(download::download))
+            .route(web::delete().to(delete::delete))
+            .default_service(web::to(|| method_not_allowed("GET, HEAD, DELETE"))),
+    )
+    .service(
+        web::resource("/v1/{account}/media/{id}")
+            .name("account_media_item")
+            .route(web::get().to(download::download_for_account))
+            .route(web::head().to(download::download_for_account))
+            .default_service(web::to(|| method_not_allowed("GET, HEAD"))),
+    );
+}
+
+async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow })
+}
+
+/// The answer to any path the API does not have.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such resource".to_owned()))
+}

@@ -1,0 +1,61 @@
+//! `POST /v1/media`: raw bytes in, an id out.
+
+use actix_web::http::header::{self, HeaderName};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+use crate::auth::SCOPE_WRITE;
+use crate::domain::FileExtension;
+use crate::error::{meta, ApiError};
+
+pub const EXTENSION_HEADER: HeaderName = HeaderName::from_static("x-gr-file-extension");
+
+pub async fn upload(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.caller(&req, SCOPE_WRITE)?;
+    let extension = extension(&req)?;
+
+    // Refuse by the declared length before reading a byte of the body.
+    let limit = state.ingest.max_upload_bytes;
+    match declared_length(&req)? {
+        Some(len) if len > limit => return Err(ApiError::PayloadTooLarge { limit }),
+        Some(0) => {
+            return Err(ApiError::MissingParameter(
+                "the request body is empty: send the file's bytes".to_owned(),
+            ))
+        }
+        _ => {}
+    }
+
+    let stored = state.ingest.upload(caller.account, extension, body).await?;
+    let id = stored.id.to_string();
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/media/{id}")))
+        .json(json!({ "media": [{ "id": id }], "meta": meta() })))
+}
+
+fn extension(req: &HttpRequest) -> Result<FileExtension, ApiError> {
+    let raw = req.headers().get(EXTENSION_HEADER).ok_or_else(|| {
+        ApiError::MissingParameter("the X-Gr-File-Extension header is required".to_owned())
+    })?;
+    let raw = raw.to_str().map_err(|_| {
+        ApiError::InvalidParameter("X-Gr-File-Extension must be 1-16 letters or digits".into())
+    })?;
+    FileExtension::parse(raw).map_err(|msg| ApiError::InvalidParameter(msg.to_owned()))
+}
+
+fn declared_length(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::InvalidParameter("Content-Length is not a number".into())),
+    }
+}

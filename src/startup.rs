@@ -1,0 +1,184 @@
+//! Assembles the application from `Settings`: backends, the public API server and the admin
+//! server, each on a listener it binds itself (port 0 gives a free port, for tests).
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context;
+
+use crate::auth::Authenticator;
+use crate::ingest::Ingest;
+use crate::metadata::Metadata;
+use crate::ops::OpsState;
+use crate::routes::{self, AppState};
+use crate::settings::{redact_url, Settings};
+use crate::storage::Storage;
+use crate::{error::ApiError, request_id};
+
+pub struct Application {
+    port: u16,
+    admin_port: u16,
+    server: Server,
+    admin: Server,
+    state: web::Data<AppState>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Application {
+    /// Connects the backends, applies migrations and binds both listeners.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let metadata = Metadata::connect(
+            settings.database.url.expose(),
+            settings.database.max_connections,
+        )?;
+        metadata
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {}", redact_url(settings.database.url.expose())))?;
+        let storage = Storage::from_settings(&settings.storage)?;
+        let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
+        let retention = chrono::Duration::from_std(settings.media.retention)
+            .context("media.retention is out of range")?;
+        let ingest = Ingest {
+            metadata: metadata.clone(),
+            storage: storage.clone(),
+            max_upload_bytes: settings.limits.max_upload_bytes,
+            part_size: settings.storage.part_size_bytes,
+            retention,
+        };
+        let state = web::Data::new(AppState {
+            auth,
+            metadata: metadata.clone(),
+            storage: storage.clone(),
+            ingest,
+        });
+        let draining = Arc::new(AtomicBool::new(false));
+        let registry = prometheus::Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let ops = web::Data::new(OpsState {
+            metadata: metadata.clone(),
+            storage: storage.clone(),
+            registry,
+            draining: draining.clone(),
+        });
+
+        let public = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.host, settings.server.port)
+            })?;
+        let admin = TcpListener::bind((settings.admin.host.as_str(), settings.admin.port))
+            .with_context(|| format!("binding {}:{}", settings.admin.host, settings.admin.port))?;
+        let port = public.local_addr()?.port();
+        let admin_port = admin.local_addr()?.port();
+
+        let shutdown_secs = settings.server.shutdown_timeout.as_secs();
+        let api_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(api_state.clone())
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|_, _| ApiError::media_not_found().into()),
+                )
+                .wrap(middleware::from_fn(request_id::middleware))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .shutdown_timeout(shutdown_secs)
+        .disable_signals();
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers);
+        }
+        let server = server.listen(public)?.run();
+
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(ops.clone())
+                .configure(crate::ops::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(admin)?
+        .run();
+
+        tracing::info!(
+            port,
+            admin_port,
+            database = metadata.backend_name(),
+            storage = storage.describe(),
+            "media-node listening"
+        );
+        Ok(Self {
+            port,
+            admin_port,
+            server,
+            admin,
+            state,
+            draining,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// The shared state, for tests and subcommands that look behind the API.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains: readiness turns 503, the listener stops
+    /// accepting, in-flight requests get `server.shutdown_timeout` to finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let public = self.server.handle();
+        let admin = self.admin.handle();
+        let draining = self.draining.clone();
+        let metadata = self.state.metadata.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: draining");
+            draining.store(true, Ordering::SeqCst);
+            public.stop(true).await;
+            admin.stop(true).await;
+        });
+        let admin_task = tokio::spawn(self.admin);
+        self.server.await?;
+        admin_task.await??;
+        metadata.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,231 @@
+//! Object storage: one `Arc<dyn ObjectStore>` (local disk or S3-compatible), the key scheme,
+//! and the single place where a storage error becomes "not found" or "unavailable".
+//!
+//! Keys are `<prefix>/<media id>`: nothing the client sends ever reaches a key.
+
+mod s3_uploads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt,
+    RetryConfig,
+};
+
+pub use s3_uploads::PendingUpload;
+
+use crate::domain::MediaId;
+use crate::settings::StorageSettings;
+
+#[derive(Debug, thiserror::Error)]
+#[error("object storage error")]
+pub struct StorageError(#[source] object_store::Error);
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.0, object_store::Error::NotFound { .. })
+    }
+
+    /// Everything but "not found" means the store did not do what was asked: the request is
+    /// answered 503 and may be retried.
+    pub fn is_unavailable(&self) -> bool {
+        !self.is_not_found()
+    }
+}
+
+impl From<object_store::Error> for StorageError {
+    fn from(err: object_store::Error) -> Self {
+        Self(err)
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The object store with the service's key scheme.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<Path>,
+    /// Present for S3: the bucket-level calls object_store does not offer.
+    s3: Option<Arc<s3_uploads::S3Uploads>>,
+    description: String,
+}
+
+impl Storage {
+    /// Builds the store from `storage.url`: `file://DIR` or `s3://BUCKET[/PREFIX]`.
+    pub fn from_settings(settings: &StorageSettings) -> anyhow::Result<Self> {
+        let url = settings.url.as_str();
+        if let Some(dir) = url.strip_prefix("file://") {
+            anyhow::ensure!(!dir.is_empty(), "storage.url file:// needs a directory");
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+            let store = LocalFileSystem::new_with_prefix(dir)
+                .with_context(|| format!("opening {dir}"))?
+                .with_automatic_cleanup(true);
+            Ok(Self {
+                store: Arc::new(store),
+                prefix: None,
+                s3: None,
+                description: format!("file://{dir}"),
+            })
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = match rest.split_once('/') {
+                Some((bucket, prefix)) => (bucket, prefix.trim_matches('/')),
+                None => (rest, ""),
+            };
+            anyhow::ensure!(!bucket.is_empty(), "storage.url s3:// needs a bucket");
+            let s3 = build_s3(bucket, settings)?;
+            let uploads = s3_uploads::S3Uploads::new(&s3, bucket, settings)?;
+            Ok(Self {
+                store: Arc::new(s3),
+                prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
+                s3: Some(Arc::new(uploads)),
+                description: format!("s3://{bucket}/{prefix}"),
+            })
+        } else {
+            anyhow::bail!("unsupported storage.url {url:?}: expected file://DIR or s3://BUCKET")
+        }
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The object key of a media id.
+    pub fn key(&self, id: MediaId) -> Path {
+        match &self.prefix {
+            Some(prefix) => prefix.clone().join(id.to_string()),
+            None => Path::from(id.to_string()),
+        }
+    }
+
+    /// Streams an object, or a range of it.
+    pub async fn get(&self, id: MediaId, range: Option<std::ops::Range<u64>>) -> Result<GetResult> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        Ok(self.store.get_opts(&self.key(id), options).await?)
+    }
+
+    /// Deletes an object; one that is already gone counts as deleted.
+    pub async fn delete(&self, id: MediaId) -> Result<()> {
+        match self.store.delete(&self.key(id)).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Whether an object exists (tests and operations).
+    pub async fn exists(&self, id: MediaId) -> Result<bool> {
+        match self.store.head(&self.key(id)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A cheap round trip that proves the store answers (readiness): a lookup of a key that
+    /// never exists, for which "not found" is the healthy answer.
+    pub async fn ping(&self) -> Result<()> {
+        let probe = match &self.prefix {
+            Some(prefix) => prefix.clone().join(".readiness-probe"),
+            None => Path::from(".readiness-probe"),
+        };
+        match self.store.head(&probe).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Every object key under the storage prefix (tests and operations; not for hot paths).
+    pub async fn object_keys(&self) -> Result<Vec<String>> {
+        use futures_util::TryStreamExt;
+        let listed: Vec<object_store::ObjectMeta> =
+            self.store.list(self.prefix.as_ref()).try_collect().await?;
+        Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// Unfinished multipart uploads under a media id's key (S3 only; local disk has none
+    /// that outlive the process).
+    pub async fn pending_uploads(&self, id: MediaId) -> anyhow::Result<Vec<PendingUpload>> {
+        match &self.s3 {
+            Some(s3) => s3.list(self.key(id).as_ref()).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every unfinished multipart upload under the storage prefix.
+    pub async fn all_pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
+        match &self.s3 {
+            Some(s3) => {
+                let prefix = self
+                    .prefix
+                    .as_ref()
+                    .map(|p| format!("{p}/"))
+                    .unwrap_or_default();
+                s3.list(&prefix).await
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Aborts an unfinished multipart upload; one already gone counts as aborted.
+    pub async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
+        match &self.s3 {
+            Some(s3) => s3.abort(upload).await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<AmazonS3> {
+    let s3 = &settings.s3;
+    // AWS_* variables first; the service's own keys override them.
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret.expose());
+    }
+    let allow_http = s3.allow_http || env_flag("AWS_ALLOW_HTTP");
+    // A request must fail within seconds when storage is down (503 to the client, the row
+    // rolled back), not hang on retries for minutes.
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+    };
+    let client = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(60))
+        .with_allow_http(allow_http);
+    Ok(builder
+        .with_retry(retry)
+        .with_client_options(client)
+        .build()?)
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}

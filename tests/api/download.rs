@@ -1,0 +1,242 @@
+use reqwest::Method;
+
+use crate::helpers::{assert_error, content, sha256_hex, Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    download_carries_the_contract_headers,
+    head_has_the_headers_and_no_body,
+    single_ranges_are_served,
+    unsatisfiable_range_is_416,
+    several_ranges_get_the_whole_body,
+    if_none_match_is_304,
+    account_form_of_the_path,
+    other_accounts_get_404,
+    unknown_and_malformed_ids_are_404,
+    expired_media_is_404_before_it_is_reaped,
+);
+
+async fn download_carries_the_contract_headers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let data = content(4321, 10);
+    let id = app.upload_ok(&token, "png", data.clone()).await;
+    let response = app.get(&token, &id).await;
+    assert_eq!(response.status(), 200);
+    let h = response.headers().clone();
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(h["content-length"], "4321");
+    assert_eq!(h["etag"], format!("\"{}\"", sha256_hex(&data)).as_str());
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(
+        h["content-disposition"],
+        format!("attachment; filename=\"{id}.png\"").as_str()
+    );
+    assert_eq!(h["cache-control"], "private");
+    let expires = httpdate::parse_http_date(h["expires"].to_str().unwrap()).unwrap();
+    let in_a_day = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
+    let skew = in_a_day
+        .duration_since(expires)
+        .unwrap_or_else(|e| e.duration());
+    assert!(skew.as_secs() < 120, "Expires is about 24 h ahead");
+    assert!(h.contains_key("x-request-id"));
+    assert_eq!(response.bytes().await.unwrap(), data);
+}
+
+async fn head_has_the_headers_and_no_body(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let data = content(5000, 11);
+    let id = app.upload_ok(&token, "ogg", data.clone()).await;
+    let response = app
+        .request(Method::HEAD, &format!("/v1/media/{id}"), Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-length"], "5000");
+    assert_eq!(response.headers()["content-type"], "audio/ogg");
+    assert_eq!(
+        response.headers()["etag"],
+        format!("\"{}\"", sha256_hex(&data)).as_str()
+    );
+    assert!(response.bytes().await.unwrap().is_empty());
+
+    let missing = app
+        .request(
+            Method::HEAD,
+            &format!("/v1/media/{}", uuid::Uuid::new_v4()),
+            Some(&token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.bytes().await.unwrap().is_empty());
+}
+
+async fn single_ranges_are_served(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let data = content(10_000, 12);
+    let id = app.upload_ok(&token, "mp3", data.clone()).await;
+    for (range, start, end) in [
+        ("bytes=0-99", 0usize, 100usize),
+        ("bytes=9990-", 9990, 10_000),
+        ("bytes=-10", 9990, 10_000),
+        ("bytes=5000-5000", 5000, 5001),
+        ("bytes=9000-20000", 9000, 10_000),
+    ] {
+        let response = app
+            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 206, "{range}");
+        assert_eq!(
+            response.headers()["content-range"],
+            format!("bytes {}-{}/10000", start, end - 1).as_str()
+        );
+        assert_eq!(
+            response.headers()["content-length"],
+            (end - start).to_string().as_str()
+        );
+        assert_eq!(
+            response.bytes().await.unwrap(),
+            &data[start..end],
+            "{range}"
+        );
+    }
+}
+
+async fn unsatisfiable_range_is_416(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let id = app.upload_ok(&token, "mp3", content(100, 13)).await;
+    for range in ["bytes=100-", "bytes=200-300", "bytes=-0"] {
+        let response = app
+            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-range"], "bytes */100");
+        assert_error(response, 416, 1009).await;
+    }
+}
+
+async fn several_ranges_get_the_whole_body(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let data = content(1000, 14);
+    let id = app.upload_ok(&token, "bin", data.clone()).await;
+    for range in ["bytes=0-1,5-9", "bytes=garbage", "pages=1-2"] {
+        let response = app
+            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
+            .header("Range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{range}");
+        assert_eq!(response.bytes().await.unwrap(), data);
+    }
+}
+
+async fn if_none_match_is_304(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let data = content(1000, 15);
+    let id = app.upload_ok(&token, "bin", data.clone()).await;
+    let etag = format!("\"{}\"", sha256_hex(&data));
+    for value in [etag.clone(), format!("\"other\", {etag}"), "*".to_owned()] {
+        let response = app
+            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
+            .header("If-None-Match", value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 304);
+        assert_eq!(response.headers()["etag"], etag.as_str());
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let response = app
+        .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
+        .header("If-None-Match", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+async fn account_form_of_the_path(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct-7");
+    let data = content(777, 16);
+    let id = app.upload_ok(&token, "jpg", data.clone()).await;
+    let response = app
+        .request(Method::GET, &format!("/v1/acct-7/media/{id}"), Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), data);
+    let response = app
+        .request(
+            Method::GET,
+            &format!("/v1/someone-else/media/{id}"),
+            Some(&token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, 1006).await;
+}
+
+async fn other_accounts_get_404(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let owner = app.token("owner");
+    let other = app.token("intruder");
+    let id = app.upload_ok(&owner, "jpg", content(10, 17)).await;
+    assert_error(app.get(&other, &id).await, 404, 1006).await;
+    let head = app
+        .request(Method::HEAD, &format!("/v1/media/{id}"), Some(&other))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404);
+    assert_error(app.delete(&other, &id).await, 404, 1006).await;
+    assert_eq!(app.get(&owner, &id).await.status(), 200, "still there");
+}
+
+async fn unknown_and_malformed_ids_are_404(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let id = app.upload_ok(&token, "jpg", content(10, 18)).await;
+    assert_eq!(app.get(&token, &id.to_uppercase()).await.status(), 200);
+    for bad in [
+        uuid::Uuid::new_v4().to_string(),
+        "not-a-uuid".to_owned(),
+        id.replace('-', ""),
+        format!("{{{id}}}"),
+        "..%2F..%2Fetc%2Fpasswd".to_owned(),
+    ] {
+        assert_error(app.get(&token, &bad).await, 404, 1006).await;
+    }
+}
+
+async fn expired_media_is_404_before_it_is_reaped(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.media.retention = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let token = app.token("acct");
+    let id = app.upload_ok(&token, "jpg", content(10, 19)).await;
+    assert_eq!(app.get(&token, &id).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_error(app.get(&token, &id).await, 404, 1006).await;
+    assert_error(app.delete(&token, &id).await, 404, 1006).await;
+    // Not reaped yet: the row and the object are still there, only invisible.
+    assert_eq!(app.row_count().await, 1);
+    assert!(app.object_exists(&id).await);
+}

@@ -1,0 +1,113 @@
+use reqwest::Method;
+
+use crate::helpers::{assert_error, content, Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    unknown_routes_and_methods_are_json,
+    request_id_is_echoed_or_generated,
+    storage_down_is_503_and_nothing_is_stored,
+);
+
+async fn unknown_routes_and_methods_are_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let response = app
+        .request(Method::GET, "/nope", Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, 1006).await;
+    let response = app
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, 1006).await;
+
+    let response = app
+        .request(Method::PUT, "/v1/media", Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_error(response, 405, 1025).await;
+    let id = uuid::Uuid::new_v4();
+    let response = app
+        .request(Method::POST, &format!("/v1/media/{id}"), Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "GET, HEAD, DELETE");
+    assert_error(response, 405, 1025).await;
+}
+
+async fn request_id_is_echoed_or_generated(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let response = app
+        .request(Method::GET, "/v1/media/x", Some(&token))
+        .header("X-Request-Id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
+    let response = app.upload(&token, "jpg", content(10, 40)).await;
+    let generated = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    // A hostile value is replaced, not echoed.
+    let response = app
+        .request(Method::GET, "/v1/media/x", Some(&token))
+        .header("X-Request-Id", "a b\"<script>")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+}
+
+async fn storage_down_is_503_and_nothing_is_stored(backend: Backend) {
+    // Storage nobody can write to: a port nothing listens on (S3), a file where the
+    // objects directory should be (local disk).
+    let blocker = crate::helpers::TempDir::new();
+    let app = TestApp::spawn_with(backend, |s| match backend {
+        Backend::Production => s.storage.s3.endpoint = Some("http://127.0.0.1:9".to_owned()),
+        Backend::Embedded => {
+            let objects = blocker.0.join("objects");
+            std::fs::create_dir_all(&objects).unwrap();
+            s.storage.url = format!("file://{}", objects.display());
+        }
+    })
+    .await;
+    if backend == Backend::Embedded {
+        // Make the directory unwritable by replacing it with a file after start-up.
+        let objects = blocker.0.join("objects");
+        std::fs::remove_dir_all(&objects).unwrap();
+        std::fs::write(&objects, b"not a directory").unwrap();
+    }
+    let token = app.token("acct");
+    for size in [1000usize, 6 * 1024 * 1024] {
+        let response = app.upload(&token, "jpg", content(size, 41)).await;
+        assert!(response.headers().contains_key("retry-after"));
+        assert_error(response, 503, 1011).await;
+    }
+    // No media became visible; a row may remain only as 'uploading', for the reaper.
+    let ready = match &app.state.metadata {
+        media_node::metadata::Metadata::Postgres(pool) => {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM media WHERE status = 'ready'")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+        media_node::metadata::Metadata::Sqlite(pool) => {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM media WHERE status = 'ready'")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(ready, 0);
+}

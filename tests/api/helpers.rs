@@ -1,0 +1,366 @@
+//! Starts a real media-node on port 0 for one test, on one of the two backend pairs:
+//! SQLite + local disk (the embedded default) or PostgreSQL + the S3 server started by
+//! `scripts/s3-server`. Each test gets its own database and its own key prefix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_web::web;
+use media_node::auth::Authenticator;
+use media_node::domain::MediaId;
+use media_node::routes::AppState;
+use media_node::settings::{Secret, Settings};
+use media_node::startup::Application;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+pub const MAX_UPLOAD: u64 = 38_797_312;
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite + local disk.
+    Embedded,
+    /// PostgreSQL + S3 (Garage).
+    Production,
+}
+
+/// Declares a test body `async fn name(backend: Backend)` once and runs it on both pairs.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite_local_disk() {
+                    super::$name($crate::helpers::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_s3() {
+                    super::$name($crate::helpers::Backend::Production).await
+                }
+            }
+        )+
+    };
+}
+
+/// The S3 server and PostgreSQL the production pair talks to. Taken from the environment
+/// (`scripts/test` exports it) or from the file `scripts/s3-server` writes.
+pub struct Services {
+    pub postgres_admin_url: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_bucket: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+}
+
+impl Services {
+    pub fn from_env() -> Self {
+        let file = s3_env_file();
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| file.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{name} is not set and no S3 server state was found: run the tests \
+                         with scripts/test, or start scripts/s3-server first"
+                    )
+                })
+        };
+        Self {
+            postgres_admin_url: std::env::var("MEDIA_NODE_TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
+            s3_endpoint: var("MEDIA_NODE_TEST_S3_ENDPOINT"),
+            s3_region: var("MEDIA_NODE_TEST_S3_REGION"),
+            s3_bucket: var("MEDIA_NODE_TEST_S3_BUCKET"),
+            s3_access_key_id: var("MEDIA_NODE_TEST_S3_ACCESS_KEY_ID"),
+            s3_secret_access_key: var("MEDIA_NODE_TEST_S3_SECRET_ACCESS_KEY"),
+        }
+    }
+}
+
+fn s3_env_file() -> Vec<(String, String)> {
+    let dir = std::env::var("MEDIA_NODE_S3_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/media-node/garage-run")
+        });
+    std::fs::read_to_string(dir.join("s3.env"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim().strip_prefix("export ").unwrap_or(line.trim());
+            let (k, v) = line.split_once('=')?;
+            Some((k.to_owned(), v.trim_matches(['"', '\'']).to_owned()))
+        })
+        .collect()
+}
+
+/// A directory removed when the test ends.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("media-node-test-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Settings for one test on `backend`: fresh database, fresh prefix, random secret.
+pub async fn test_settings(backend: Backend, dir: &TempDir) -> Settings {
+    let mut settings = Settings::load(std::path::Path::new("config"), None).unwrap();
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.server.workers = Some(2);
+    settings.admin.host = "127.0.0.1".into();
+    settings.admin.port = 0;
+    settings.storage.part_size_bytes = PART_SIZE;
+    settings.auth.hs256_secret = Some(Secret::new(
+        hex::encode(Uuid::new_v4().as_bytes()).repeat(2),
+    ));
+    settings.auth.generated_secret_file = dir.0.join("jwt-secret");
+    match backend {
+        Backend::Embedded => {
+            settings.database.url =
+                Secret::new(format!("sqlite://{}", dir.0.join("media.db").display()));
+            settings.storage.url = format!("file://{}", dir.0.join("objects").display());
+        }
+        Backend::Production => {
+            let services = Services::from_env();
+            settings.database.url = Secret::new(create_database(&services).await);
+            settings.database.max_connections = 5;
+            settings.storage.url = format!("s3://{}/t-{}", services.s3_bucket, Uuid::new_v4());
+            settings.storage.s3.endpoint = Some(services.s3_endpoint);
+            settings.storage.s3.region = Some(services.s3_region);
+            settings.storage.s3.access_key_id = Some(services.s3_access_key_id);
+            settings.storage.s3.secret_access_key =
+                Some(Secret::new(services.s3_secret_access_key));
+            settings.storage.s3.allow_http = true;
+        }
+    }
+    settings
+}
+
+/// A fresh, empty PostgreSQL database; its name says it belongs to the tests, so
+/// `scripts/test` can drop leftovers of earlier runs.
+pub async fn create_database(services: &Services) -> String {
+    let name = format!("media_node_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&services.postgres_admin_url)
+        .await
+        .expect("PostgreSQL must be running: scripts/postgres start");
+    admin
+        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&services.postgres_admin_url).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_address: String,
+    pub client: reqwest::Client,
+    pub state: web::Data<AppState>,
+    pub settings: Settings,
+    pub auth: Authenticator,
+    pub backend: Backend,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts the application after `adjust` had its say over the settings.
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let dir = TempDir::new();
+        let mut settings = test_settings(backend, &dir).await;
+        adjust(&mut settings);
+        let app = Application::build(&settings)
+            .await
+            .expect("application starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
+        let state = app.state();
+        tokio::spawn(app.run_until_stopped());
+        let auth = Authenticator::from_settings(&settings.auth, false).unwrap();
+        Self {
+            address,
+            admin_address,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            state,
+            settings,
+            auth,
+            backend,
+            _dir: dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// A token for `sub` with every scope.
+    pub fn token(&self, sub: &str) -> String {
+        self.auth.mint(sub, Duration::from_secs(600), None).unwrap()
+    }
+
+    pub fn token_with_scope(&self, sub: &str, scope: &str) -> String {
+        self.auth
+            .mint(sub, Duration::from_secs(600), Some(scope))
+            .unwrap()
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn upload(&self, token: &str, extension: &str, body: Vec<u8>) -> Response {
+        self.request(Method::POST, "/v1/media", Some(token))
+            .header("X-Gr-File-Extension", extension)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Uploads and returns the new id, asserting a 201.
+    pub async fn upload_ok(&self, token: &str, extension: &str, body: Vec<u8>) -> String {
+        let response = self.upload(token, extension, body).await;
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        let json: Value = response.json().await.unwrap();
+        json["media"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get(&self, token: &str, id: &str) -> Response {
+        self.request(Method::GET, &format!("/v1/media/{id}"), Some(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, token: &str, id: &str) -> Response {
+        self.request(Method::DELETE, &format!("/v1/media/{id}"), Some(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn row_count(&self) -> u64 {
+        self.state.metadata.count().await.unwrap()
+    }
+
+    pub async fn object_keys(&self) -> Vec<String> {
+        self.state.storage.object_keys().await.unwrap()
+    }
+
+    pub async fn pending_multipart_uploads(&self) -> usize {
+        self.state
+            .storage
+            .all_pending_uploads()
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// Whether there is no row, no object and no unfinished multipart upload.
+    pub async fn is_empty(&self) -> bool {
+        self.row_count().await == 0
+            && self.object_keys().await.is_empty()
+            && self.pending_multipart_uploads().await == 0
+    }
+
+    /// Waits (bounded) until nothing is stored; cleanup after a cancelled upload runs in the
+    /// background.
+    pub async fn assert_eventually_empty(&self) {
+        for _ in 0..100 {
+            if self.is_empty().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "left behind: {} rows, objects {:?}, {} multipart uploads",
+            self.row_count().await,
+            self.object_keys().await,
+            self.pending_multipart_uploads().await
+        );
+    }
+
+    pub async fn object_exists(&self, id: &str) -> bool {
+        self.state
+            .storage
+            .exists(MediaId::parse(id).unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+/// Deterministic, non-repeating test content.
+pub fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Asserts the contract's error shape and returns the body.
+pub async fn assert_error(response: Response, status: u16, code: u64) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "every answer carries X-Request-Id"
+    );
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], code, "{body}");
+    assert!(body["errors"][0]["title"].is_string(), "{body}");
+    assert!(
+        !body["errors"][0]["details"].as_str().unwrap().is_empty(),
+        "{body}"
+    );
+    assert_eq!(body["meta"]["api_status"], "stable");
+    assert_eq!(body["meta"]["version"], "2.0.1");
+    body
+}

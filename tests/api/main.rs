@@ -1,0 +1,9 @@
+//! API tests: every status and header of the contract, on both backend pairs.
+
+mod helpers;
+
+mod auth;
+mod delete;
+mod download;
+mod errors;
+mod upload;
