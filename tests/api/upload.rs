@@ -266,14 +266,19 @@ async fn client_disconnect_mid_body_leaves_nothing(backend: Backend) {
         .await
         .unwrap();
     stream.flush().await.unwrap();
-    // Let the server get the first part on its way.
-    for _ in 0..50 {
-        if app.row_count().await == 1 {
+    // Wait until the upload is under way in storage: the row exists and, on S3, a
+    // multipart upload has been opened for the first 5 MiB part.
+    let mut under_way = false;
+    for _ in 0..200 {
+        let started = app.row_count().await == 1
+            && (backend == Backend::Embedded || app.pending_multipart_uploads().await == 1);
+        if started {
+            under_way = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(under_way, "the upload never reached storage");
     drop(stream);
     app.assert_eventually_empty().await;
 }
