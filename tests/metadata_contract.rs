@@ -79,7 +79,10 @@ async fn lifecycle_of_a_row(backend: Backend) {
     assert_eq!(row.created_at, now);
     assert_eq!(row.expires_at, now + Duration::hours(24));
 
-    assert!(repo.mark_ready(media.id, 1234, "ab".repeat(32).as_str()).await.unwrap());
+    assert!(repo
+        .mark_ready(media.id, 1234, "ab".repeat(32).as_str())
+        .await
+        .unwrap());
     let row = repo.get(media.id).await.unwrap().unwrap();
     assert_eq!(row.status, MediaStatus::Ready);
     assert_eq!(row.size_bytes, Some(1234));
@@ -112,27 +115,55 @@ async fn readability_depends_on_owner_and_expiry(backend: Backend) {
     repo.insert_uploading(&media).await.unwrap();
     repo.mark_ready(media.id, 1, "00").await.unwrap();
 
-    let found = repo.find_readable(media.id, &media.owner, now).await.unwrap();
+    let found = repo
+        .find_readable(media.id, &media.owner, now)
+        .await
+        .unwrap();
     assert_eq!(found.map(|r| r.id), Some(media.id));
     let stranger = AccountId::parse("stranger").unwrap();
-    assert!(repo.find_readable(media.id, &stranger, now).await.unwrap().is_none());
+    assert!(repo
+        .find_readable(media.id, &stranger, now)
+        .await
+        .unwrap()
+        .is_none());
     let at_expiry = media.expires_at;
-    assert!(repo.find_readable(media.id, &media.owner, at_expiry).await.unwrap().is_none());
+    assert!(repo
+        .find_readable(media.id, &media.owner, at_expiry)
+        .await
+        .unwrap()
+        .is_none());
     let just_before = at_expiry - Duration::milliseconds(1);
-    assert!(repo.find_readable(media.id, &media.owner, just_before).await.unwrap().is_some());
+    assert!(repo
+        .find_readable(media.id, &media.owner, just_before)
+        .await
+        .unwrap()
+        .is_some());
     let unknown = MediaId::new_random();
-    assert!(repo.find_readable(unknown, &media.owner, now).await.unwrap().is_none());
+    assert!(repo
+        .find_readable(unknown, &media.owner, now)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn mark_ready_only_once_and_only_existing(backend: Backend) {
     let dir = TempDir::new();
     let repo = repo(backend, &dir).await;
     let media = new_media("acct", now_ms());
-    assert!(!repo.mark_ready(media.id, 1, "00").await.unwrap(), "no row yet");
+    assert!(
+        !repo.mark_ready(media.id, 1, "00").await.unwrap(),
+        "no row yet"
+    );
     repo.insert_uploading(&media).await.unwrap();
     assert!(repo.mark_ready(media.id, 1, "00").await.unwrap());
-    assert!(!repo.mark_ready(media.id, 2, "11").await.unwrap(), "already ready");
-    assert_eq!(repo.get(media.id).await.unwrap().unwrap().size_bytes, Some(1));
+    assert!(
+        !repo.mark_ready(media.id, 2, "11").await.unwrap(),
+        "already ready"
+    );
+    assert_eq!(
+        repo.get(media.id).await.unwrap().unwrap().size_bytes,
+        Some(1)
+    );
 }
 
 async fn duplicate_ids_are_refused(backend: Backend) {
@@ -141,5 +172,8 @@ async fn duplicate_ids_are_refused(backend: Backend) {
     let media = new_media("acct", now_ms());
     repo.insert_uploading(&media).await.unwrap();
     let again = repo.insert_uploading(&media).await.unwrap_err();
-    assert!(!again.is_unavailable(), "a constraint violation is not an outage");
+    assert!(
+        !again.is_unavailable(),
+        "a constraint violation is not an outage"
+    );
 }

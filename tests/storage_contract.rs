@@ -23,7 +23,11 @@ async fn s3_multipart_uploads_are_listed_and_aborted() {
     let id = MediaId::new_random();
     assert!(storage.pending_uploads(id).await.unwrap().is_empty());
 
-    let mut upload = storage.store().put_multipart(&storage.key(id)).await.unwrap();
+    let mut upload = storage
+        .store()
+        .put_multipart(&storage.key(id))
+        .await
+        .unwrap();
     upload
         .put_part(PutPayload::from(vec![7u8; 5 * 1024 * 1024]))
         .await
@@ -58,7 +62,10 @@ macro_rules! contract {
     };
 }
 
-contract!(objects_round_trip_and_delete_is_idempotent, readiness_probe_answers);
+contract!(
+    objects_round_trip_and_delete_is_idempotent,
+    readiness_probe_answers
+);
 
 async fn objects_round_trip_and_delete_is_idempotent(backend: Backend) {
     let dir = TempDir::new();
@@ -71,8 +78,17 @@ async fn objects_round_trip_and_delete_is_idempotent(backend: Backend) {
         .await
         .unwrap();
     assert!(storage.exists(id).await.unwrap());
-    assert_eq!(storage.object_keys().await.unwrap(), vec![storage.key(id).to_string()]);
-    let part = storage.get(id, Some(1..3)).await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        storage.object_keys().await.unwrap(),
+        vec![storage.key(id).to_string()]
+    );
+    let part = storage
+        .get(id, Some(1..3))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&part[..], b"el");
     storage.delete(id).await.unwrap();
     assert!(!storage.exists(id).await.unwrap());

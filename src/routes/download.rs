@@ -63,7 +63,7 @@ async fn serve(
     }
 
     let range = match requested_range(req.headers(), etag.as_deref()) {
-        Some(spec) => match resolve(&spec, size) {
+        Some(spec) => match resolve(spec, size) {
             Resolved::Whole => None,
             Resolved::Part(range) => Some(range),
             Resolved::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),

@@ -7,7 +7,31 @@ on_both_backends!(
     unknown_routes_and_methods_are_json,
     request_id_is_echoed_or_generated,
     storage_down_is_503_and_nothing_is_stored,
+    admin_endpoints_live_on_their_own_port,
 );
+
+async fn admin_endpoints_live_on_their_own_port(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for path in ["/livez", "/readyz"] {
+        let response = reqwest::get(format!("{}{path}", app.admin_address))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    // The public port has none of them.
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let response = app.request(Method::GET, path, None).send().await.unwrap();
+        assert_error(response, 404, 1006).await;
+    }
+}
 
 async fn unknown_routes_and_methods_are_json(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -177,7 +177,6 @@ pub struct TestApp {
     pub state: web::Data<AppState>,
     pub settings: Settings,
     pub auth: Authenticator,
-    pub backend: Backend,
     _dir: TempDir,
 }
 
@@ -209,7 +208,6 @@ impl TestApp {
             state,
             settings,
             auth,
-            backend,
             _dir: dir,
         }
     }

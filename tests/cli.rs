@@ -1,0 +1,302 @@
+//! The `media-node` binary as an operator or a newcomer runs it: embedded defaults in an
+//! empty directory, the `token`, `migrate` and `serve` subcommands, configuration through
+//! `MEDIA_NODE__…` variables, and a clean exit on SIGTERM.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use helpers::{Services, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_media-node");
+
+/// A command in `dir` with no `MEDIA_NODE__` or `APP_ENV` variables inherited.
+fn media_node(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_remove("APP_ENV")
+        .env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MEDIA_NODE__") || key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn output(command: &mut Command) -> Output {
+    command.output().unwrap()
+}
+
+fn token(dir: &Path, sub: &str, extra: &[&str]) -> String {
+    let out = output(media_node(dir).args(["token", "--sub", sub]).args(extra));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    admin_port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, envs: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let child = media_node(dir)
+            .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
+            .env("MEDIA_NODE__SERVER__PORT", port.to_string())
+            .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
+            .env("MEDIA_NODE__ADMIN__PORT", admin_port.to_string())
+            .env("MEDIA_NODE__SERVER__WORKERS", "1")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            port,
+            admin_port,
+        }
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("media-node exited early: {status}");
+            }
+            if let Ok(response) = reqwest::get(&url).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("media-node did not become ready");
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.child.wait_with_output().unwrap();
+        let logs = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (status, logs)
+    }
+}
+
+#[tokio::test]
+async fn newcomer_flow_on_embedded_defaults() {
+    let dir = TempDir::new();
+    // The first token creates the development secret, private to its owner.
+    let first = token(&dir.0, "demo", &[]);
+    let secret_file = dir.0.join("data/jwt-secret");
+    let mode = std::fs::metadata(&secret_file).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert_eq!(secret.trim().len(), 64);
+
+    let mut server = Server::start(&dir.0, &[]);
+    server.wait_ready().await;
+    // The server uses the same secret: a token minted before it started works.
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://127.0.0.1:{}/v1/media", server.port))
+        .bearer_auth(&first)
+        .header("X-Gr-File-Extension", "txt")
+        .body("hello media-node")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body = response.text().await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = json["media"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        body,
+        format!(
+            r#"{{"media":[{{"id":"{id}"}}],"meta":{{"api_status":"stable","version":"2.0.1"}}}}"#
+        )
+    );
+    let read_only = token(&dir.0, "demo", &["--scope", "media:read", "--ttl", "5m"]);
+    let download = client
+        .get(format!("http://127.0.0.1:{}/v1/media/{id}", server.port))
+        .bearer_auth(&read_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.text().await.unwrap(), "hello media-node");
+    // The objects and the database live under ./data.
+    assert!(dir.0.join("data/media.db").exists());
+    assert!(dir.0.join("data/objects").join(&id).exists());
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.admin_port))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "exit {status}: {logs}");
+    assert!(!logs.contains(secret.trim()), "the secret was logged");
+    assert!(!logs.contains(&first), "a token was logged");
+}
+
+#[tokio::test]
+async fn production_without_a_key_refuses_to_start() {
+    let dir = TempDir::new();
+    let out = output(
+        media_node(&dir.0)
+            .env("APP_ENV", "production")
+            .env("MEDIA_NODE__SERVER__PORT", free_port().to_string())
+            .env("MEDIA_NODE__ADMIN__PORT", free_port().to_string())
+            .arg("serve"),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no JWT key configured"), "{stderr}");
+    assert!(
+        !dir.0.join("data/jwt-secret").exists(),
+        "no secret generated"
+    );
+
+    let out = output(
+        media_node(&dir.0)
+            .env("APP_ENV", "production")
+            .args(["token", "--sub", "x"]),
+    );
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs() {
+    let dir = TempDir::new();
+    let services = Services::from_env();
+    let database = helpers::create_database(&services).await;
+    let secret = "env-secret-0123456789abcdef0123456789abcdef".to_owned();
+    let bucket = format!("s3://{}/cli-{}", services.s3_bucket, uuid::Uuid::new_v4());
+
+    // `migrate` alone creates the schema (what a Kubernetes Job runs).
+    let out = output(
+        media_node(&dir.0)
+            .env("MEDIA_NODE__DATABASE__URL", &database)
+            .arg("migrate"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'media'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 1);
+
+    let envs = [
+        ("APP_ENV", "production".to_owned()),
+        ("MEDIA_NODE__DATABASE__URL", database.clone()),
+        ("MEDIA_NODE__STORAGE__URL", bucket),
+        (
+            "MEDIA_NODE__STORAGE__S3__ENDPOINT",
+            services.s3_endpoint.clone(),
+        ),
+        (
+            "MEDIA_NODE__STORAGE__S3__REGION",
+            services.s3_region.clone(),
+        ),
+        (
+            "MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID",
+            services.s3_access_key_id.clone(),
+        ),
+        (
+            "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY",
+            services.s3_secret_access_key.clone(),
+        ),
+        ("MEDIA_NODE__STORAGE__S3__ALLOW_HTTP", "true".to_owned()),
+        ("MEDIA_NODE__AUTH__HS256_SECRET", secret.clone()),
+        ("MEDIA_NODE__LIMITS__MAX_UPLOAD_BYTES", "10".to_owned()),
+        ("MEDIA_NODE__MEDIA__RETENTION", "90m".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let mut server = Server::start(&dir.0, &envs);
+    server.wait_ready().await;
+    let minted = output(
+        media_node(&dir.0)
+            .env("APP_ENV", "production")
+            .env("MEDIA_NODE__AUTH__HS256_SECRET", &secret)
+            .args(["token", "--sub", "ops"]),
+    );
+    assert!(minted.status.success());
+    let jwt = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+
+    let client = reqwest::Client::new();
+    let upload = |body: &'static str| {
+        client
+            .post(format!("http://127.0.0.1:{}/v1/media", server.port))
+            .bearer_auth(&jwt)
+            .header("X-Gr-File-Extension", "txt")
+            .body(body)
+            .send()
+    };
+    assert_eq!(upload("0123456789").await.unwrap().status(), 201);
+    assert_eq!(upload("0123456789A").await.unwrap().status(), 413);
+    let expires_in: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (expires_at - created_at))::float8 FROM media",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(expires_in, 90.0 * 60.0);
+
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "exit {status}: {logs}");
+    assert!(
+        logs.contains("request finished"),
+        "requests are logged: {logs}"
+    );
+    for secret_value in [&secret, &services.s3_secret_access_key, &jwt] {
+        assert!(!logs.contains(secret_value.as_str()), "a secret was logged");
+    }
+}
