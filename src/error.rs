@@ -175,3 +175,31 @@ impl From<crate::storage::StorageError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[tokio::test]
+    async fn internal_errors_show_the_request_id_and_hide_the_cause() {
+        let err = ApiError::Internal(anyhow::anyhow!("secret internals: table media is gone"));
+        let id = request_id::RequestId::for_tests("req-123");
+        let response = request_id::scope(id, async { err.error_response() }).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().try_into_bytes().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errors"][0]["code"], 1014);
+        let details = json["errors"][0]["details"].as_str().unwrap();
+        assert!(details.contains("req-123"), "{details}");
+        assert!(!String::from_utf8_lossy(&body).contains("secret internals"));
+    }
+
+    #[test]
+    fn debug_prints_the_cause_chain() {
+        let err = ApiError::Unavailable(anyhow::anyhow!("connection refused").context("pool"));
+        let printed = format!("{err:?}");
+        assert!(printed.contains("pool"), "{printed}");
+        assert!(printed.contains("connection refused"), "{printed}");
+    }
+}

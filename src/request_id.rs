@@ -38,6 +38,11 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(value: &str) -> Self {
+        Self(value.to_owned())
+    }
 }
 
 impl std::fmt::Display for RequestId {
@@ -49,6 +54,11 @@ impl std::fmt::Display for RequestId {
 /// The id of the request being served on this task, if any.
 pub fn current() -> Option<RequestId> {
     CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `future` with `id` as the current request id.
+pub async fn scope<F: std::future::Future>(id: RequestId, future: F) -> F::Output {
+    CURRENT.scope(id, future).await
 }
 
 /// Middleware: assigns the id, runs the request inside a span that carries it, writes one
@@ -66,9 +76,7 @@ pub async fn middleware(
     let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let started = Instant::now();
 
-    let result = CURRENT
-        .scope(id.clone(), next.call(req).instrument(span.clone()))
-        .await;
+    let result = scope(id.clone(), next.call(req).instrument(span.clone())).await;
 
     let mut response = result?;
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {

@@ -1,6 +1,6 @@
 use reqwest::Method;
 
-use crate::helpers::{assert_error, content, Backend, TestApp};
+use crate::helpers::{assert_error, content, Backend, Services, TcpProxy, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -134,4 +134,48 @@ async fn storage_down_is_503_and_nothing_is_stored(backend: Backend) {
         }
     };
     assert_eq!(ready, 0);
+}
+
+/// PostgreSQL going away under a running replica: uploads and downloads answer 503 with
+/// `Retry-After`, and nothing reaches storage without a row. (The embedded SQLite backend
+/// is a file inside the process; it has no network to lose.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_is_503_and_nothing_reaches_storage() {
+    let services = Services::from_env();
+    let database = crate::helpers::create_database(&services).await;
+    let mut url = url::Url::parse(&database).unwrap();
+    let target = (
+        url.host_str().unwrap().to_owned(),
+        url.port().unwrap_or(5432),
+    );
+    let target = tokio::net::lookup_host(target)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    let app = TestApp::spawn_with(Backend::Production, |s| {
+        s.database.url = media_node::settings::Secret::new(url.to_string());
+    })
+    .await;
+    let token = app.token("acct");
+    let id = app.upload_ok(&token, "jpg", content(100, 42)).await;
+    let objects_before = app.object_keys().await;
+
+    proxy.cut().await;
+    let response = app.upload(&token, "jpg", content(100, 43)).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_error(response, 503, 1011).await;
+    let response = app.get(&token, &id).await;
+    assert_error(response, 503, 1011).await;
+    assert_eq!(
+        app.object_keys().await,
+        objects_before,
+        "no object without a row"
+    );
+    let ready = reqwest::get(format!("{}/readyz", app.admin_address))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
 }

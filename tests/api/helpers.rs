@@ -362,3 +362,44 @@ pub async fn assert_error(response: Response, status: u16, code: u64) -> Value {
     assert_eq!(body["meta"]["version"], "2.0.1");
     body
 }
+
+/// A TCP proxy in front of a real server, to take that server "off the network" mid-test.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let cut_signal = cut.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = cut_signal.notified() => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { break };
+                        connections.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                }
+            }
+            // Dropping the listener and every connection: the server is gone.
+            connections.abort_all();
+        });
+        Self { port, cut, task }
+    }
+
+    /// Refuses new connections and drops the open ones.
+    pub async fn cut(self) {
+        self.cut.notify_one();
+        let _ = self.task.await;
+    }
+}
