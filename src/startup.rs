@@ -91,6 +91,9 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .shutdown_timeout(shutdown_secs)
+        // Small answers (errors, short files) go out at once instead of waiting for the
+        // client's delayed ACK.
+        .tcp_nodelay(true)
         .disable_signals();
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
@@ -103,6 +106,7 @@ impl Application {
                 .configure(crate::ops::configure)
         })
         .workers(1)
+        .tcp_nodelay(true)
         .disable_signals()
         .listen(admin)?
         .run();

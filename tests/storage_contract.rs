@@ -6,6 +6,7 @@
 #[allow(dead_code)]
 mod helpers;
 
+use futures_util::TryStreamExt;
 use helpers::{test_settings, Backend, TempDir};
 use media_node::domain::MediaId;
 use media_node::storage::Storage;

@@ -8,13 +8,14 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::TryStreamExt;
 
 use super::{media_id, AppState};
 use crate::auth::{Caller, SCOPE_READ};
 use crate::domain::MediaId;
 use crate::error::ApiError;
 use crate::metadata::MediaRecord;
+use crate::storage::Storage;
 
 pub async fn download(
     req: HttpRequest,
@@ -105,9 +106,7 @@ async fn serve(
     }
 
     let object = state.storage.get(id, range).await?;
-    let stream = object
-        .into_stream()
-        .map(|chunk| chunk.map_err(|e| ApiError::from(crate::storage::StorageError::from(e))));
+    let stream = Storage::body(object).map_err(ApiError::from);
     Ok(response.body(SizedStream::new(length, stream)))
 }
 
