@@ -8,8 +8,11 @@ use clap::{Parser, Subcommand};
 
 use media_node::auth::{self, Authenticator};
 use media_node::metadata::Metadata;
+use media_node::metrics::Metrics;
+use media_node::reaper::Reaper;
 use media_node::settings::Settings;
 use media_node::startup::Application;
+use media_node::storage::Storage;
 use media_node::telemetry;
 
 #[derive(Parser)]
@@ -47,6 +50,13 @@ enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Remove expired media and crashed uploads, as the background reaper does.
+    Reap {
+        /// Run one full pass and exit (for a CronJob or an operator). Required: the
+        /// continuous reaper runs inside `serve`.
+        #[arg(long, required = true)]
+        once: bool,
+    },
 }
 
 #[tokio::main]
@@ -77,6 +87,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             metadata.migrate().await.context("applying migrations")?;
             tracing::info!(database = metadata.backend_name(), "migrations applied");
+            Ok(())
+        }
+        Command::Reap { once: _ } => {
+            let metadata = Metadata::connect(
+                settings.database.url.expose(),
+                settings.database.max_connections,
+            )?;
+            metadata.migrate().await.context("applying migrations")?;
+            let storage = Storage::from_settings(&settings.storage)?;
+            let metrics = Metrics::new()?;
+            let reaper = Reaper::new(metadata, storage, settings.reaper.clone(), metrics.reaper);
+            let (_never, shutdown) = tokio::sync::watch::channel(false);
+            let report = reaper.pass(&shutdown).await;
+            println!(
+                "{}",
+                serde_json::json!({ "deleted": report.deleted, "errors": report.errors })
+            );
+            anyhow::ensure!(
+                report.errors == 0,
+                "the pass had {} errors; the rows stay for the next pass",
+                report.errors
+            );
             Ok(())
         }
         Command::Token { sub, ttl, scope } => {

@@ -131,11 +131,16 @@ pub struct LimitSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReaperSettings {
+    /// Whether `serve` runs the reaper (a `reap --once` CronJob can take over instead).
+    pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub batch_size: u32,
     #[serde(with = "humantime_serde")]
     pub stale_upload_after: Duration,
+    /// How long a replica holds a claimed batch; longer than a batch ever takes.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +207,10 @@ impl Settings {
         anyhow::ensure!(
             !self.reaper.interval.is_zero(),
             "reaper.interval must be positive"
+        );
+        anyhow::ensure!(
+            !self.reaper.lease.is_zero(),
+            "reaper.lease must be positive"
         );
         Ok(())
     }

@@ -8,11 +8,14 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
+use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::ingest::Ingest;
 use crate::metadata::Metadata;
+use crate::metrics::Metrics;
 use crate::ops::OpsState;
+use crate::reaper::Reaper;
 use crate::routes::{self, AppState};
 use crate::settings::{redact_url, Settings};
 use crate::storage::Storage;
@@ -25,6 +28,8 @@ pub struct Application {
     admin: Server,
     state: web::Data<AppState>,
     draining: Arc<AtomicBool>,
+    metrics: Metrics,
+    reaper: Option<Reaper>,
 }
 
 impl Application {
@@ -56,15 +61,19 @@ impl Application {
             ingest,
         });
         let draining = Arc::new(AtomicBool::new(false));
-        let registry = prometheus::Registry::new();
-        #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        let metrics = Metrics::new()?;
+        let reaper = settings.reaper.enabled.then(|| {
+            Reaper::new(
+                metadata.clone(),
+                storage.clone(),
+                settings.reaper.clone(),
+                metrics.reaper.clone(),
+            )
+        });
         let ops = web::Data::new(OpsState {
             metadata: metadata.clone(),
             storage: storage.clone(),
-            registry,
+            registry: metrics.registry.clone(),
             draining: draining.clone(),
         });
 
@@ -125,7 +134,14 @@ impl Application {
             admin,
             state,
             draining,
+            metrics,
+            reaper,
         })
+    }
+
+    /// This process's metrics (tests read the reaper's counters here).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -148,6 +164,10 @@ impl Application {
         let admin = self.admin.handle();
         let draining = self.draining.clone();
         let metadata = self.state.metadata.clone();
+        let (stop_reaper, reaper_stopped) = watch::channel(false);
+        let reaper = self
+            .reaper
+            .map(|reaper| tokio::spawn(reaper.run(reaper_stopped)));
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested: draining");
@@ -158,6 +178,11 @@ impl Application {
         let admin_task = tokio::spawn(self.admin);
         self.server.await?;
         admin_task.await??;
+        // The reaper finishes the batch it is on, then stops.
+        let _ = stop_reaper.send(true);
+        if let Some(reaper) = reaper {
+            reaper.await?;
+        }
         metadata.close().await;
         tracing::info!("stopped");
         Ok(())

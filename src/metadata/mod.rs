@@ -65,6 +65,24 @@ pub struct NewMedia {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What the reaper asks `claim_due` for.
+#[derive(Debug, Clone)]
+pub struct DueQuery {
+    pub now: DateTime<Utc>,
+    /// `uploading` rows created before this are crashed uploads.
+    pub stale_before: DateTime<Utc>,
+    pub limit: u32,
+    pub claim: uuid::Uuid,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// A row the reaper now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: MediaId,
+    pub status: MediaStatus,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     #[error("database error")]
@@ -232,6 +250,54 @@ impl Metadata {
         match self {
             Metadata::Postgres(pool) => postgres::count(pool).await,
             Metadata::Sqlite(pool) => sqlite::count(pool).await,
+        }
+    }
+
+    /// Claims up to `limit` rows for reaping: expired rows first (oldest expiry first),
+    /// then `uploading` rows created before `stale_before`. Rows another claim holds until
+    /// after `now` are skipped, never waited for. The claim lasts until `lease_until`.
+    pub async fn claim_due(&self, due: &DueQuery) -> Result<Vec<Claimed>> {
+        let mut claimed = match self {
+            Metadata::Postgres(pool) => postgres::claim_expired(pool, due, due.limit).await?,
+            Metadata::Sqlite(pool) => sqlite::claim_expired(pool, due, due.limit).await?,
+        };
+        let room = due.limit.saturating_sub(claimed.len() as u32);
+        if room > 0 {
+            claimed.extend(match self {
+                Metadata::Postgres(pool) => postgres::claim_stale(pool, due, room).await?,
+                Metadata::Sqlite(pool) => sqlite::claim_stale(pool, due, room).await?,
+            });
+        }
+        Ok(claimed)
+    }
+
+    /// Deletes the rows of `ids` that `claim` still holds; returns how many went.
+    pub async fn delete_claimed(&self, ids: &[MediaId], claim: uuid::Uuid) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Metadata::Postgres(pool) => postgres::delete_claimed(pool, ids, claim).await,
+            Metadata::Sqlite(pool) => sqlite::delete_claimed(pool, ids, claim).await,
+        }
+    }
+
+    /// Gives up `claim` on `ids`, so the next pass (of any replica) retries them at once.
+    pub async fn release(&self, ids: &[MediaId], claim: uuid::Uuid) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Metadata::Postgres(pool) => postgres::release(pool, ids, claim).await,
+            Metadata::Sqlite(pool) => sqlite::release(pool, ids, claim).await,
+        }
+    }
+
+    /// How many rows have expired at `now` and are still there.
+    pub async fn expired_backlog(&self, now: DateTime<Utc>) -> Result<u64> {
+        match self {
+            Metadata::Postgres(pool) => postgres::expired_backlog(pool, now).await,
+            Metadata::Sqlite(pool) => sqlite::expired_backlog(pool, now).await,
         }
     }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{size_from_db, MediaRecord, MediaStatus, NewMedia, Result};
+use super::{size_from_db, Claimed, DueQuery, MediaRecord, MediaStatus, NewMedia, Result};
 use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
@@ -98,6 +98,103 @@ pub(super) async fn delete(pool: &PgPool, id: MediaId) -> Result<bool> {
 
 pub(super) async fn count(pool: &PgPool) -> Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media")
+        .fetch_one(pool)
+        .await?;
+    Ok(n as u64)
+}
+
+fn claimed(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Claimed>> {
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(Claimed {
+                id: MediaId::from(row.try_get::<Uuid, _>("id")?),
+                status: MediaStatus::parse(&status)?,
+            })
+        })
+        .collect()
+}
+
+// Each claim is one statement: the row locks of FOR UPDATE SKIP LOCKED last only while it
+// runs, so no replica waits on another and none holds a lock across a call to storage.
+
+pub(super) async fn claim_expired(
+    pool: &PgPool,
+    due: &DueQuery,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "WITH due AS ( \
+             SELECT id FROM media \
+             WHERE expires_at <= $1 \
+               AND (reap_claimed_until IS NULL OR reap_claimed_until <= $1) \
+             ORDER BY expires_at \
+             LIMIT $2 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE media SET reap_claim = $3, reap_claimed_until = $4 \
+         FROM due WHERE media.id = due.id \
+         RETURNING media.id, media.status",
+    )
+    .bind(due.now)
+    .bind(i64::from(limit))
+    .bind(due.claim)
+    .bind(due.lease_until)
+    .fetch_all(pool)
+    .await?;
+    claimed(rows)
+}
+
+pub(super) async fn claim_stale(pool: &PgPool, due: &DueQuery, limit: u32) -> Result<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "WITH due AS ( \
+             SELECT id FROM media \
+             WHERE status = 'uploading' AND created_at <= $1 \
+               AND (reap_claimed_until IS NULL OR reap_claimed_until <= $2) \
+             ORDER BY created_at \
+             LIMIT $3 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE media SET reap_claim = $4, reap_claimed_until = $5 \
+         FROM due WHERE media.id = due.id \
+         RETURNING media.id, media.status",
+    )
+    .bind(due.stale_before)
+    .bind(due.now)
+    .bind(i64::from(limit))
+    .bind(due.claim)
+    .bind(due.lease_until)
+    .fetch_all(pool)
+    .await?;
+    claimed(rows)
+}
+
+fn uuids(ids: &[MediaId]) -> Vec<Uuid> {
+    ids.iter().map(MediaId::as_uuid).collect()
+}
+
+pub(super) async fn delete_claimed(pool: &PgPool, ids: &[MediaId], claim: Uuid) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM media WHERE id = ANY($1) AND reap_claim = $2")
+        .bind(uuids(ids))
+        .bind(claim)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn release(pool: &PgPool, ids: &[MediaId], claim: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE media SET reap_claim = NULL, reap_claimed_until = NULL \
+         WHERE id = ANY($1) AND reap_claim = $2",
+    )
+    .bind(uuids(ids))
+    .bind(claim)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn expired_backlog(pool: &PgPool, now: DateTime<Utc>) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE expires_at <= $1")
+        .bind(now)
         .fetch_one(pool)
         .await?;
     Ok(n as u64)

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
 
-use super::{size_from_db, MediaRecord, MediaStatus, MetadataError, NewMedia, Result};
+use super::{
+    size_from_db, Claimed, DueQuery, MediaRecord, MediaStatus, MetadataError, NewMedia, Result,
+};
 use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
@@ -107,6 +109,112 @@ pub(super) async fn delete(pool: &SqlitePool, id: MediaId) -> Result<bool> {
 
 pub(super) async fn count(pool: &SqlitePool) -> Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media")
+        .fetch_one(pool)
+        .await?;
+    Ok(n as u64)
+}
+
+// SQLite serialises writers, and one process is assumed: each claim is a single UPDATE.
+
+fn claimed(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Claimed>> {
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let status: String = row.try_get("status")?;
+            Ok(Claimed {
+                id: MediaId::parse(&id)
+                    .ok_or_else(|| MetadataError::Corrupt(format!("id {id:?}")))?,
+                status: MediaStatus::parse(&status)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn claim_expired(
+    pool: &SqlitePool,
+    due: &DueQuery,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "UPDATE media SET reap_claim = ?1, reap_claimed_until = ?2 \
+         WHERE id IN ( \
+             SELECT id FROM media \
+             WHERE expires_at <= ?3 \
+               AND (reap_claimed_until IS NULL OR reap_claimed_until <= ?3) \
+             ORDER BY expires_at \
+             LIMIT ?4) \
+         RETURNING id, status",
+    )
+    .bind(due.claim.to_string())
+    .bind(millis(due.lease_until))
+    .bind(millis(due.now))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    claimed(rows)
+}
+
+pub(super) async fn claim_stale(
+    pool: &SqlitePool,
+    due: &DueQuery,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "UPDATE media SET reap_claim = ?1, reap_claimed_until = ?2 \
+         WHERE id IN ( \
+             SELECT id FROM media \
+             WHERE status = 'uploading' AND created_at <= ?3 \
+               AND (reap_claimed_until IS NULL OR reap_claimed_until <= ?4) \
+             ORDER BY created_at \
+             LIMIT ?5) \
+         RETURNING id, status",
+    )
+    .bind(due.claim.to_string())
+    .bind(millis(due.lease_until))
+    .bind(millis(due.stale_before))
+    .bind(millis(due.now))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    claimed(rows)
+}
+
+/// The ids as a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[MediaId]) -> String {
+    serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(super) async fn delete_claimed(
+    pool: &SqlitePool,
+    ids: &[MediaId],
+    claim: uuid::Uuid,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM media WHERE id IN (SELECT value FROM json_each(?1)) AND reap_claim = ?2",
+    )
+    .bind(id_list(ids))
+    .bind(claim.to_string())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn release(pool: &SqlitePool, ids: &[MediaId], claim: uuid::Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE media SET reap_claim = NULL, reap_claimed_until = NULL \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND reap_claim = ?2",
+    )
+    .bind(id_list(ids))
+    .bind(claim.to_string())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn expired_backlog(pool: &SqlitePool, now: DateTime<Utc>) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE expires_at <= ?1")
+        .bind(millis(now))
         .fetch_one(pool)
         .await?;
     Ok(n as u64)

@@ -138,6 +138,30 @@ impl Storage {
         }
     }
 
+    /// Deletes the objects of many ids at once (S3: DeleteObjects, 1000 keys a request).
+    /// Returns the ids whose object may still exist; one already gone counts as deleted.
+    pub async fn delete_many(&self, ids: &[MediaId]) -> Vec<MediaId> {
+        let paths =
+            futures_util::stream::iter(ids.iter().map(|id| Ok(self.key(*id))).collect::<Vec<_>>())
+                .boxed();
+        let results: Vec<object_store::Result<Path>> =
+            self.store.delete_stream(paths).collect().await;
+        // Keys and the paths in errors both end with the media id.
+        let id_of = |path: &str| path.rsplit('/').next().and_then(MediaId::parse);
+        let mut gone = std::collections::HashSet::with_capacity(ids.len());
+        for result in results {
+            match result {
+                Ok(path) => gone.extend(id_of(path.as_ref())),
+                Err(object_store::Error::NotFound { path, .. }) => gone.extend(id_of(&path)),
+                Err(err) => tracing::warn!(error = %err, "deleting an object failed"),
+            }
+        }
+        ids.iter()
+            .filter(|id| !gone.contains(*id))
+            .copied()
+            .collect()
+    }
+
     /// Whether an object exists (tests and operations).
     pub async fn exists(&self, id: MediaId) -> Result<bool> {
         match self.store.head(&self.key(id)).await {

@@ -177,6 +177,7 @@ pub struct TestApp {
     pub state: web::Data<AppState>,
     pub settings: Settings,
     pub auth: Authenticator,
+    pub metrics: media_node::metrics::Metrics,
     _dir: TempDir,
 }
 
@@ -196,6 +197,7 @@ impl TestApp {
         let address = format!("http://127.0.0.1:{}", app.port());
         let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
         let state = app.state();
+        let metrics = app.metrics();
         tokio::spawn(app.run_until_stopped());
         let auth = Authenticator::from_settings(&settings.auth, false).unwrap();
         Self {
@@ -208,6 +210,7 @@ impl TestApp {
             state,
             settings,
             auth,
+            metrics,
             _dir: dir,
         }
     }
@@ -309,6 +312,22 @@ impl TestApp {
         );
     }
 
+    /// `n` ready media that expired a minute ago, each with its object, written behind the
+    /// API for speed.
+    pub async fn seed_expired(&self, n: usize) -> Vec<MediaId> {
+        seed_expired(&self.state.metadata, &self.state.storage, n).await
+    }
+
+    /// A reaper over this application's backends, for tests that run passes themselves.
+    pub fn reaper(&self) -> media_node::reaper::Reaper {
+        media_node::reaper::Reaper::new(
+            self.state.metadata.clone(),
+            self.state.storage.clone(),
+            self.settings.reaper.clone(),
+            self.metrics.reaper.clone(),
+        )
+    }
+
     pub async fn object_exists(&self, id: &str) -> bool {
         self.state
             .storage
@@ -402,4 +421,39 @@ impl TcpProxy {
         self.cut.notify_one();
         let _ = self.task.await;
     }
+}
+
+/// `n` ready media that expired a minute ago, each with a small object.
+pub async fn seed_expired(
+    metadata: &media_node::metadata::Metadata,
+    storage: &media_node::storage::Storage,
+    n: usize,
+) -> Vec<MediaId> {
+    use futures_util::StreamExt;
+    use object_store::ObjectStoreExt;
+    let now = chrono::Utc::now();
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let id = MediaId::new_random();
+            metadata
+                .insert_uploading(&media_node::metadata::NewMedia {
+                    id,
+                    owner: media_node::domain::AccountId::parse("seed").unwrap(),
+                    extension: media_node::domain::FileExtension::parse("bin").unwrap(),
+                    created_at: now - chrono::Duration::hours(24),
+                    expires_at: now - chrono::Duration::minutes(1),
+                })
+                .await
+                .unwrap();
+            storage
+                .store()
+                .put(&storage.key(id), format!("object {i}").into_bytes().into())
+                .await
+                .unwrap();
+            metadata.mark_ready(id, 8, "00").await.unwrap();
+            id
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
 }

@@ -1,0 +1,221 @@
+//! Expiry: a background task that removes media past `expires_at`, and `uploading` rows
+//! left by crashed uploads, in batches. Objects go first, rows last, so no object ever
+//! outlives its row; a failure leaves the row for a later pass.
+//!
+//! Many replicas reap at once. Each batch is claimed with a lease (`reap_claim`,
+//! `reap_claimed_until`) in one statement that skips rows locked by another replica, so no
+//! two replicas work on one row, none waits, and no lock is held across storage calls.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::domain::MediaId;
+use crate::metadata::{DueQuery, MediaStatus, Metadata};
+use crate::metrics::ReaperMetrics;
+use crate::settings::ReaperSettings;
+use crate::storage::Storage;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Media removed (object and row), each counted once.
+    pub deleted: u64,
+    /// Failures; their rows stay for a later pass.
+    pub errors: u64,
+    /// The pass stopped early because shutdown began.
+    pub interrupted: bool,
+}
+
+#[derive(Clone)]
+pub struct Reaper {
+    metadata: Metadata,
+    storage: Storage,
+    settings: ReaperSettings,
+    metrics: ReaperMetrics,
+}
+
+impl Reaper {
+    pub fn new(
+        metadata: Metadata,
+        storage: Storage,
+        settings: ReaperSettings,
+        metrics: ReaperMetrics,
+    ) -> Self {
+        Self {
+            metadata,
+            storage,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Runs a pass every `reaper.interval` until `shutdown` turns true. A pass in progress
+    /// stops between batches; a batch is always finished.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(interval = ?self.settings.interval, "reaper started");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.pass(&shutdown).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tracing::info!("reaper stopped");
+    }
+
+    /// One pass: batches until nothing is due (or shutdown begins).
+    pub async fn pass(&self, shutdown: &watch::Receiver<bool>) -> PassReport {
+        let started = Instant::now();
+        self.metrics.runs.inc();
+        let mut report = PassReport::default();
+        loop {
+            if *shutdown.borrow() {
+                report.interrupted = true;
+                break;
+            }
+            match self.batch().await {
+                Ok(batch) => {
+                    report.deleted += batch.deleted;
+                    report.errors += batch.errors;
+                    if batch.claimed < self.settings.batch_size as usize || batch.errors > 0 {
+                        // Done, or storage is failing: leave the rest to the next pass
+                        // instead of spinning on the same rows.
+                        break;
+                    }
+                }
+                Err(()) => {
+                    report.errors += 1;
+                    break;
+                }
+            }
+        }
+        match self.metadata.expired_backlog(Utc::now()).await {
+            Ok(backlog) => self
+                .metrics
+                .expired_backlog
+                .set(i64::try_from(backlog).unwrap_or(i64::MAX)),
+            Err(err) => {
+                self.error("backlog");
+                tracing::warn!(error = ?err, "reaper could not count the expired backlog");
+            }
+        }
+        if report.errors == 0 && !report.interrupted {
+            self.metrics.last_success.set(Utc::now().timestamp() as f64);
+        }
+        self.metrics
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
+        if report.deleted > 0 || report.errors > 0 {
+            tracing::info!(
+                deleted = report.deleted,
+                errors = report.errors,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "reaper pass finished"
+            );
+        }
+        report
+    }
+
+    fn error(&self, stage: &str) {
+        self.metrics.errors.with_label_values(&[stage]).inc();
+    }
+
+    async fn batch(&self) -> Result<BatchReport, ()> {
+        let now = Utc::now();
+        let claim = uuid::Uuid::new_v4();
+        let due = DueQuery {
+            now,
+            stale_before: now - chrono_duration(self.settings.stale_upload_after),
+            limit: self.settings.batch_size,
+            claim,
+            lease_until: now + chrono_duration(self.settings.lease),
+        };
+        let claimed = self.metadata.claim_due(&due).await.map_err(|err| {
+            self.error("claim");
+            tracing::warn!(error = ?err, "reaper could not claim a batch");
+        })?;
+        if claimed.is_empty() {
+            return Ok(BatchReport::default());
+        }
+
+        let mut failed: Vec<MediaId> = Vec::new();
+        let mut errors = 0;
+        // An upload that never finished may have left a multipart upload in storage.
+        for row in claimed
+            .iter()
+            .filter(|r| r.status == MediaStatus::Uploading)
+        {
+            if let Err(err) = self.abort_pending(row.id).await {
+                self.error("multipart");
+                errors += 1;
+                tracing::warn!(id = %row.id, error = ?err, "reaper could not abort a multipart upload");
+                failed.push(row.id);
+            }
+        }
+        let candidates: Vec<MediaId> = claimed
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| !failed.contains(id))
+            .collect();
+        let not_deleted = self.storage.delete_many(&candidates).await;
+        if !not_deleted.is_empty() {
+            self.error("storage");
+            errors += 1;
+            tracing::warn!(
+                count = not_deleted.len(),
+                "reaper could not delete some objects; their rows stay for a later pass"
+            );
+        }
+        let removed: Vec<MediaId> = candidates
+            .into_iter()
+            .filter(|id| !not_deleted.contains(id))
+            .collect();
+        failed.extend(not_deleted);
+
+        let deleted = match self.metadata.delete_claimed(&removed, claim).await {
+            Ok(n) => n,
+            Err(err) => {
+                // The objects are gone; the rows keep their lease and are retried once it
+                // ends. Deleting an object twice is harmless.
+                self.error("delete_rows");
+                errors += 1;
+                tracing::warn!(error = ?err, "reaper could not delete rows");
+                0
+            }
+        };
+        self.metrics.deleted.inc_by(deleted);
+        if let Err(err) = self.metadata.release(&failed, claim).await {
+            self.error("release");
+            errors += 1;
+            tracing::warn!(error = ?err, "reaper could not release failed rows; their lease will end");
+        }
+        Ok(BatchReport {
+            claimed: claimed.len(),
+            deleted,
+            errors,
+        })
+    }
+
+    async fn abort_pending(&self, id: MediaId) -> anyhow::Result<()> {
+        for upload in self.storage.pending_uploads(id).await? {
+            self.storage.abort_pending(&upload).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct BatchReport {
+    claimed: usize,
+    deleted: u64,
+    errors: u64,
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,242 @@
+//! The reaper inside one application, on both backend pairs: expiry end to end, crashed
+//! uploads, batches, failures that keep rows, and the `reap --once` subcommand.
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::{content, Backend, TestApp};
+use media_node::domain::{AccountId, FileExtension, MediaId};
+use media_node::metadata::NewMedia;
+use object_store::{ObjectStoreExt, PutPayload};
+use tokio::sync::watch;
+
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite_local_disk() {
+                    super::$name(super::Backend::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres_s3() {
+                    super::$name(super::Backend::Production).await
+                }
+            }
+        )+
+    };
+}
+
+on_both_backends!(
+    uploads_expire_and_are_reaped,
+    crashed_uploads_are_cleaned_and_live_ones_kept,
+    batches_cover_everything_due,
+    reap_once_subcommand,
+);
+
+async fn wait_until_empty(app: &TestApp, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if app.is_empty().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "not reaped: {} rows, {} objects",
+        app.row_count().await,
+        app.object_keys().await.len()
+    );
+}
+
+async fn uploads_expire_and_are_reaped(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.media.retention = Duration::from_secs(2);
+        s.reaper.interval = Duration::from_millis(200);
+        s.reaper.batch_size = 2;
+    })
+    .await;
+    let token = app.token("acct");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.upload_ok(&token, "jpg", content(1000, i)).await);
+    }
+    // Readable until expiry ...
+    for id in &ids {
+        assert_eq!(app.get(&token, id).await.status(), 200);
+    }
+    // ... then 404, and soon nothing is left.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for id in &ids {
+        assert_eq!(app.get(&token, id).await.status(), 404);
+    }
+    wait_until_empty(&app, Duration::from_secs(10)).await;
+    assert_eq!(app.metrics.reaper.deleted.get(), 5);
+    assert!(app.metrics.reaper.runs.get() >= 1);
+    assert!(app.metrics.reaper.last_success.get() > 0.0);
+    assert_eq!(app.metrics.reaper.expired_backlog.get(), 0);
+}
+
+async fn crashed_uploads_are_cleaned_and_live_ones_kept(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.reaper.enabled = false;
+        s.reaper.stale_upload_after = Duration::from_secs(3600);
+    })
+    .await;
+    let metadata = &app.state.metadata;
+    let storage = &app.state.storage;
+    let now = chrono::Utc::now();
+    let row = |created_ago: chrono::Duration| NewMedia {
+        id: MediaId::new_random(),
+        owner: AccountId::parse("acct").unwrap(),
+        extension: FileExtension::parse("mp4").unwrap(),
+        created_at: now - created_ago,
+        expires_at: now - created_ago + chrono::Duration::hours(24),
+    };
+    // A crash mid-multipart two hours ago: a row, an open multipart upload with a part.
+    let crashed_multipart = row(chrono::Duration::hours(2));
+    metadata.insert_uploading(&crashed_multipart).await.unwrap();
+    let mut upload = storage
+        .store()
+        .put_multipart(&storage.key(crashed_multipart.id))
+        .await
+        .unwrap();
+    upload
+        .put_part(PutPayload::from(vec![1u8; 5 * 1024 * 1024]))
+        .await
+        .unwrap();
+    // A crash after the object was written but before `ready`.
+    let crashed_written = row(chrono::Duration::hours(3));
+    metadata.insert_uploading(&crashed_written).await.unwrap();
+    storage
+        .store()
+        .put(
+            &storage.key(crashed_written.id),
+            PutPayload::from(b"x".to_vec()),
+        )
+        .await
+        .unwrap();
+    // An upload in progress right now must be left alone.
+    let live = row(chrono::Duration::seconds(5));
+    metadata.insert_uploading(&live).await.unwrap();
+    if backend == Backend::Production {
+        assert_eq!(app.pending_multipart_uploads().await, 1);
+    }
+
+    let (_keep, shutdown) = watch::channel(false);
+    let report = app.reaper().pass(&shutdown).await;
+    assert_eq!(report.errors, 0);
+    assert_eq!(report.deleted, 2);
+    assert_eq!(app.pending_multipart_uploads().await, 0);
+    assert!(metadata.get(crashed_multipart.id).await.unwrap().is_none());
+    assert!(metadata.get(crashed_written.id).await.unwrap().is_none());
+    assert!(!storage.exists(crashed_written.id).await.unwrap());
+    assert!(
+        metadata.get(live.id).await.unwrap().is_some(),
+        "live upload kept"
+    );
+    assert_eq!(app.object_keys().await, Vec::<String>::new());
+}
+
+async fn batches_cover_everything_due(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.reaper.enabled = false;
+        s.reaper.batch_size = 7;
+    })
+    .await;
+    let token = app.token("acct");
+    let keep = app.upload_ok(&token, "jpg", content(10, 1)).await;
+    app.seed_expired(40).await;
+    let (_keep, shutdown) = watch::channel(false);
+    let report = app.reaper().pass(&shutdown).await;
+    assert_eq!(report.deleted, 40);
+    assert_eq!(app.row_count().await, 1);
+    assert_eq!(app.object_keys().await.len(), 1);
+    assert_eq!(app.get(&token, &keep).await.status(), 200);
+    // A second pass finds nothing.
+    assert_eq!(app.reaper().pass(&shutdown).await.deleted, 0);
+    assert_eq!(app.metrics.reaper.deleted.get(), 40);
+
+    // Shutdown between batches: a pass that is told to stop does no more batches.
+    app.seed_expired(10).await;
+    let (stop, stopped) = watch::channel(false);
+    stop.send(true).unwrap();
+    let report = app.reaper().pass(&stopped).await;
+    assert!(report.interrupted);
+    assert_eq!(report.deleted, 0);
+    assert_eq!(app.row_count().await, 11);
+}
+
+async fn reap_once_subcommand(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.reaper.enabled = false).await;
+    app.seed_expired(12).await;
+    let settings = &app.settings;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_media-node"));
+    command
+        .args(["reap", "--once"])
+        .env("MEDIA_NODE__DATABASE__URL", settings.database.url.expose())
+        .env("MEDIA_NODE__STORAGE__URL", &settings.storage.url)
+        .env("MEDIA_NODE__REAPER__BATCH_SIZE", "5");
+    if let Some(s3) = settings.storage.s3.endpoint.as_ref() {
+        let s3_settings = &settings.storage.s3;
+        command
+            .env("MEDIA_NODE__STORAGE__S3__ENDPOINT", s3)
+            .env(
+                "MEDIA_NODE__STORAGE__S3__REGION",
+                s3_settings.region.clone().unwrap(),
+            )
+            .env(
+                "MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID",
+                s3_settings.access_key_id.clone().unwrap(),
+            )
+            .env(
+                "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY",
+                s3_settings.secret_access_key.clone().unwrap().expose(),
+            )
+            .env("MEDIA_NODE__STORAGE__S3__ALLOW_HTTP", "true");
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["deleted"], 12);
+    assert_eq!(report["errors"], 0);
+    assert!(app.is_empty().await);
+}
+
+/// Storage that cannot be reached: every row stays, the failure is counted, nothing is
+/// lost, and the claims are released so the next pass can retry at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_errors_leave_rows_for_the_next_pass() {
+    let app = TestApp::spawn_with(Backend::Production, |s| s.reaper.enabled = false).await;
+    app.seed_expired(6).await;
+    let mut broken = app.settings.storage.clone();
+    broken.s3.endpoint = Some("http://127.0.0.1:9".to_owned());
+    let metrics = media_node::metrics::Metrics::new().unwrap();
+    let reaper = media_node::reaper::Reaper::new(
+        app.state.metadata.clone(),
+        media_node::storage::Storage::from_settings(&broken).unwrap(),
+        app.settings.reaper.clone(),
+        metrics.reaper.clone(),
+    );
+    let (_keep, shutdown) = watch::channel(false);
+    let report = reaper.pass(&shutdown).await;
+    assert_eq!(report.deleted, 0);
+    assert!(report.errors > 0);
+    assert_eq!(app.row_count().await, 6);
+    assert_eq!(app.object_keys().await.len(), 6);
+    assert!(metrics.reaper.errors.with_label_values(&["storage"]).get() > 0);
+    assert_eq!(metrics.reaper.last_success.get(), 0.0);
+    assert_eq!(metrics.reaper.expired_backlog.get(), 6);
+    // Released, not leased: a healthy reaper takes them right away.
+    let report = app.reaper().pass(&shutdown).await;
+    assert_eq!(report.deleted, 6);
+    assert!(app.is_empty().await);
+}
