@@ -6,7 +6,6 @@
 //! `cargo bench --bench upload`). Results go to BENCHMARKS.md by hand, with the command.
 
 #[path = "../tests/api/helpers.rs"]
-#[allow(dead_code)]
 mod helpers;
 
 use std::process::{Child, Command, Stdio};

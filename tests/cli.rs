@@ -3,7 +3,6 @@
 //! `MEDIA_NODE__…` variables, and a clean exit on SIGTERM.
 
 #[path = "api/helpers.rs"]
-#[allow(dead_code)]
 mod helpers;
 
 use std::net::TcpListener;

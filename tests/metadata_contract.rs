@@ -1,7 +1,6 @@
 //! One contract for the metadata repository, run against SQLite and PostgreSQL alike.
 
 #[path = "api/helpers.rs"]
-#[allow(dead_code)]
 mod helpers;
 
 use chrono::{Duration, DurationRound, Utc};

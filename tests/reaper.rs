@@ -2,7 +2,6 @@
 //! uploads, batches, failures that keep rows, and the `reap --once` subcommand.
 
 #[path = "api/helpers.rs"]
-#[allow(dead_code)]
 mod helpers;
 
 use std::time::Duration;

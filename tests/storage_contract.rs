@@ -3,7 +3,6 @@
 //! other tests rely on (proved here to see what it should see).
 
 #[path = "api/helpers.rs"]
-#[allow(dead_code)]
 mod helpers;
 
 use futures_util::TryStreamExt;

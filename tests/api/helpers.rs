@@ -1,7 +1,9 @@
-#![allow(dead_code)] // Shared by several test binaries; each uses a part.
 //! Starts a real media-node on port 0 for one test, on one of the two backend pairs:
 //! SQLite + local disk (the embedded default) or PostgreSQL + the S3 server started by
 //! `scripts/s3-server`. Each test gets its own database and its own key prefix.
+
+// Shared by several test binaries and the benchmarks; each uses a part.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;
