@@ -5,37 +5,10 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use helpers::{Services, TempDir};
-
-const BIN: &str = env!("CARGO_BIN_EXE_media-node");
-
-/// A command in `dir` with no `MEDIA_NODE__` or `APP_ENV` variables inherited.
-fn media_node(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(dir)
-        .env_remove("APP_ENV")
-        .env_remove("RUST_LOG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MEDIA_NODE__") || key.starts_with("AWS_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use helpers::{free_port, media_node_command as media_node, ServiceProcess, Services, TempDir};
 
 fn output(command: &mut Command) -> Output {
     command.output().unwrap()
@@ -49,74 +22,6 @@ fn token(dir: &Path, sub: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    admin_port: u16,
-}
-
-impl Server {
-    fn start(dir: &Path, envs: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let admin_port = free_port();
-        let child = media_node(dir)
-            .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
-            .env("MEDIA_NODE__SERVER__PORT", port.to_string())
-            .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
-            .env("MEDIA_NODE__ADMIN__PORT", admin_port.to_string())
-            .env("MEDIA_NODE__SERVER__WORKERS", "1")
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            port,
-            admin_port,
-        }
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("media-node exited early: {status}");
-            }
-            if let Ok(response) = reqwest::get(&url).await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("media-node did not become ready");
-    }
-
-    /// SIGTERM, then the exit status and everything it logged.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = self.child.wait_with_output().unwrap();
-        let logs = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (status, logs)
-    }
 }
 
 #[tokio::test]
@@ -133,7 +38,7 @@ async fn newcomer_flow_on_embedded_defaults() {
     let secret = std::fs::read_to_string(&secret_file).unwrap();
     assert_eq!(secret.trim().len(), 64);
 
-    let mut server = Server::start(&dir.0, &[]);
+    let mut server = ServiceProcess::start(&dir.0, &[]);
     server.wait_ready().await;
     // The server uses the same secret: a token minted before it started works.
     let client = reqwest::Client::new();
@@ -259,7 +164,7 @@ async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs()
         ("MEDIA_NODE__MEDIA__RETENTION", "90m".to_owned()),
         ("RUST_LOG", "debug".to_owned()),
     ];
-    let mut server = Server::start(&dir.0, &envs);
+    let mut server = ServiceProcess::start(&dir.0, &envs);
     server.wait_ready().await;
     let minted = output(
         media_node(&dir.0)

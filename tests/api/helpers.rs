@@ -460,3 +460,147 @@ pub async fn seed_expired(
         .collect()
         .await
 }
+
+/// The `media-node` binary, run in `dir` with no `MEDIA_NODE__`, `AWS_`, `APP_ENV` or
+/// `RUST_LOG` variables inherited from the test's environment.
+pub fn media_node_command(dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_media-node"));
+    command
+        .current_dir(dir)
+        .env_remove("APP_ENV")
+        .env_remove("RUST_LOG");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MEDIA_NODE__") || key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `media-node serve` process on free loopback ports, its output in a log file.
+pub struct ServiceProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub admin_port: u16,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    pub fn start(dir: &std::path::Path, envs: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let log = dir.join(format!("media-node-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = media_node_command(dir)
+            .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
+            .env("MEDIA_NODE__SERVER__PORT", port.to_string())
+            .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
+            .env("MEDIA_NODE__ADMIN__PORT", admin_port.to_string())
+            .env("MEDIA_NODE__SERVER__WORKERS", "1")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            port,
+            admin_port,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let url = self.admin_url("/readyz");
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("media-node exited early: {status}\n{}", self.logs());
+            }
+            if let Ok(response) = reqwest::get(&url).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("media-node did not become ready\n{}", self.logs());
+    }
+
+    /// The value of an unlabelled counter or gauge on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name).unwrap_or_else(|| panic!("{name} not exported"))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits (bounded) for the process to exit; its status and logs.
+    pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.logs());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("no exit within {within:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(40))
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sample's value in Prometheus text format: `name value` or `name{labels} value`.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

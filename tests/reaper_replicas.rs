@@ -1,0 +1,137 @@
+//! Three `media-node` processes over one PostgreSQL database and one S3 bucket reap the
+//! same expired media at the same moment. Afterwards no row and no object remain, and the
+//! replicas' `media_reaper_deleted_total` add up to exactly the number of media: no row was
+//! processed twice.
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use helpers::{create_database, ServiceProcess, Services, TempDir};
+use media_node::domain::{AccountId, FileExtension, MediaId};
+use media_node::metadata::{Metadata, NewMedia};
+use media_node::storage::Storage;
+use object_store::ObjectStoreExt;
+
+const MEDIA: usize = 1_200;
+const REPLICAS: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reap_each_media_exactly_once() {
+    let dir = TempDir::new();
+    let services = Services::from_env();
+    let database = create_database(&services).await;
+    let mut settings = helpers::test_settings(helpers::Backend::Production, &dir).await;
+    settings.database.url = media_node::settings::Secret::new(database.clone());
+
+    // Everything expires a few seconds from now, when all replicas are up and polling.
+    let metadata = Metadata::connect(&database, 8).unwrap();
+    metadata.migrate().await.unwrap();
+    let storage = Storage::from_settings(&settings.storage).unwrap();
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let seeded: Vec<MediaId> = futures_util::stream::iter(0..MEDIA)
+        .map(|i| {
+            let (metadata, storage) = (&metadata, &storage);
+            async move {
+                let id = MediaId::new_random();
+                metadata
+                    .insert_uploading(&NewMedia {
+                        id,
+                        owner: AccountId::parse("acct").unwrap(),
+                        extension: FileExtension::parse("bin").unwrap(),
+                        created_at: chrono::Utc::now(),
+                        expires_at,
+                    })
+                    .await
+                    .unwrap();
+                storage
+                    .store()
+                    .put(&storage.key(id), format!("media {i}").into_bytes().into())
+                    .await
+                    .unwrap();
+                metadata.mark_ready(id, 8, "00").await.unwrap();
+                id
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(seeded.len(), MEDIA);
+    assert_eq!(storage.object_keys().await.unwrap().len(), MEDIA);
+
+    let s3 = &settings.storage.s3;
+    let env = vec![
+        ("APP_ENV", "production".to_owned()),
+        ("MEDIA_NODE__DATABASE__URL", database.clone()),
+        ("MEDIA_NODE__STORAGE__URL", settings.storage.url.clone()),
+        (
+            "MEDIA_NODE__STORAGE__S3__ENDPOINT",
+            s3.endpoint.clone().unwrap(),
+        ),
+        (
+            "MEDIA_NODE__STORAGE__S3__REGION",
+            s3.region.clone().unwrap(),
+        ),
+        (
+            "MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID",
+            s3.access_key_id.clone().unwrap(),
+        ),
+        (
+            "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY",
+            s3.secret_access_key.clone().unwrap().expose().to_owned(),
+        ),
+        ("MEDIA_NODE__STORAGE__S3__ALLOW_HTTP", "true".to_owned()),
+        ("MEDIA_NODE__AUTH__HS256_SECRET", "r".repeat(40)),
+        ("MEDIA_NODE__REAPER__INTERVAL", "100ms".to_owned()),
+        ("MEDIA_NODE__REAPER__BATCH_SIZE", "40".to_owned()),
+    ];
+    let mut replicas: Vec<ServiceProcess> = (0..REPLICAS)
+        .map(|_| ServiceProcess::start(&dir.0, &env))
+        .collect();
+    for replica in &mut replicas {
+        replica.wait_ready().await;
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = metadata.count().await.unwrap();
+        if rows == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{rows} rows left after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        storage.object_keys().await.unwrap().is_empty(),
+        "objects left"
+    );
+
+    let mut total = 0.0;
+    let mut shares = Vec::new();
+    for replica in &replicas {
+        let deleted = replica.metric("media_reaper_deleted_total").await;
+        // Each replica reports the backlog it saw at the end of its last pass.
+        let mut backlog = replica.metric("media_expired_backlog").await;
+        for _ in 0..50 {
+            if backlog == 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            backlog = replica.metric("media_expired_backlog").await;
+        }
+        assert_eq!(backlog, 0.0);
+        shares.push(deleted);
+        total += deleted;
+    }
+    eprintln!("deleted per replica: {shares:?}");
+    assert_eq!(total, MEDIA as f64, "per replica: {shares:?}");
+    for replica in replicas {
+        let (status, logs) = replica.terminate();
+        assert!(status.success(), "{logs}");
+    }
+}
