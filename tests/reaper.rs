@@ -239,3 +239,98 @@ async fn storage_errors_leave_rows_for_the_next_pass() {
     assert_eq!(report.deleted, 6);
     assert!(app.is_empty().await);
 }
+
+/// The database going away mid-life: the pass counts a claim error, returns, and the
+/// reaper reports no success; nothing panics and nothing in storage is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_counted_and_survived() {
+    let services = helpers::Services::from_env();
+    let database = helpers::create_database(&services).await;
+    let mut url = url::Url::parse(&database).unwrap();
+    let target = tokio::net::lookup_host(("127.0.0.1", url.port().unwrap_or(5432)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = helpers::TcpProxy::start(target).await;
+    url.set_port(Some(proxy.port)).unwrap();
+    let app = TestApp::spawn_with(Backend::Production, |s| {
+        s.database.url = media_node::settings::Secret::new(url.to_string());
+        s.reaper.enabled = false;
+    })
+    .await;
+    app.seed_expired(3).await;
+    proxy.cut().await;
+    let (_keep, shutdown) = watch::channel(false);
+    let report = app.reaper().pass(&shutdown).await;
+    assert_eq!(report.deleted, 0);
+    assert!(report.errors > 0);
+    assert_eq!(
+        app.metrics
+            .reaper
+            .errors
+            .with_label_values(&["claim"])
+            .get(),
+        1
+    );
+    assert_eq!(app.metrics.reaper.last_success.get(), 0.0);
+    assert_eq!(app.object_keys().await.len(), 3, "storage untouched");
+}
+
+/// At a million rows, mostly not yet expired, the claim finds its batch through the
+/// `expires_at` index instead of reading the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_query_uses_the_expiry_index_at_a_million_rows() {
+    let services = helpers::Services::from_env();
+    let database = helpers::create_database(&services).await;
+    let metadata = media_node::metadata::Metadata::connect(&database, 2).unwrap();
+    metadata.migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    sqlx::query(
+        "INSERT INTO media (id, owner, extension, content_type, size_bytes, sha256, status, \
+                            created_at, expires_at) \
+         SELECT gen_random_uuid(), 'acct', 'jpg', 'image/jpeg', 1, '00', 'ready', \
+                now() - interval '1 hour', \
+                now() + interval '1 hour' + (g % 86400) * interval '1 second' - CASE WHEN g % 1000 = 0 \
+                    THEN interval '3 days' ELSE interval '0' END \
+         FROM generate_series(1, 1000000) AS g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE media").execute(&pool).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM media \
+         WHERE expires_at <= now() \
+           AND (reap_claimed_until IS NULL OR reap_claimed_until <= now()) \
+         ORDER BY expires_at LIMIT 500 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("media_expires_at_idx"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    // And the real claim takes the 1 000 expired rows in two batches.
+    let now = chrono::Utc::now();
+    let due = |claim| media_node::metadata::DueQuery {
+        now,
+        stale_before: now - chrono::Duration::hours(1),
+        limit: 500,
+        claim,
+        lease_until: now + chrono::Duration::minutes(5),
+    };
+    let first = metadata
+        .claim_due(&due(uuid::Uuid::new_v4()))
+        .await
+        .unwrap();
+    let second = metadata
+        .claim_due(&due(uuid::Uuid::new_v4()))
+        .await
+        .unwrap();
+    let third = metadata
+        .claim_due(&due(uuid::Uuid::new_v4()))
+        .await
+        .unwrap();
+    assert_eq!((first.len(), second.len(), third.len()), (500, 500, 0));
+}
