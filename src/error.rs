@@ -28,6 +28,9 @@ pub enum ApiError {
     /// 400, code 1009: a parameter has an invalid value.
     #[error("{0}")]
     InvalidParameter(String),
+    /// 400, code 1009: the body ended early or broke (the client went away).
+    #[error("the request body could not be read: {0}")]
+    BodyIncomplete(String),
     /// 401: no usable token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -72,6 +75,7 @@ impl ApiError {
         match self {
             ApiError::MissingParameter(_) => (1008, "Required parameter is missing"),
             ApiError::InvalidParameter(_)
+            | ApiError::BodyIncomplete(_)
             | ApiError::PayloadTooLarge { .. }
             | ApiError::RangeNotSatisfiable { .. } => (1009, "Parameter value is not valid"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
@@ -95,6 +99,18 @@ impl ApiError {
         }
     }
 
+    /// The `outcome` label of `media_uploads_total` for an upload that ended this way.
+    pub fn upload_outcome(&self) -> &'static str {
+        match self {
+            ApiError::MissingParameter(_) | ApiError::InvalidParameter(_) => "rejected",
+            ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::BodyIncomplete(_) => "aborted",
+            ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "denied",
+            ApiError::Unavailable(_) => "unavailable",
+            _ => "failed",
+        }
+    }
+
     /// The error for "storage said not found" or "row gone": one answer for every case, so
     /// ids do not leak.
     pub fn media_not_found() -> Self {
@@ -105,9 +121,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MissingParameter(_) | ApiError::InvalidParameter(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::MissingParameter(_)
+            | ApiError::InvalidParameter(_)
+            | ApiError::BodyIncomplete(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use crate::domain::{AccountId, FileExtension, MediaId};
 use crate::error::ApiError;
 use crate::metadata::{Metadata, NewMedia};
+use crate::metrics::MediaMetrics;
 use crate::storage::{Storage, StorageError};
 
 /// Parts sent to storage concurrently while the next one fills.
@@ -30,6 +31,7 @@ pub struct Ingest {
     pub max_upload_bytes: u64,
     pub part_size: usize,
     pub retention: chrono::Duration,
+    pub metrics: MediaMetrics,
 }
 
 /// A stored upload.
@@ -52,6 +54,7 @@ impl Ingest {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
         let id = MediaId::new_random();
         self.metadata
@@ -74,6 +77,8 @@ impl Ingest {
         match session.stream(&mut body).await {
             Ok(stored) => {
                 session.armed = false;
+                self.metrics.upload_bytes.inc_by(stored.size_bytes);
+                self.metrics.upload_size.observe(stored.size_bytes as f64);
                 Ok(stored)
             }
             Err(err) => Err(session.roll_back(err).await),
@@ -86,6 +91,7 @@ impl Ingest {
 struct Multipart {
     upload: Box<dyn MultipartUpload>,
     parts: JoinSet<object_store::Result<()>>,
+    storage: Storage,
 }
 
 impl Multipart {
@@ -94,7 +100,11 @@ impl Multipart {
             self.join_one().await?;
         }
         let part = self.upload.put_part(PutPayload::from_iter(chunks));
-        self.parts.spawn(part);
+        let timer = self.storage.timer("put_part");
+        self.parts.spawn(async move {
+            let _timer = timer;
+            part.await
+        });
         Ok(())
     }
 
@@ -110,6 +120,7 @@ impl Multipart {
         while !self.parts.is_empty() {
             self.join_one().await?;
         }
+        let _timer = self.storage.timer("complete_multipart");
         self.upload.complete().await?;
         Ok(())
     }
@@ -141,9 +152,7 @@ impl Session {
         let mut pending_len = 0usize;
 
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::InvalidParameter(format!("the request body could not be read: {e}"))
-            })?;
+            let chunk = chunk.map_err(|e| ApiError::BodyIncomplete(e.to_string()))?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
@@ -155,16 +164,18 @@ impl Session {
                 let part = std::mem::take(&mut pending);
                 pending_len = 0;
                 if self.multipart.is_none() {
-                    let upload = self
-                        .ingest
-                        .storage
+                    let storage = &self.ingest.storage;
+                    let timer = storage.timer("create_multipart");
+                    let upload = storage
                         .store()
                         .put_multipart(&key)
                         .await
                         .map_err(StorageError::from)?;
+                    drop(timer);
                     self.multipart = Some(Multipart {
                         upload,
                         parts: JoinSet::new(),
+                        storage: storage.clone(),
                     });
                 }
                 if let Some(multipart) = self.multipart.as_mut() {
@@ -189,8 +200,9 @@ impl Session {
                 multipart.finish().await?;
             }
             None => {
-                self.ingest
-                    .storage
+                let storage = &self.ingest.storage;
+                let _timer = storage.timer("put");
+                storage
                     .store()
                     .put(&key, PutPayload::from_iter(pending))
                     .await
@@ -278,7 +290,10 @@ impl Cleanup {
         if let Some(mut multipart) = self.multipart.take() {
             multipart.parts.abort_all();
             while multipart.parts.join_next().await.is_some() {}
-            if let Err(err) = multipart.upload.abort().await {
+            let timer = self.ingest.storage.timer("abort_multipart");
+            let aborted = multipart.upload.abort().await;
+            drop(timer);
+            if let Err(err) = aborted {
                 tracing::warn!(%id, error = %err, "aborting the multipart upload failed");
                 clean = false;
             }
@@ -290,5 +305,21 @@ impl Cleanup {
             }
         }
         clean
+    }
+}
+
+/// Counts an upload in `media_uploads_in_flight` for as long as it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(metrics: &MediaMetrics) -> Self {
+        metrics.uploads_in_flight.inc();
+        Self(metrics.uploads_in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

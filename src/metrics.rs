@@ -6,7 +6,7 @@ use prometheus::{
 };
 
 /// Reaper metrics (DESIGN.md section 5).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ReaperMetrics {
     /// Passes started.
     pub runs: IntCounter,
@@ -69,7 +69,7 @@ impl ReaperMetrics {
 }
 
 /// Durations of calls to the backends, by operation.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BackendMetrics {
     pub storage: HistogramVec,
     pub database: HistogramVec,
@@ -103,18 +103,116 @@ impl BackendMetrics {
     }
 }
 
+/// The HTTP API, by route template (never the raw path, so ids do not become labels).
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl HttpMetrics {
+    fn new() -> Self {
+        Self {
+            requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests answered"),
+                &["method", "route", "status"],
+            )
+            .unwrap(),
+            // Up to minutes: a 37 MiB upload over a slow mobile link takes that long.
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "Time from request head to the end of the response",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0,
+                ]),
+                &["method", "route"],
+            )
+            .unwrap(),
+        }
+    }
+}
+
+/// Uploads and downloads of media.
+#[derive(Clone, Debug)]
+pub struct MediaMetrics {
+    /// By outcome: stored, rejected, too_large, aborted, denied, unavailable, failed.
+    pub uploads: IntCounterVec,
+    pub upload_bytes: IntCounter,
+    pub upload_size: Histogram,
+    pub uploads_in_flight: IntGauge,
+    pub downloads: IntCounter,
+    pub download_bytes: IntCounter,
+}
+
+impl MediaMetrics {
+    fn new() -> Self {
+        const KIB: f64 = 1024.0;
+        const MIB: f64 = 1024.0 * 1024.0;
+        Self {
+            uploads: IntCounterVec::new(
+                Opts::new("media_uploads_total", "Upload requests by outcome"),
+                &["outcome"],
+            )
+            .unwrap(),
+            upload_bytes: IntCounter::new(
+                "media_upload_bytes_total",
+                "Bytes of media stored by completed uploads",
+            )
+            .unwrap(),
+            upload_size: Histogram::with_opts(
+                HistogramOpts::new("media_upload_size_bytes", "Size of stored uploads").buckets(
+                    vec![
+                        KIB,
+                        10.0 * KIB,
+                        100.0 * KIB,
+                        MIB,
+                        5.0 * MIB,
+                        10.0 * MIB,
+                        20.0 * MIB,
+                        30.0 * MIB,
+                        37.0 * MIB,
+                    ],
+                ),
+            )
+            .unwrap(),
+            uploads_in_flight: IntGauge::new(
+                "media_uploads_in_flight",
+                "Uploads currently streaming into storage",
+            )
+            .unwrap(),
+            downloads: IntCounter::new(
+                "media_downloads_total",
+                "Downloads started (200 and 206 answers to GET)",
+            )
+            .unwrap(),
+            download_bytes: IntCounter::new(
+                "media_download_bytes_total",
+                "Bytes of media sent to clients",
+            )
+            .unwrap(),
+        }
+    }
+}
+
+/// The database connection pool, read when metrics are scraped.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    pub connections: prometheus::IntGaugeVec,
+    pub max_connections: IntGauge,
+}
+
 /// All metrics of one process.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub reaper: ReaperMetrics,
     pub backend: BackendMetrics,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
+    pub http: HttpMetrics,
+    pub media: MediaMetrics,
+    pub pool: PoolMetrics,
 }
 
 impl Metrics {
@@ -129,10 +227,38 @@ impl Metrics {
         let backend = BackendMetrics::new();
         registry.register(Box::new(backend.storage.clone()))?;
         registry.register(Box::new(backend.database.clone()))?;
+        let http = HttpMetrics::new();
+        registry.register(Box::new(http.requests.clone()))?;
+        registry.register(Box::new(http.duration.clone()))?;
+        let media = MediaMetrics::new();
+        registry.register(Box::new(media.uploads.clone()))?;
+        registry.register(Box::new(media.upload_bytes.clone()))?;
+        registry.register(Box::new(media.upload_size.clone()))?;
+        registry.register(Box::new(media.uploads_in_flight.clone()))?;
+        registry.register(Box::new(media.downloads.clone()))?;
+        registry.register(Box::new(media.download_bytes.clone()))?;
+        let pool = PoolMetrics {
+            connections: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "media_database_pool_connections",
+                    "Database connections by state",
+                ),
+                &["state"],
+            )?,
+            max_connections: IntGauge::new(
+                "media_database_pool_max_connections",
+                "Size limit of the database connection pool",
+            )?,
+        };
+        registry.register(Box::new(pool.connections.clone()))?;
+        registry.register(Box::new(pool.max_connections.clone()))?;
         Ok(Self {
             registry,
             reaper,
             backend,
+            http,
+            media,
+            pool,
         })
     }
 }

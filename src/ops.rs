@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 
 use crate::metadata::Metadata;
+use crate::metrics::Metrics;
 use crate::storage::Storage;
 
 /// How long a readiness probe waits for each backend.
@@ -19,7 +20,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct OpsState {
     pub metadata: Metadata,
     pub storage: Storage,
-    pub registry: Registry,
+    pub metrics: Metrics,
     /// Set once shutdown begins: readiness answers 503 so the load balancer stops sending.
     pub draining: Arc<AtomicBool>,
 }
@@ -57,9 +58,14 @@ async fn readyz(state: web::Data<OpsState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
+    let (open, idle) = state.metadata.pool_state();
+    let pool = &state.metrics.pool.connections;
+    pool.with_label_values(&["idle"]).set(idle as i64);
+    pool.with_label_values(&["in_use"])
+        .set(i64::from(open).saturating_sub(idle as i64));
     let encoder = TextEncoder::new();
     let mut buffer = Vec::new();
-    if let Err(err) = encoder.encode(&state.registry.gather(), &mut buffer) {
+    if let Err(err) = encoder.encode(&state.metrics.registry.gather(), &mut buffer) {
         tracing::error!(error = %err, "encoding metrics failed");
         return HttpResponse::InternalServerError().finish();
     }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
+use crate::error::ApiError;
 use crate::ingest::Ingest;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
@@ -19,7 +20,6 @@ use crate::reaper::Reaper;
 use crate::routes::{self, AppState};
 use crate::settings::{redact_url, Settings};
 use crate::storage::Storage;
-use crate::{error::ApiError, request_id};
 
 pub struct Application {
     port: u16,
@@ -35,15 +35,22 @@ pub struct Application {
 impl Application {
     /// Connects the backends, applies migrations and binds both listeners.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new()?;
         let metadata = Metadata::connect(
             settings.database.url.expose(),
             settings.database.max_connections,
-        )?;
+        )?
+        .with_timings(metrics.backend.database.clone());
+        metrics
+            .pool
+            .max_connections
+            .set(i64::from(settings.database.max_connections));
         metadata
             .migrate()
             .await
             .with_context(|| format!("migrating {}", redact_url(settings.database.url.expose())))?;
-        let storage = Storage::from_settings(&settings.storage)?;
+        let storage = Storage::from_settings(&settings.storage)?
+            .with_timings(metrics.backend.storage.clone());
         let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
         let retention = chrono::Duration::from_std(settings.media.retention)
             .context("media.retention is out of range")?;
@@ -53,15 +60,16 @@ impl Application {
             max_upload_bytes: settings.limits.max_upload_bytes,
             part_size: settings.storage.part_size_bytes,
             retention,
+            metrics: metrics.media.clone(),
         };
         let state = web::Data::new(AppState {
             auth,
             metadata: metadata.clone(),
             storage: storage.clone(),
             ingest,
+            metrics: metrics.clone(),
         });
         let draining = Arc::new(AtomicBool::new(false));
-        let metrics = Metrics::new()?;
         let reaper = settings.reaper.enabled.then(|| {
             Reaper::new(
                 metadata.clone(),
@@ -73,7 +81,7 @@ impl Application {
         let ops = web::Data::new(OpsState {
             metadata: metadata.clone(),
             storage: storage.clone(),
-            registry: metrics.registry.clone(),
+            metrics: metrics.clone(),
             draining: draining.clone(),
         });
 
@@ -95,7 +103,7 @@ impl Application {
                     web::PathConfig::default()
                         .error_handler(|_, _| ApiError::media_not_found().into()),
                 )
-                .wrap(middleware::from_fn(request_id::middleware))
+                .wrap(middleware::from_fn(crate::telemetry::middleware))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })

@@ -1,8 +1,19 @@
-//! Logging: JSON lines for machines (the default), or a human format for development.
-//! `RUST_LOG` overrides the configured level.
+//! Logging and per-request telemetry: JSON lines for machines (the default) or a human
+//! format for development (`RUST_LOG` overrides the configured level), and the middleware
+//! that gives every request its id, its log line and its HTTP metrics.
 
+use std::time::Instant;
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderValue, CONTENT_LENGTH};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage};
+use tracing::Instrument;
 use tracing_subscriber::{fmt, EnvFilter};
 
+use crate::request_id::{self, RequestId};
+use crate::routes::AppState;
 use crate::settings::{LogFormat, LogSettings};
 
 /// Installs the global subscriber. `to_stderr` keeps stdout clean for subcommands whose
@@ -30,4 +41,60 @@ pub fn init(settings: &LogSettings, to_stderr: bool) {
     };
     // A second init (tests start many applications in one process) keeps the first.
     let _ = result;
+}
+
+/// Middleware: assigns the request id, runs the request inside a span that carries it,
+/// counts and times it by route template, and writes one log line when it is answered.
+/// Headers (and so tokens) are never logged.
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
+    req.extensions_mut().insert(id.clone());
+    let method = req.method().clone();
+    // The template (`/v1/media/{id}`), never the raw path: ids must not become labels.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let request_bytes = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.http.clone());
+    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let started = Instant::now();
+
+    let mut response =
+        request_id::scope(id.clone(), next.call(req).instrument(span.clone())).await?;
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Some(http) = metrics {
+        http.requests
+            .with_label_values(&[method.as_str(), &route, &status.to_string()])
+            .inc();
+        http.duration
+            .with_label_values(&[method.as_str(), &route])
+            .observe(elapsed.as_secs_f64());
+    }
+    let response_bytes = match response.response().body().size() {
+        BodySize::Sized(n) => Some(n),
+        _ => None,
+    };
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            request_bytes,
+            response_bytes,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        )
+    });
+    Ok(response)
 }

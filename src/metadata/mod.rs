@@ -128,7 +128,15 @@ pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
 
 /// The metadata repository. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
-pub enum Metadata {
+pub struct Metadata {
+    pool: Pool,
+    /// Durations of calls by operation, once metrics are attached.
+    timings: Option<prometheus::HistogramVec>,
+}
+
+/// The connection pool of the backend in use.
+#[derive(Debug, Clone)]
+pub enum Pool {
     Postgres(PgPool),
     Sqlite(SqlitePool),
 }
@@ -136,17 +144,32 @@ pub enum Metadata {
 /// How long a request waits for a pooled connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs the same call on whichever pool is in use.
+macro_rules! on_pool {
+    ($self:ident, $operation:literal, |$pool:ident| $postgres:expr, $sqlite:expr) => {
+        $self
+            .timed($operation, async {
+                match &$self.pool {
+                    Pool::Postgres($pool) => $postgres,
+                    Pool::Sqlite($pool) => $sqlite,
+                }
+            })
+            .await
+    };
+}
+
 impl Metadata {
     /// Connects lazily (the first query opens the first connection), so the service can
     /// start while the database is still coming up; readiness reports it.
     pub fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?.application_name("media-node");
-            let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options);
-            Ok(Metadata::Postgres(pool))
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(options),
+            )
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -159,61 +182,94 @@ impl Metadata {
                     std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
                 }
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options);
-            Ok(Metadata::Sqlite(pool))
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with(options),
+            )
         } else {
-            Err(MetadataError::UnsupportedUrl(crate::settings::redact_url(
+            return Err(MetadataError::UnsupportedUrl(crate::settings::redact_url(
                 url,
-            )))
+            )));
+        };
+        Ok(Self {
+            pool,
+            timings: None,
+        })
+    }
+
+    /// Records the duration of every call in `timings`, labelled by operation.
+    pub fn with_timings(mut self, timings: prometheus::HistogramVec) -> Self {
+        self.timings = Some(timings);
+        self
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Connections open and idle, for the pool gauges.
+    pub fn pool_state(&self) -> (u32, usize) {
+        match &self.pool {
+            Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Pool::Sqlite(pool) => (pool.size(), pool.num_idle()),
         }
     }
 
+    async fn timed<T>(&self, operation: &str, call: impl std::future::Future<Output = T>) -> T {
+        let _timer = self
+            .timings
+            .as_ref()
+            .map(|h| h.with_label_values(&[operation]).start_timer());
+        call.await
+    }
+
     pub fn backend_name(&self) -> &'static str {
-        match self {
-            Metadata::Postgres(_) => "postgres",
-            Metadata::Sqlite(_) => "sqlite",
+        match &self.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
         }
     }
 
     /// Applies the embedded migrations of this backend.
     pub async fn migrate(&self) -> Result<()> {
-        match self {
-            Metadata::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
-            Metadata::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Pool::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
         }
         Ok(())
     }
 
     /// A round trip to the database, for readiness.
     pub async fn ping(&self) -> Result<()> {
-        match self {
-            Metadata::Postgres(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-            Metadata::Sqlite(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-        }
+        on_pool!(
+            self,
+            "ping",
+            |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            sqlx::query("SELECT 1").execute(pool).await.map(drop)
+        )?;
         Ok(())
     }
 
     /// Inserts the row of an upload that is about to start (`status = 'uploading'`).
     pub async fn insert_uploading(&self, media: &NewMedia) -> Result<()> {
-        match self {
-            Metadata::Postgres(pool) => postgres::insert_uploading(pool, media).await,
-            Metadata::Sqlite(pool) => sqlite::insert_uploading(pool, media).await,
-        }
+        on_pool!(
+            self,
+            "insert_uploading",
+            |pool| postgres::insert_uploading(pool, media).await,
+            sqlite::insert_uploading(pool, media).await
+        )
     }
 
     /// Marks an upload complete. False when the row is gone (it was reaped meanwhile).
     pub async fn mark_ready(&self, id: MediaId, size_bytes: u64, sha256: &str) -> Result<bool> {
-        match self {
-            Metadata::Postgres(pool) => postgres::mark_ready(pool, id, size_bytes, sha256).await,
-            Metadata::Sqlite(pool) => sqlite::mark_ready(pool, id, size_bytes, sha256).await,
-        }
+        on_pool!(
+            self,
+            "mark_ready",
+            |pool| postgres::mark_ready(pool, id, size_bytes, sha256).await,
+            sqlite::mark_ready(pool, id, size_bytes, sha256).await
+        )
     }
 
     /// The media `owner` may read now: ready, not expired, theirs.
@@ -223,50 +279,62 @@ impl Metadata {
         owner: &AccountId,
         now: DateTime<Utc>,
     ) -> Result<Option<MediaRecord>> {
-        match self {
-            Metadata::Postgres(pool) => postgres::find_readable(pool, id, owner, now).await,
-            Metadata::Sqlite(pool) => sqlite::find_readable(pool, id, owner, now).await,
-        }
+        on_pool!(
+            self,
+            "find_readable",
+            |pool| postgres::find_readable(pool, id, owner, now).await,
+            sqlite::find_readable(pool, id, owner, now).await
+        )
     }
 
     /// Any row with this id, whatever its state (tests and operations).
     pub async fn get(&self, id: MediaId) -> Result<Option<MediaRecord>> {
-        match self {
-            Metadata::Postgres(pool) => postgres::get(pool, id).await,
-            Metadata::Sqlite(pool) => sqlite::get(pool, id).await,
-        }
+        on_pool!(
+            self,
+            "get",
+            |pool| postgres::get(pool, id).await,
+            sqlite::get(pool, id).await
+        )
     }
 
     /// Removes a row. False when there was none.
     pub async fn delete(&self, id: MediaId) -> Result<bool> {
-        match self {
-            Metadata::Postgres(pool) => postgres::delete(pool, id).await,
-            Metadata::Sqlite(pool) => sqlite::delete(pool, id).await,
-        }
+        on_pool!(
+            self,
+            "delete",
+            |pool| postgres::delete(pool, id).await,
+            sqlite::delete(pool, id).await
+        )
     }
 
-    /// How many rows there are, by status (tests and operations).
+    /// How many rows there are (tests and operations).
     pub async fn count(&self) -> Result<u64> {
-        match self {
-            Metadata::Postgres(pool) => postgres::count(pool).await,
-            Metadata::Sqlite(pool) => sqlite::count(pool).await,
-        }
+        on_pool!(
+            self,
+            "count",
+            |pool| postgres::count(pool).await,
+            sqlite::count(pool).await
+        )
     }
 
     /// Claims up to `limit` rows for reaping: expired rows first (oldest expiry first),
     /// then `uploading` rows created before `stale_before`. Rows another claim holds until
     /// after `now` are skipped, never waited for. The claim lasts until `lease_until`.
     pub async fn claim_due(&self, due: &DueQuery) -> Result<Vec<Claimed>> {
-        let mut claimed = match self {
-            Metadata::Postgres(pool) => postgres::claim_expired(pool, due, due.limit).await?,
-            Metadata::Sqlite(pool) => sqlite::claim_expired(pool, due, due.limit).await?,
-        };
+        let mut claimed = on_pool!(
+            self,
+            "claim_expired",
+            |pool| postgres::claim_expired(pool, due, due.limit).await,
+            sqlite::claim_expired(pool, due, due.limit).await
+        )?;
         let room = due.limit.saturating_sub(claimed.len() as u32);
         if room > 0 {
-            claimed.extend(match self {
-                Metadata::Postgres(pool) => postgres::claim_stale(pool, due, room).await?,
-                Metadata::Sqlite(pool) => sqlite::claim_stale(pool, due, room).await?,
-            });
+            claimed.extend(on_pool!(
+                self,
+                "claim_stale",
+                |pool| postgres::claim_stale(pool, due, room).await,
+                sqlite::claim_stale(pool, due, room).await
+            )?);
         }
         Ok(claimed)
     }
@@ -276,10 +344,12 @@ impl Metadata {
         if ids.is_empty() {
             return Ok(0);
         }
-        match self {
-            Metadata::Postgres(pool) => postgres::delete_claimed(pool, ids, claim).await,
-            Metadata::Sqlite(pool) => sqlite::delete_claimed(pool, ids, claim).await,
-        }
+        on_pool!(
+            self,
+            "delete_claimed",
+            |pool| postgres::delete_claimed(pool, ids, claim).await,
+            sqlite::delete_claimed(pool, ids, claim).await
+        )
     }
 
     /// Gives up `claim` on `ids`, so the next pass (of any replica) retries them at once.
@@ -287,24 +357,28 @@ impl Metadata {
         if ids.is_empty() {
             return Ok(());
         }
-        match self {
-            Metadata::Postgres(pool) => postgres::release(pool, ids, claim).await,
-            Metadata::Sqlite(pool) => sqlite::release(pool, ids, claim).await,
-        }
+        on_pool!(
+            self,
+            "release",
+            |pool| postgres::release(pool, ids, claim).await,
+            sqlite::release(pool, ids, claim).await
+        )
     }
 
     /// How many rows have expired at `now` and are still there.
     pub async fn expired_backlog(&self, now: DateTime<Utc>) -> Result<u64> {
-        match self {
-            Metadata::Postgres(pool) => postgres::expired_backlog(pool, now).await,
-            Metadata::Sqlite(pool) => sqlite::expired_backlog(pool, now).await,
-        }
+        on_pool!(
+            self,
+            "expired_backlog",
+            |pool| postgres::expired_backlog(pool, now).await,
+            sqlite::expired_backlog(pool, now).await
+        )
     }
 
     pub async fn close(&self) {
-        match self {
-            Metadata::Postgres(pool) => pool.close().await,
-            Metadata::Sqlite(pool) => pool.close().await,
+        match &self.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
         }
     }
 }

@@ -106,7 +106,14 @@ async fn serve(
     }
 
     let object = state.storage.get(id, range).await?;
-    let stream = Storage::body(object).map_err(ApiError::from);
+    let media = state.metrics.media.clone();
+    media.downloads.inc();
+    let stream = Storage::body(object)
+        .map_ok(move |chunk| {
+            media.download_bytes.inc_by(chunk.len() as u64);
+            chunk
+        })
+        .map_err(ApiError::from);
     Ok(response.body(SizedStream::new(length, stream)))
 }
 

@@ -21,6 +21,7 @@ pub struct AppState {
     pub metadata: Metadata,
     pub storage: Storage,
     pub ingest: Ingest,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {

@@ -16,6 +16,37 @@ pub async fn upload(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Counted on drop, so a request cancelled mid-body (client gone) counts as aborted.
+    let mut outcome = Outcome {
+        counter: state.metrics.media.uploads.clone(),
+        label: "aborted",
+    };
+    let result = store(&req, body, &state).await;
+    outcome.label = match &result {
+        Ok(_) => "stored",
+        Err(err) => err.upload_outcome(),
+    };
+    result
+}
+
+/// The `media_uploads_total` sample of one upload request.
+struct Outcome {
+    counter: prometheus::IntCounterVec,
+    label: &'static str,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        self.counter.with_label_values(&[self.label]).inc();
+    }
+}
+
+async fn store(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let req = req.clone();
     let caller = state.caller(&req, SCOPE_WRITE)?;
     let extension = extension(&req)?;
 

@@ -58,6 +58,8 @@ pub struct Storage {
     /// Present for S3: the bucket-level calls object_store does not offer.
     s3: Option<Arc<s3_uploads::S3Uploads>>,
     description: String,
+    /// Durations of calls by operation, once metrics are attached.
+    timings: Option<prometheus::HistogramVec>,
 }
 
 impl Storage {
@@ -75,6 +77,7 @@ impl Storage {
                 prefix: None,
                 s3: None,
                 description: format!("file://{dir}"),
+                timings: None,
             })
         } else if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = match rest.split_once('/') {
@@ -89,10 +92,24 @@ impl Storage {
                 prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
                 s3: Some(Arc::new(uploads)),
                 description: format!("s3://{bucket}/{prefix}"),
+                timings: None,
             })
         } else {
             anyhow::bail!("unsupported storage.url {url:?}: expected file://DIR or s3://BUCKET")
         }
+    }
+
+    /// Records the duration of every call in `timings`, labelled by operation.
+    pub fn with_timings(mut self, timings: prometheus::HistogramVec) -> Self {
+        self.timings = Some(timings);
+        self
+    }
+
+    /// A timer for one call of `operation`; it records when dropped.
+    pub fn timer(&self, operation: &str) -> Option<prometheus::HistogramTimer> {
+        self.timings
+            .as_ref()
+            .map(|h| h.with_label_values(&[operation]).start_timer())
     }
 
     pub fn describe(&self) -> &str {
@@ -117,6 +134,7 @@ impl Storage {
             range: range.map(GetRange::Bounded),
             ..GetOptions::default()
         };
+        let _timer = self.timer("get");
         Ok(self.store.get_opts(&self.key(id), options).await?)
     }
 
@@ -131,6 +149,7 @@ impl Storage {
 
     /// Deletes an object; one that is already gone counts as deleted.
     pub async fn delete(&self, id: MediaId) -> Result<()> {
+        let _timer = self.timer("delete");
         match self.store.delete(&self.key(id)).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -144,6 +163,7 @@ impl Storage {
         let paths =
             futures_util::stream::iter(ids.iter().map(|id| Ok(self.key(*id))).collect::<Vec<_>>())
                 .boxed();
+        let _timer = self.timer("delete_many");
         let results: Vec<object_store::Result<Path>> =
             self.store.delete_stream(paths).collect().await;
         // Keys and the paths in errors both end with the media id.
@@ -174,6 +194,7 @@ impl Storage {
     /// A cheap round trip that proves the store answers (readiness): a lookup of a key that
     /// never exists, for which "not found" is the healthy answer.
     pub async fn ping(&self) -> Result<()> {
+        let _timer = self.timer("ping");
         let probe = match &self.prefix {
             Some(prefix) => prefix.clone().join(".readiness-probe"),
             None => Path::from(".readiness-probe"),
@@ -194,6 +215,7 @@ impl Storage {
     /// Unfinished multipart uploads under a media id's key (S3 only; local disk has none
     /// that outlive the process).
     pub async fn pending_uploads(&self, id: MediaId) -> anyhow::Result<Vec<PendingUpload>> {
+        let _timer = self.timer("list_multipart");
         match &self.s3 {
             Some(s3) => s3.list(self.key(id).as_ref()).await,
             None => Ok(Vec::new()),
@@ -217,6 +239,7 @@ impl Storage {
 
     /// Aborts an unfinished multipart upload; one already gone counts as aborted.
     pub async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
+        let _timer = self.timer("abort_multipart");
         match &self.s3 {
             Some(s3) => s3.abort(upload).await,
             None => Ok(()),

@@ -119,14 +119,14 @@ async fn storage_down_is_503_and_nothing_is_stored(backend: Backend) {
         assert_error(response, 503, 1011).await;
     }
     // No media became visible; a row may remain only as 'uploading', for the reaper.
-    let ready = match &app.state.metadata {
-        media_node::metadata::Metadata::Postgres(pool) => {
+    let ready = match app.state.metadata.pool() {
+        media_node::metadata::Pool::Postgres(pool) => {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM media WHERE status = 'ready'")
                 .fetch_one(pool)
                 .await
                 .unwrap()
         }
-        media_node::metadata::Metadata::Sqlite(pool) => {
+        media_node::metadata::Pool::Sqlite(pool) => {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM media WHERE status = 'ready'")
                 .fetch_one(pool)
                 .await

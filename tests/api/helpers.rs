@@ -604,3 +604,27 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A labelled sample's value: the line for `name` whose labels include every pair.
+pub fn labelled_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl TestApp {
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_address))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}

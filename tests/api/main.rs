@@ -6,4 +6,5 @@ mod auth;
 mod delete;
 mod download;
 mod errors;
+mod ops;
 mod upload;

@@ -281,6 +281,14 @@ async fn client_disconnect_mid_body_leaves_nothing(backend: Backend) {
     assert!(under_way, "the upload never reached storage");
     drop(stream);
     app.assert_eventually_empty().await;
+    let text = app.metrics_text().await;
+    let aborted =
+        crate::helpers::labelled_value(&text, "media_uploads_total", &[("outcome", "aborted")]);
+    assert_eq!(aborted, Some(1.0), "{text}");
+    assert_eq!(
+        crate::helpers::metric_value(&text, "media_uploads_in_flight"),
+        Some(0.0)
+    );
 }
 
 async fn concurrent_uploads_are_all_readable(backend: Backend) {

@@ -1,0 +1,131 @@
+use reqwest::Method;
+
+use crate::helpers::{content, labelled_value, metric_value, Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(metrics_describe_what_happened);
+
+async fn metrics_describe_what_happened(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let sizes = [1_000usize, 250_000, 6 * 1024 * 1024];
+    let mut ids = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        ids.push(app.upload_ok(&token, "jpg", content(*size, i as u8)).await);
+    }
+    assert_eq!(app.upload(&token, "jpg", Vec::new()).await.status(), 400);
+    assert_eq!(
+        app.upload(
+            &app.token_with_scope("acct", "media:read"),
+            "jpg",
+            b"x".to_vec()
+        )
+        .await
+        .status(),
+        403
+    );
+    let body = app.get(&token, &ids[1]).await.bytes().await.unwrap();
+    assert_eq!(body.len(), sizes[1]);
+    let ranged = app
+        .request(Method::GET, &format!("/v1/media/{}", ids[0]), Some(&token))
+        .header("Range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.bytes().await.unwrap().len(), 100);
+    assert_eq!(app.get(&token, "not-an-id").await.status(), 404);
+
+    let text = app.metrics_text().await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        labelled_value(&text, name, labels).unwrap_or_else(|| panic!("{name} {labels:?}\n{text}"))
+    };
+    assert_eq!(value("media_uploads_total", &[("outcome", "stored")]), 3.0);
+    assert_eq!(
+        value("media_uploads_total", &[("outcome", "rejected")]),
+        1.0
+    );
+    assert_eq!(value("media_uploads_total", &[("outcome", "denied")]), 1.0);
+    let stored: usize = sizes.iter().sum();
+    assert_eq!(
+        metric_value(&text, "media_upload_bytes_total"),
+        Some(stored as f64)
+    );
+    assert_eq!(
+        metric_value(&text, "media_upload_size_bytes_count"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric_value(&text, "media_upload_size_bytes_sum"),
+        Some(stored as f64)
+    );
+    assert_eq!(metric_value(&text, "media_uploads_in_flight"), Some(0.0));
+    assert_eq!(metric_value(&text, "media_downloads_total"), Some(2.0));
+    assert_eq!(
+        metric_value(&text, "media_download_bytes_total"),
+        Some((sizes[1] + 100) as f64)
+    );
+
+    let requests = |method: &str, route: &str, status: &str| {
+        value(
+            "http_requests_total",
+            &[("method", method), ("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("POST", "/v1/media", "201"), 3.0);
+    assert_eq!(requests("POST", "/v1/media", "400"), 1.0);
+    assert_eq!(requests("GET", "/v1/media/{id}", "200"), 1.0);
+    assert_eq!(requests("GET", "/v1/media/{id}", "206"), 1.0);
+    assert_eq!(requests("GET", "/v1/media/{id}", "404"), 1.0);
+    for id in &ids {
+        assert!(!text.contains(id.as_str()), "an id became a label");
+    }
+    assert!(
+        value(
+            "http_request_duration_seconds_count",
+            &[("route", "/v1/media")]
+        ) >= 5.0
+    );
+
+    // Backend timings by operation, the pool, the process.
+    let storage_ops: &[&str] = &[
+        "put",
+        "create_multipart",
+        "put_part",
+        "complete_multipart",
+        "get",
+    ];
+    for op in storage_ops {
+        assert!(
+            value(
+                "media_storage_operation_duration_seconds_count",
+                &[("operation", op)]
+            ) >= 1.0,
+            "{op}"
+        );
+    }
+    for op in ["insert_uploading", "mark_ready", "find_readable", "delete"] {
+        assert!(
+            value(
+                "media_database_operation_duration_seconds_count",
+                &[("operation", op)]
+            ) >= 1.0,
+            "{op}"
+        );
+    }
+    assert!(labelled_value(
+        &text,
+        "media_database_pool_connections",
+        &[("state", "idle")]
+    )
+    .is_some());
+    assert_eq!(
+        metric_value(&text, "media_database_pool_max_connections"),
+        Some(app.settings.database.max_connections as f64)
+    );
+    assert!(metric_value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+    assert!(metric_value(&text, "process_open_fds").unwrap() > 0.0);
+    assert!(metric_value(&text, "process_cpu_seconds_total").is_some());
+    // The reaper's metrics are exported from the start.
+    assert!(metric_value(&text, "media_reaper_deleted_total").is_some());
+    assert!(metric_value(&text, "media_expired_backlog").is_some());
+}
