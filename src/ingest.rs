@@ -32,6 +32,38 @@ pub struct Ingest {
     pub part_size: usize,
     pub retention: chrono::Duration,
     pub metrics: MediaMetrics,
+    pub cleanups: Cleanups,
+}
+
+/// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker
+/// whose runtime may be shutting down (a request cut off at the shutdown deadline), and
+/// shutdown waits for them, so nothing is left behind by a stop.
+#[derive(Debug, Clone)]
+pub struct Cleanups {
+    tracker: tokio_util::task::TaskTracker,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Cleanups {
+    /// Must be called on the runtime that outlives the HTTP workers.
+    pub fn on_current_runtime() -> Self {
+        Self {
+            tracker: tokio_util::task::TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn spawn(&self, cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn_on(cleanup, &self.runtime);
+    }
+
+    /// Waits (bounded) for clean-ups under way; false if some did not finish in time.
+    pub async fn wait(&self, within: std::time::Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(within, self.tracker.wait())
+            .await
+            .is_ok()
+    }
 }
 
 /// A stored upload.
@@ -249,17 +281,15 @@ impl Drop for Session {
         if !self.armed {
             return;
         }
-        // The request was cancelled mid-upload (client gone, shutdown deadline). Clean up
-        // on the runtime; should even that not run, the row stays and the reaper cleans.
+        // The request was cancelled mid-upload (client gone, shutdown deadline). Should the
+        // clean-up not run (the process is killed), the row stays and the reaper cleans.
         let cleanup = Cleanup {
             ingest: self.ingest.clone(),
             id: self.id,
             multipart: self.multipart.take(),
             object_written: self.object_written,
         };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(cleanup.run());
-        }
+        self.ingest.cleanups.spawn(cleanup.run());
     }
 }
 

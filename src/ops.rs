@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, TextEncoder};
@@ -15,6 +15,9 @@ use crate::storage::Storage;
 
 /// How long a readiness probe waits for each backend.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a backend check is reused, so frequent probes (several kubelets, a load
+/// balancer) do not hammer the database and storage.
+const PROBE_CACHE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct OpsState {
@@ -23,6 +26,8 @@ pub struct OpsState {
     pub metrics: Metrics,
     /// Set once shutdown begins: readiness answers 503 so the load balancer stops sending.
     pub draining: Arc<AtomicBool>,
+    /// The last backend check: when, database reachable, storage reachable.
+    pub last_check: Arc<tokio::sync::Mutex<Option<(Instant, bool, bool)>>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,12 +44,7 @@ async fn readyz(state: web::Data<OpsState>) -> HttpResponse {
     if state.draining.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().json(json!({ "status": "draining" }));
     }
-    let (database, storage) = tokio::join!(
-        tokio::time::timeout(PROBE_TIMEOUT, state.metadata.ping()),
-        tokio::time::timeout(PROBE_TIMEOUT, state.storage.ping()),
-    );
-    let database_ok = matches!(database, Ok(Ok(())));
-    let storage_ok = matches!(storage, Ok(Ok(())));
+    let (database_ok, storage_ok) = backends_reachable(&state).await;
     let body = json!({
         "status": if database_ok && storage_ok { "ready" } else { "unavailable" },
         "database": if database_ok { "ok" } else { "unreachable" },
@@ -72,4 +72,24 @@ async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(encoder.format_type())
         .body(buffer)
+}
+
+/// The cached result of checking both backends; one check at a time, however many probes.
+async fn backends_reachable(state: &OpsState) -> (bool, bool) {
+    let mut last = state.last_check.lock().await;
+    if let Some((at, database, storage)) = *last {
+        if at.elapsed() < PROBE_CACHE {
+            return (database, storage);
+        }
+    }
+    let (database, storage) = tokio::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, state.metadata.ping()),
+        tokio::time::timeout(PROBE_TIMEOUT, state.storage.ping()),
+    );
+    let result = (
+        matches!(database, Ok(Ok(()))),
+        matches!(storage, Ok(Ok(()))),
+    );
+    *last = Some((Instant::now(), result.0, result.1));
+    result
 }

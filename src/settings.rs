@@ -53,6 +53,10 @@ pub struct ServerSettings {
     pub port: u16,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long the listener keeps accepting while readiness already says
+    /// 503, so load balancers stop sending before connections are refused.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// HTTP worker threads; unset means one per CPU core.
     pub workers: Option<usize>,
 }

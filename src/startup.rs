@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use crate::ingest::Ingest;
+use crate::ingest::{Cleanups, Ingest};
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::ops::OpsState;
@@ -30,6 +30,8 @@ pub struct Application {
     draining: Arc<AtomicBool>,
     metrics: Metrics,
     reaper: Option<Reaper>,
+    drain_delay: std::time::Duration,
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -61,6 +63,7 @@ impl Application {
             part_size: settings.storage.part_size_bytes,
             retention,
             metrics: metrics.media.clone(),
+            cleanups: Cleanups::on_current_runtime(),
         };
         let state = web::Data::new(AppState {
             auth,
@@ -83,6 +86,7 @@ impl Application {
             storage: storage.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
+            last_check: Default::default(),
         });
 
         let public = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
@@ -144,6 +148,8 @@ impl Application {
             draining,
             metrics,
             reaper,
+            drain_delay: settings.server.drain_delay,
+            shutdown_timeout: settings.server.shutdown_timeout,
         })
     }
 
@@ -165,33 +171,43 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains: readiness turns 503, the listener stops
-    /// accepting, in-flight requests get `server.shutdown_timeout` to finish.
+    /// Serves until SIGTERM or SIGINT, then drains: readiness turns 503 at once, the
+    /// listener keeps accepting for `server.drain_delay`, then stops; in-flight requests get
+    /// `server.shutdown_timeout` to finish and are cut off after it (their uploads rolled
+    /// back); the reaper stops between batches; then the admin listener closes.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let public = self.server.handle();
         let admin = self.admin.handle();
         let draining = self.draining.clone();
-        let metadata = self.state.metadata.clone();
+        let drain_delay = self.drain_delay;
         let (stop_reaper, reaper_stopped) = watch::channel(false);
         let reaper = self
             .reaper
             .map(|reaper| tokio::spawn(reaper.run(reaper_stopped)));
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("shutdown requested: draining");
             draining.store(true, Ordering::SeqCst);
+            tracing::info!(
+                ?drain_delay,
+                "shutdown requested: readiness is 503, draining"
+            );
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!("no longer accepting connections; waiting for in-flight requests");
             public.stop(true).await;
-            admin.stop(true).await;
         });
         let admin_task = tokio::spawn(self.admin);
         self.server.await?;
-        admin_task.await??;
-        // The reaper finishes the batch it is on, then stops.
+
         let _ = stop_reaper.send(true);
         if let Some(reaper) = reaper {
             reaper.await?;
         }
-        metadata.close().await;
+        if !self.state.ingest.cleanups.wait(self.shutdown_timeout).await {
+            tracing::warn!("some cancelled uploads were not cleaned up; the reaper will");
+        }
+        admin.stop(true).await;
+        admin_task.await??;
+        self.state.metadata.close().await;
         tracing::info!("stopped");
         Ok(())
     }

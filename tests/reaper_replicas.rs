@@ -61,32 +61,12 @@ async fn replicas_reap_each_media_exactly_once() {
     assert_eq!(seeded.len(), MEDIA);
     assert_eq!(storage.object_keys().await.unwrap().len(), MEDIA);
 
-    let s3 = &settings.storage.s3;
-    let env = vec![
+    let mut env = helpers::process_env(&settings);
+    env.extend([
         ("APP_ENV", "production".to_owned()),
-        ("MEDIA_NODE__DATABASE__URL", database.clone()),
-        ("MEDIA_NODE__STORAGE__URL", settings.storage.url.clone()),
-        (
-            "MEDIA_NODE__STORAGE__S3__ENDPOINT",
-            s3.endpoint.clone().unwrap(),
-        ),
-        (
-            "MEDIA_NODE__STORAGE__S3__REGION",
-            s3.region.clone().unwrap(),
-        ),
-        (
-            "MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID",
-            s3.access_key_id.clone().unwrap(),
-        ),
-        (
-            "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY",
-            s3.secret_access_key.clone().unwrap().expose().to_owned(),
-        ),
-        ("MEDIA_NODE__STORAGE__S3__ALLOW_HTTP", "true".to_owned()),
-        ("MEDIA_NODE__AUTH__HS256_SECRET", "r".repeat(40)),
         ("MEDIA_NODE__REAPER__INTERVAL", "100ms".to_owned()),
         ("MEDIA_NODE__REAPER__BATCH_SIZE", "40".to_owned()),
-    ];
+    ]);
     let mut replicas: Vec<ServiceProcess> = (0..REPLICAS)
         .map(|_| ServiceProcess::start(&dir.0, &env))
         .collect();

@@ -505,6 +505,8 @@ impl ServiceProcess {
             .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
             .env("MEDIA_NODE__ADMIN__PORT", admin_port.to_string())
             .env("MEDIA_NODE__SERVER__WORKERS", "1")
+            // Tests that exercise the drain set their own.
+            .env("MEDIA_NODE__SERVER__DRAIN_DELAY", "100ms")
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -627,4 +629,43 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// The environment that makes a `media-node` process use the backends of `settings`.
+pub fn process_env(settings: &Settings) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        (
+            "MEDIA_NODE__DATABASE__URL",
+            settings.database.url.expose().to_owned(),
+        ),
+        ("MEDIA_NODE__STORAGE__URL", settings.storage.url.clone()),
+        (
+            "MEDIA_NODE__STORAGE__PART_SIZE_BYTES",
+            settings.storage.part_size_bytes.to_string(),
+        ),
+    ];
+    if let Some(secret) = &settings.auth.hs256_secret {
+        env.push(("MEDIA_NODE__AUTH__HS256_SECRET", secret.expose().to_owned()));
+    }
+    let s3 = &settings.storage.s3;
+    if let Some(endpoint) = &s3.endpoint {
+        env.push(("MEDIA_NODE__STORAGE__S3__ENDPOINT", endpoint.clone()));
+        env.push((
+            "MEDIA_NODE__STORAGE__S3__ALLOW_HTTP",
+            s3.allow_http.to_string(),
+        ));
+    }
+    if let Some(region) = &s3.region {
+        env.push(("MEDIA_NODE__STORAGE__S3__REGION", region.clone()));
+    }
+    if let Some(key) = &s3.access_key_id {
+        env.push(("MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID", key.clone()));
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        env.push((
+            "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY",
+            secret.expose().to_owned(),
+        ));
+    }
+    env
 }

@@ -129,3 +129,31 @@ async fn metrics_describe_what_happened(backend: Backend) {
     assert!(metric_value(&text, "media_reaper_deleted_total").is_some());
     assert!(metric_value(&text, "media_expired_backlog").is_some());
 }
+
+on_both_backends!(readiness_checks_are_cached);
+
+async fn readiness_checks_are_cached(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let pings = |text: &str| {
+        labelled_value(
+            text,
+            "media_database_operation_duration_seconds_count",
+            &[("operation", "ping")],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = pings(&app.metrics_text().await);
+    for _ in 0..10 {
+        let ready = reqwest::get(format!("{}/readyz", app.admin_address))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    let after = pings(&app.metrics_text().await);
+    // Ten probes within a second reach the database once (twice if a second boundary
+    // fell in between), not ten times.
+    assert!(
+        (1.0..=2.0).contains(&(after - before)),
+        "{before} -> {after}"
+    );
+}

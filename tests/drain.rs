@@ -1,0 +1,159 @@
+//! Graceful drain of a real `media-node` process: SIGTERM while a 37 MiB upload streams
+//! slowly, and the shutdown deadline cutting an upload off.
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use helpers::{content, sha256_hex, Backend, ServiceProcess, TempDir, MAX_UPLOAD};
+use media_node::auth::Authenticator;
+use media_node::metadata::Metadata;
+use media_node::storage::Storage;
+
+/// A body that trickles `data` out in 1 MiB chunks, `pause` apart.
+fn slow_body(data: Vec<u8>, pause: Duration) -> reqwest::Body {
+    let chunks: Vec<Bytes> = data
+        .chunks(1024 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut rest| async move {
+        let chunk = rest.next()?;
+        tokio::time::sleep(pause).await;
+        Some((Ok::<_, std::io::Error>(chunk), rest))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+async fn wait_for_in_flight_upload(server: &ServiceProcess) {
+    for _ in 0..200 {
+        if server.metric("media_uploads_in_flight").await == 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the upload never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_upload_finish() {
+    let dir = TempDir::new();
+    let settings = helpers::test_settings(Backend::Embedded, &dir).await;
+    let mut env = helpers::process_env(&settings);
+    env.extend([
+        ("MEDIA_NODE__SERVER__DRAIN_DELAY", "1s".to_owned()),
+        ("MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT", "60s".to_owned()),
+    ]);
+    let mut server = ServiceProcess::start(&dir.0, &env);
+    server.wait_ready().await;
+    let token = Authenticator::from_settings(&settings.auth, false)
+        .unwrap()
+        .mint("acct", Duration::from_secs(600), None)
+        .unwrap();
+
+    // 37 MiB over about five seconds.
+    let data = content(MAX_UPLOAD as usize, 50);
+    let upload = tokio::spawn(
+        reqwest::Client::new()
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "mp4")
+            .body(slow_body(data.clone(), Duration::from_millis(130)))
+            .send(),
+    );
+    wait_for_in_flight_upload(&server).await;
+
+    server.signal("TERM");
+    // Readiness turns 503 at once ...
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = reqwest::get(server.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        !upload.is_finished(),
+        "the upload is still streaming during the drain"
+    );
+    // ... and after the drain delay new connections are refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await;
+    assert!(
+        refused.is_err(),
+        "the listener still accepts after the drain delay"
+    );
+
+    let response = upload.await.unwrap().unwrap();
+    assert_eq!(response.status(), 201);
+    let json: serde_json::Value = response.json().await.unwrap();
+    let id = json["media"][0]["id"].as_str().unwrap().to_owned();
+    let (status, logs) = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}\n{logs}");
+    assert_eq!(status.code(), Some(0));
+
+    // A new process over the same data serves the upload.
+    let mut again = ServiceProcess::start(&dir.0, &env);
+    again.wait_ready().await;
+    let download = reqwest::Client::new()
+        .get(again.url(&format!("/v1/media/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    let body = download.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&body), sha256_hex(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_deadline_aborts_uploads_without_leftovers() {
+    let dir = TempDir::new();
+    let settings = helpers::test_settings(Backend::Production, &dir).await;
+    let mut env = helpers::process_env(&settings);
+    env.extend([
+        ("MEDIA_NODE__SERVER__DRAIN_DELAY", "0s".to_owned()),
+        ("MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT", "1s".to_owned()),
+    ]);
+    let mut server = ServiceProcess::start(&dir.0, &env);
+    server.wait_ready().await;
+    let token = Authenticator::from_settings(&settings.auth, false)
+        .unwrap()
+        .mint("acct", Duration::from_secs(600), None)
+        .unwrap();
+    let metadata = Metadata::connect(settings.database.url.expose(), 2).unwrap();
+    let storage = Storage::from_settings(&settings.storage).unwrap();
+
+    // 20 MiB over twenty seconds: far past the one-second deadline.
+    let upload = tokio::spawn(
+        reqwest::Client::new()
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "mp4")
+            .body(slow_body(
+                content(20 * 1024 * 1024, 51),
+                Duration::from_secs(1),
+            ))
+            .send(),
+    );
+    wait_for_in_flight_upload(&server).await;
+    // Under way in storage: the row and an open multipart upload with its first part.
+    for _ in 0..200 {
+        if !storage.all_pending_uploads().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metadata.count().await.unwrap(), 1);
+    assert_eq!(storage.all_pending_uploads().await.unwrap().len(), 1);
+
+    server.signal("TERM");
+    let (status, logs) = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}\n{logs}");
+    let answer = upload.await.unwrap();
+    assert!(
+        answer.as_ref().map_or(true, |r| r.status() != 201),
+        "the cut-off upload must not succeed: {answer:?}"
+    );
+    // Nothing left: no row, no object, no open multipart upload.
+    assert_eq!(metadata.count().await.unwrap(), 0, "{logs}");
+    assert!(storage.object_keys().await.unwrap().is_empty());
+    assert!(storage.all_pending_uploads().await.unwrap().is_empty());
+}
