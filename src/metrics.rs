@@ -197,11 +197,14 @@ impl MediaMetrics {
     }
 }
 
-/// The database connection pool, read when metrics are scraped.
+/// The database connection pool and the backends' reachability, refreshed when metrics
+/// are scraped.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
     pub connections: prometheus::IntGaugeVec,
     pub max_connections: IntGauge,
+    /// 1 when the backend answered the last (cached) readiness check, else 0.
+    pub backend_up: prometheus::IntGaugeVec,
 }
 
 /// All metrics of one process.
@@ -249,9 +252,17 @@ impl Metrics {
                 "media_database_pool_max_connections",
                 "Size limit of the database connection pool",
             )?,
+            backend_up: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "media_backend_up",
+                    "Whether the backend answered the last readiness check (1) or not (0)",
+                ),
+                &["backend"],
+            )?,
         };
         registry.register(Box::new(pool.connections.clone()))?;
         registry.register(Box::new(pool.max_connections.clone()))?;
+        registry.register(Box::new(pool.backend_up.clone()))?;
         Ok(Self {
             registry,
             reaper,

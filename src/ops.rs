@@ -58,6 +58,7 @@ async fn readyz(state: web::Data<OpsState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
+    backends_reachable(&state).await;
     let (open, idle) = state.metadata.pool_state();
     let pool = &state.metrics.pool.connections;
     pool.with_label_values(&["idle"]).set(idle as i64);
@@ -91,5 +92,8 @@ async fn backends_reachable(state: &OpsState) -> (bool, bool) {
         matches!(storage, Ok(Ok(()))),
     );
     *last = Some((Instant::now(), result.0, result.1));
+    let up = &state.metrics.pool.backend_up;
+    up.with_label_values(&["database"]).set(i64::from(result.0));
+    up.with_label_values(&["storage"]).set(i64::from(result.1));
     result
 }
