@@ -5,6 +5,27 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+/// Every `outcome` of `media_uploads_total`.
+pub const UPLOAD_OUTCOMES: [&str; 7] = [
+    "stored",
+    "rejected",
+    "too_large",
+    "aborted",
+    "denied",
+    "unavailable",
+    "failed",
+];
+
+/// Every `stage` of `media_reaper_errors_total`.
+pub const REAPER_STAGES: [&str; 6] = [
+    "claim",
+    "multipart",
+    "storage",
+    "delete_rows",
+    "release",
+    "backlog",
+];
+
 /// Reaper metrics (DESIGN.md section 5).
 #[derive(Clone, Debug)]
 pub struct ReaperMetrics {
@@ -263,6 +284,18 @@ impl Metrics {
         registry.register(Box::new(pool.connections.clone()))?;
         registry.register(Box::new(pool.max_connections.clone()))?;
         registry.register(Box::new(pool.backend_up.clone()))?;
+
+        // Known label values start at zero, so rates and alerts see every series from the
+        // first scrape instead of only after the first event.
+        for outcome in UPLOAD_OUTCOMES {
+            media.uploads.with_label_values(&[outcome]);
+        }
+        for stage in REAPER_STAGES {
+            reaper.errors.with_label_values(&[stage]);
+        }
+        for state in ["idle", "in_use"] {
+            pool.connections.with_label_values(&[state]);
+        }
         Ok(Self {
             registry,
             reaper,
