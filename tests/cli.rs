@@ -8,6 +8,8 @@ mod helpers;
 use std::path::Path;
 use std::process::{Command, Output};
 
+const DB_PASSWORD: &str = "pw-never-in-logs-4711";
+
 use helpers::{free_port, media_node_command as media_node, ServiceProcess, Services, TempDir};
 
 fn output(command: &mut Command) -> Output {
@@ -78,8 +80,11 @@ async fn newcomer_flow_on_embedded_defaults() {
         .unwrap();
     assert_eq!(metrics.status(), 200);
 
-    let (status, logs) = server.terminate();
+    // Ctrl-C drains like SIGTERM and exits 0.
+    server.signal("INT");
+    let (status, logs) = server.wait_exit(std::time::Duration::from_secs(30));
     assert!(status.success(), "exit {status}: {logs}");
+    assert!(logs.contains("shutdown requested"), "{logs}");
     assert!(!logs.contains(secret.trim()), "the secret was logged");
     assert!(!logs.contains(&first), "a token was logged");
 }
@@ -138,9 +143,13 @@ async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs()
     .unwrap();
     assert_eq!(tables, 1);
 
+    // The server trusts local connections, so any password works; it must never be logged.
+    let mut with_password = url::Url::parse(&database).unwrap();
+    with_password.set_password(Some(DB_PASSWORD)).unwrap();
+    let with_password = with_password.to_string();
     let envs = [
         ("APP_ENV", "production".to_owned()),
-        ("MEDIA_NODE__DATABASE__URL", database.clone()),
+        ("MEDIA_NODE__DATABASE__URL", with_password.clone()),
         ("MEDIA_NODE__STORAGE__URL", bucket),
         (
             "MEDIA_NODE__STORAGE__S3__ENDPOINT",
@@ -165,6 +174,7 @@ async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs()
         ("RUST_LOG", "debug".to_owned()),
     ];
     let mut server = ServiceProcess::start(&dir.0, &envs);
+    assert!(with_password.contains(DB_PASSWORD));
     server.wait_ready().await;
     let minted = output(
         media_node(&dir.0)
@@ -200,7 +210,12 @@ async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs()
         logs.contains("request finished"),
         "requests are logged: {logs}"
     );
-    for secret_value in [&secret, &services.s3_secret_access_key, &jwt] {
+    for secret_value in [
+        &secret,
+        &services.s3_secret_access_key,
+        &jwt,
+        &DB_PASSWORD.to_owned(),
+    ] {
         assert!(!logs.contains(secret_value.as_str()), "a secret was logged");
     }
 }

@@ -150,10 +150,9 @@ async fn readiness_checks_are_cached(backend: Backend) {
         assert_eq!(ready.status(), 200);
     }
     let after = pings(&app.metrics_text().await);
-    // Ten probes within a second reach the database once (twice if a second boundary
-    // fell in between), not ten times.
-    assert!(
-        (1.0..=2.0).contains(&(after - before)),
-        "{before} -> {after}"
-    );
+    // The first scrape checked the backends (scrapes refresh media_backend_up through the
+    // same cache); the ten probes and the second scrape, all within about a second, add at
+    // most one more check (if a second boundary fell in between), not ten.
+    assert!(before >= 1.0, "{before}");
+    assert!(after - before <= 1.0, "{before} -> {after}");
 }
