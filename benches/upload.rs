@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use helpers::{content, create_database, Services, TempDir};
-use media_node::settings::StorageSettings;
+use helpers::{content, process_env, test_settings, Backend, TempDir};
+use media_node::settings::Settings;
 use media_node::storage::Storage;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -28,21 +28,20 @@ const PART_SIZE: usize = 8 * MIB;
 struct Server {
     child: Child,
     port: u16,
-    secret: String,
+    auth: media_node::settings::AuthSettings,
 }
 
 impl Server {
-    fn start(envs: Vec<(&'static str, String)>) -> Self {
+    /// A release-built `media-node` over the backends of `settings`.
+    fn start(settings: &Settings) -> Self {
         let port = free_port();
-        let secret = "bench-secret-0123456789abcdef0123456789abcdef".to_owned();
         let child = Command::new(BIN)
             .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
             .env("MEDIA_NODE__SERVER__PORT", port.to_string())
             .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
             .env("MEDIA_NODE__ADMIN__PORT", free_port().to_string())
-            .env("MEDIA_NODE__AUTH__HS256_SECRET", &secret)
             .env("MEDIA_NODE__LOG__LEVEL", "warn")
-            .envs(envs)
+            .envs(process_env(settings))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -50,7 +49,7 @@ impl Server {
         Self {
             child,
             port,
-            secret,
+            auth: settings.auth.clone(),
         }
     }
 
@@ -68,15 +67,7 @@ impl Server {
     }
 
     fn token(&self) -> String {
-        let settings = media_node::settings::AuthSettings {
-            hs256_secret: Some(media_node::settings::Secret::new(self.secret.clone())),
-            public_key_files: vec![],
-            issuer: None,
-            audience: None,
-            leeway: Duration::from_secs(30),
-            generated_secret_file: "/nonexistent".into(),
-        };
-        media_node::auth::Authenticator::from_settings(&settings, true)
+        media_node::auth::Authenticator::from_settings(&self.auth, true)
             .unwrap()
             .mint("bench", Duration::from_secs(3600), None)
             .unwrap()
@@ -283,63 +274,19 @@ async fn memory(server: &Server, parallel: usize) -> (u64, u64) {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
-    let services = Services::from_env();
     let dir = TempDir::new();
-    let database = create_database(&services).await;
-    let prefix = format!("bench-{}", uuid::Uuid::new_v4());
-    let s3_settings = StorageSettings {
-        url: format!("s3://{}/{prefix}", services.s3_bucket),
-        part_size_bytes: PART_SIZE,
-        s3: media_node::settings::S3Settings {
-            endpoint: Some(services.s3_endpoint.clone()),
-            region: Some(services.s3_region.clone()),
-            access_key_id: Some(services.s3_access_key_id.clone()),
-            secret_access_key: Some(media_node::settings::Secret::new(
-                services.s3_secret_access_key.clone(),
-            )),
-            allow_http: true,
-        },
-    };
-    let local_dir = dir.0.join("objects");
-    let local_settings = StorageSettings {
-        url: format!("file://{}", local_dir.display()),
-        part_size_bytes: PART_SIZE,
-        s3: s3_settings.s3.clone(),
-    };
-
-    let production_env = vec![
-        ("MEDIA_NODE__DATABASE__URL", database),
-        ("MEDIA_NODE__STORAGE__URL", s3_settings.url.clone()),
-        (
-            "MEDIA_NODE__STORAGE__S3__ENDPOINT",
-            services.s3_endpoint.clone(),
-        ),
-        (
-            "MEDIA_NODE__STORAGE__S3__REGION",
-            services.s3_region.clone(),
-        ),
-        (
-            "MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID",
-            services.s3_access_key_id.clone(),
-        ),
-        (
-            "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY",
-            services.s3_secret_access_key.clone(),
-        ),
-        ("MEDIA_NODE__STORAGE__S3__ALLOW_HTTP", "true".to_owned()),
-    ];
-    let production = Server::start(production_env.clone());
-    let embedded = Server::start(vec![
-        (
-            "MEDIA_NODE__DATABASE__URL",
-            format!("sqlite://{}", dir.0.join("media.db").display()),
-        ),
-        ("MEDIA_NODE__STORAGE__URL", local_settings.url.clone()),
-    ]);
+    let mut production_settings = test_settings(Backend::Production, &dir).await;
+    let embedded_dir = TempDir::new();
+    let mut embedded_settings = test_settings(Backend::Embedded, &embedded_dir).await;
+    for settings in [&mut production_settings, &mut embedded_settings] {
+        settings.storage.part_size_bytes = PART_SIZE;
+    }
+    let production = Server::start(&production_settings);
+    let embedded = Server::start(&embedded_settings);
     production.wait().await;
     embedded.wait().await;
-    let s3 = Storage::from_settings(&s3_settings).unwrap();
-    let local = Storage::from_settings(&local_settings).unwrap();
+    let s3 = Storage::from_settings(&production_settings.storage).unwrap();
+    let local = Storage::from_settings(&embedded_settings.storage).unwrap();
 
     let mut rows = Vec::new();
     for (size, rounds) in [(100 * 1024, 50), (MIB, 20), (37 * MIB, 5)] {
@@ -365,7 +312,7 @@ async fn main() {
     drop(embedded);
     for parallel in [1, 8] {
         // A fresh process each time, so the peak belongs to this load alone.
-        let server = Server::start(production_env.clone());
+        let server = Server::start(&production_settings);
         server.wait().await;
         let (before, peak) = memory(&server, parallel).await;
         println!(

@@ -26,6 +26,43 @@ fn slow_body(data: Vec<u8>, pause: Duration) -> reqwest::Body {
     reqwest::Body::wrap_stream(stream)
 }
 
+/// A `media-node` process with the given drain settings, and a token for it.
+struct Draining {
+    dir: TempDir,
+    settings: media_node::settings::Settings,
+    env: Vec<(&'static str, String)>,
+    server: ServiceProcess,
+    token: String,
+}
+
+impl Draining {
+    async fn start(backend: Backend, drain_delay: &str, shutdown_timeout: &str) -> Self {
+        let dir = TempDir::new();
+        let settings = helpers::test_settings(backend, &dir).await;
+        let mut env = helpers::process_env(&settings);
+        env.extend([
+            ("MEDIA_NODE__SERVER__DRAIN_DELAY", drain_delay.to_owned()),
+            (
+                "MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT",
+                shutdown_timeout.to_owned(),
+            ),
+        ]);
+        let mut server = ServiceProcess::start(&dir.0, &env);
+        server.wait_ready().await;
+        let token = Authenticator::from_settings(&settings.auth, false)
+            .unwrap()
+            .mint("acct", Duration::from_secs(600), None)
+            .unwrap();
+        Self {
+            dir,
+            settings,
+            env,
+            server,
+            token,
+        }
+    }
+}
+
 async fn wait_for_in_flight_upload(server: &ServiceProcess) {
     for _ in 0..200 {
         if server.metric("media_uploads_in_flight").await == 1.0 {
@@ -38,19 +75,13 @@ async fn wait_for_in_flight_upload(server: &ServiceProcess) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_upload_finish() {
-    let dir = TempDir::new();
-    let settings = helpers::test_settings(Backend::Embedded, &dir).await;
-    let mut env = helpers::process_env(&settings);
-    env.extend([
-        ("MEDIA_NODE__SERVER__DRAIN_DELAY", "1s".to_owned()),
-        ("MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT", "60s".to_owned()),
-    ]);
-    let mut server = ServiceProcess::start(&dir.0, &env);
-    server.wait_ready().await;
-    let token = Authenticator::from_settings(&settings.auth, false)
-        .unwrap()
-        .mint("acct", Duration::from_secs(600), None)
-        .unwrap();
+    let Draining {
+        dir,
+        settings: _,
+        env,
+        server,
+        token,
+    } = Draining::start(Backend::Embedded, "1s", "60s").await;
 
     // 37 MiB over about five seconds.
     let data = content(MAX_UPLOAD as usize, 50);
@@ -105,19 +136,13 @@ async fn sigterm_lets_a_slow_upload_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_deadline_aborts_uploads_without_leftovers() {
-    let dir = TempDir::new();
-    let settings = helpers::test_settings(Backend::Production, &dir).await;
-    let mut env = helpers::process_env(&settings);
-    env.extend([
-        ("MEDIA_NODE__SERVER__DRAIN_DELAY", "0s".to_owned()),
-        ("MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT", "1s".to_owned()),
-    ]);
-    let mut server = ServiceProcess::start(&dir.0, &env);
-    server.wait_ready().await;
-    let token = Authenticator::from_settings(&settings.auth, false)
-        .unwrap()
-        .mint("acct", Duration::from_secs(600), None)
-        .unwrap();
+    let Draining {
+        dir: _dir,
+        settings,
+        env: _,
+        server,
+        token,
+    } = Draining::start(Backend::Production, "0s", "1s").await;
     let metadata = Metadata::connect(settings.database.url.expose(), 2).unwrap();
     let storage = Storage::from_settings(&settings.storage).unwrap();
 

@@ -44,17 +44,13 @@ impl<'a> Prometheus<'a> {
         }
     }
 
-    /// The value of an instant query that yields one sample, if it does.
-    async fn value(&self, query: &str) -> Option<f64> {
+    /// A call of Prometheus's HTTP API, e.g. `rules` or `query` with parameters.
+    async fn api(&self, call: &str, params: &[(&str, &str)]) -> Value {
+        let url =
+            url::Url::parse_with_params(&format!("{}/api/v1/{call}", self.url), params).unwrap();
         let answer: Value = self
             .client
-            .get(
-                url::Url::parse_with_params(
-                    &format!("{}/api/v1/query", self.url),
-                    [("query", query)],
-                )
-                .unwrap(),
-            )
+            .get(url)
             .send()
             .await
             .unwrap()
@@ -62,6 +58,12 @@ impl<'a> Prometheus<'a> {
             .await
             .unwrap();
         assert_eq!(answer["status"], "success", "{answer}");
+        answer
+    }
+
+    /// The value of an instant query that yields one sample, if it does.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let answer = self.api("query", &[("query", query)]).await;
         let result = answer["data"]["result"].as_array().unwrap();
         result
             .first()
@@ -100,15 +102,7 @@ async fn prometheus_scrapes_uploads_and_downloads() {
 
     prom.wait_for(r#"up{job="media-node"}"#, 1.0).await;
     // The alert rules are loaded and healthy.
-    let rules: Value = prom
-        .client
-        .get(format!("{}/api/v1/rules", prom.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = prom.api("rules", &[]).await;
     let group = &rules["data"]["groups"][0];
     assert_eq!(group["name"], "media-node");
     let loaded = group["rules"].as_array().unwrap();

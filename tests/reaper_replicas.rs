@@ -8,12 +8,9 @@ mod helpers;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use helpers::{create_database, ServiceProcess, Services, TempDir};
-use media_node::domain::{AccountId, FileExtension, MediaId};
-use media_node::metadata::{Metadata, NewMedia};
+use media_node::metadata::Metadata;
 use media_node::storage::Storage;
-use object_store::ObjectStoreExt;
 
 const MEDIA: usize = 1_200;
 const REPLICAS: usize = 3;
@@ -31,33 +28,7 @@ async fn replicas_reap_each_media_exactly_once() {
     metadata.migrate().await.unwrap();
     let storage = Storage::from_settings(&settings.storage).unwrap();
     let expires_at = chrono::Utc::now() + chrono::Duration::seconds(6);
-    let seeded: Vec<MediaId> = futures_util::stream::iter(0..MEDIA)
-        .map(|i| {
-            let (metadata, storage) = (&metadata, &storage);
-            async move {
-                let id = MediaId::new_random();
-                metadata
-                    .insert_uploading(&NewMedia {
-                        id,
-                        owner: AccountId::parse("acct").unwrap(),
-                        extension: FileExtension::parse("bin").unwrap(),
-                        created_at: chrono::Utc::now(),
-                        expires_at,
-                    })
-                    .await
-                    .unwrap();
-                storage
-                    .store()
-                    .put(&storage.key(id), format!("media {i}").into_bytes().into())
-                    .await
-                    .unwrap();
-                metadata.mark_ready(id, 8, "00").await.unwrap();
-                id
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    let seeded = helpers::seed(&metadata, &storage, MEDIA, expires_at).await;
     assert_eq!(seeded.len(), MEDIA);
     assert_eq!(storage.object_keys().await.unwrap().len(), MEDIA);
 

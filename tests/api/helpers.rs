@@ -432,9 +432,21 @@ pub async fn seed_expired(
     storage: &media_node::storage::Storage,
     n: usize,
 ) -> Vec<MediaId> {
+    let expires_at = chrono::Utc::now() - chrono::Duration::minutes(1);
+    seed(metadata, storage, n, expires_at).await
+}
+
+/// `n` ready media expiring at `expires_at`, each with a small object, written behind the
+/// API (32 at a time) for speed.
+pub async fn seed(
+    metadata: &media_node::metadata::Metadata,
+    storage: &media_node::storage::Storage,
+    n: usize,
+    expires_at: chrono::DateTime<chrono::Utc>,
+) -> Vec<MediaId> {
     use futures_util::StreamExt;
     use object_store::ObjectStoreExt;
-    let now = chrono::Utc::now();
+    let created_at = expires_at - chrono::Duration::hours(24);
     futures_util::stream::iter(0..n)
         .map(|i| async move {
             let id = MediaId::new_random();
@@ -443,8 +455,8 @@ pub async fn seed_expired(
                     id,
                     owner: media_node::domain::AccountId::parse("seed").unwrap(),
                     extension: media_node::domain::FileExtension::parse("bin").unwrap(),
-                    created_at: now - chrono::Duration::hours(24),
-                    expires_at: now - chrono::Duration::minutes(1),
+                    created_at,
+                    expires_at,
                 })
                 .await
                 .unwrap();
