@@ -87,12 +87,7 @@ async fn single_ranges_are_served(backend: Backend) {
         ("bytes=5000-5000", 5000, 5001),
         ("bytes=9000-20000", 9000, 10_000),
     ] {
-        let response = app
-            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_with(&token, &id, "Range", range).await;
         assert_eq!(response.status(), 206, "{range}");
         assert_eq!(
             response.headers()["content-range"],
@@ -115,12 +110,7 @@ async fn unsatisfiable_range_is_416(backend: Backend) {
     let token = app.token("acct");
     let id = app.upload_ok(&token, "mp3", content(100, 13)).await;
     for range in ["bytes=100-", "bytes=200-300", "bytes=-0"] {
-        let response = app
-            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_with(&token, &id, "Range", range).await;
         assert_eq!(response.headers()["content-range"], "bytes */100");
         assert_error(response, 416, 1009).await;
     }
@@ -132,12 +122,7 @@ async fn several_ranges_get_the_whole_body(backend: Backend) {
     let data = content(1000, 14);
     let id = app.upload_ok(&token, "bin", data.clone()).await;
     for range in ["bytes=0-1,5-9", "bytes=garbage", "pages=1-2"] {
-        let response = app
-            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_with(&token, &id, "Range", range).await;
         assert_eq!(response.status(), 200, "{range}");
         assert_eq!(response.bytes().await.unwrap(), data);
     }
@@ -150,22 +135,14 @@ async fn if_none_match_is_304(backend: Backend) {
     let id = app.upload_ok(&token, "bin", data.clone()).await;
     let etag = format!("\"{}\"", sha256_hex(&data));
     for value in [etag.clone(), format!("\"other\", {etag}"), "*".to_owned()] {
-        let response = app
-            .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
-            .header("If-None-Match", value)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_with(&token, &id, "If-None-Match", value).await;
         assert_eq!(response.status(), 304);
         assert_eq!(response.headers()["etag"], etag.as_str());
         assert!(response.bytes().await.unwrap().is_empty());
     }
     let response = app
-        .request(Method::GET, &format!("/v1/media/{id}"), Some(&token))
-        .header("If-None-Match", "\"stale\"")
-        .send()
-        .await
-        .unwrap();
+        .get_with(&token, &id, "If-None-Match", "\"stale\"")
+        .await;
     assert_eq!(response.status(), 200);
 }
 

@@ -267,6 +267,21 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /v1/media/{id}` with one extra header (`Range`, `If-None-Match`, ...).
+    pub async fn get_with(
+        &self,
+        token: &str,
+        id: &str,
+        header: &str,
+        value: impl AsRef<str>,
+    ) -> Response {
+        self.request(Method::GET, &format!("/v1/media/{id}"), Some(token))
+            .header(header, value.as_ref())
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, token: &str, id: &str) -> Response {
         self.request(Method::DELETE, &format!("/v1/media/{id}"), Some(token))
             .send()
