@@ -12,24 +12,6 @@ use media_node::metadata::NewMedia;
 use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 
-macro_rules! on_both_backends {
-    ($($name:ident),+ $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite_local_disk() {
-                    super::$name(super::Backend::Embedded).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres_s3() {
-                    super::$name(super::Backend::Production).await
-                }
-            }
-        )+
-    };
-}
-
 on_both_backends!(
     uploads_expire_and_are_reaped,
     crashed_uploads_are_cleaned_and_live_ones_kept,

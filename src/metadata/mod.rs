@@ -76,6 +76,35 @@ pub struct DueQuery {
     pub lease_until: DateTime<Utc>,
 }
 
+/// Which rows a claim looks for.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// `expires_at` has passed.
+    Expired,
+    /// `uploading` and created before `stale_before`: a crashed upload.
+    StaleUpload,
+}
+
+impl Due {
+    /// The condition on the row (its one parameter is `Due::since`) and the claim order.
+    fn condition_and_order(self) -> (&'static str, &'static str) {
+        match self {
+            Due::Expired => ("expires_at <= {since}", "expires_at"),
+            Due::StaleUpload => (
+                "status = 'uploading' AND created_at <= {since}",
+                "created_at",
+            ),
+        }
+    }
+
+    fn since(self, due: &DueQuery) -> DateTime<Utc> {
+        match self {
+            Due::Expired => due.now,
+            Due::StaleUpload => due.stale_before,
+        }
+    }
+}
+
 /// A row the reaper now holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
@@ -321,19 +350,21 @@ impl Metadata {
     /// then `uploading` rows created before `stale_before`. Rows another claim holds until
     /// after `now` are skipped, never waited for. The claim lasts until `lease_until`.
     pub async fn claim_due(&self, due: &DueQuery) -> Result<Vec<Claimed>> {
+        let expired = Due::Expired;
         let mut claimed = on_pool!(
             self,
             "claim_expired",
-            |pool| postgres::claim_expired(pool, due, due.limit).await,
-            sqlite::claim_expired(pool, due, due.limit).await
+            |pool| postgres::claim(pool, due, expired, due.limit).await,
+            sqlite::claim(pool, due, expired, due.limit).await
         )?;
         let room = due.limit.saturating_sub(claimed.len() as u32);
         if room > 0 {
+            let stale = Due::StaleUpload;
             claimed.extend(on_pool!(
                 self,
                 "claim_stale",
-                |pool| postgres::claim_stale(pool, due, room).await,
-                sqlite::claim_stale(pool, due, room).await
+                |pool| postgres::claim(pool, due, stale, room).await,
+                sqlite::claim(pool, due, stale, room).await
             )?);
         }
         Ok(claimed)

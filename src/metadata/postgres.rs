@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{size_from_db, Claimed, DueQuery, MediaRecord, MediaStatus, NewMedia, Result};
+use super::{size_from_db, Claimed, Due, DueQuery, MediaRecord, MediaStatus, NewMedia, Result};
 use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
@@ -118,52 +118,34 @@ fn claimed(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Claimed>> {
 // Each claim is one statement: the row locks of FOR UPDATE SKIP LOCKED last only while it
 // runs, so no replica waits on another and none holds a lock across a call to storage.
 
-pub(super) async fn claim_expired(
+pub(super) async fn claim(
     pool: &PgPool,
     due: &DueQuery,
+    kind: Due,
     limit: u32,
 ) -> Result<Vec<Claimed>> {
-    let rows = sqlx::query(
+    let (condition, order) = kind.condition_and_order();
+    let sql = format!(
         "WITH due AS ( \
              SELECT id FROM media \
-             WHERE expires_at <= $1 \
+             WHERE {condition} \
                AND (reap_claimed_until IS NULL OR reap_claimed_until <= $1) \
-             ORDER BY expires_at \
+             ORDER BY {order} \
              LIMIT $2 \
              FOR UPDATE SKIP LOCKED) \
          UPDATE media SET reap_claim = $3, reap_claimed_until = $4 \
          FROM due WHERE media.id = due.id \
          RETURNING media.id, media.status",
-    )
-    .bind(due.now)
-    .bind(i64::from(limit))
-    .bind(due.claim)
-    .bind(due.lease_until)
-    .fetch_all(pool)
-    .await?;
-    claimed(rows)
-}
-
-pub(super) async fn claim_stale(pool: &PgPool, due: &DueQuery, limit: u32) -> Result<Vec<Claimed>> {
-    let rows = sqlx::query(
-        "WITH due AS ( \
-             SELECT id FROM media \
-             WHERE status = 'uploading' AND created_at <= $1 \
-               AND (reap_claimed_until IS NULL OR reap_claimed_until <= $2) \
-             ORDER BY created_at \
-             LIMIT $3 \
-             FOR UPDATE SKIP LOCKED) \
-         UPDATE media SET reap_claim = $4, reap_claimed_until = $5 \
-         FROM due WHERE media.id = due.id \
-         RETURNING media.id, media.status",
-    )
-    .bind(due.stale_before)
-    .bind(due.now)
-    .bind(i64::from(limit))
-    .bind(due.claim)
-    .bind(due.lease_until)
-    .fetch_all(pool)
-    .await?;
+        condition = condition.replace("{since}", "$5"),
+    );
+    let rows = sqlx::query(&sql)
+        .bind(due.now)
+        .bind(i64::from(limit))
+        .bind(due.claim)
+        .bind(due.lease_until)
+        .bind(kind.since(due))
+        .fetch_all(pool)
+        .await?;
     claimed(rows)
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    size_from_db, Claimed, DueQuery, MediaRecord, MediaStatus, MetadataError, NewMedia, Result,
+    size_from_db, Claimed, Due, DueQuery, MediaRecord, MediaStatus, MetadataError, NewMedia, Result,
 };
 use crate::domain::{AccountId, FileExtension, MediaId};
 
@@ -130,52 +130,32 @@ fn claimed(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Claimed>> {
         .collect()
 }
 
-pub(super) async fn claim_expired(
+pub(super) async fn claim(
     pool: &SqlitePool,
     due: &DueQuery,
+    kind: Due,
     limit: u32,
 ) -> Result<Vec<Claimed>> {
-    let rows = sqlx::query(
+    let (condition, order) = kind.condition_and_order();
+    let sql = format!(
         "UPDATE media SET reap_claim = ?1, reap_claimed_until = ?2 \
          WHERE id IN ( \
              SELECT id FROM media \
-             WHERE expires_at <= ?3 \
+             WHERE {condition} \
                AND (reap_claimed_until IS NULL OR reap_claimed_until <= ?3) \
-             ORDER BY expires_at \
+             ORDER BY {order} \
              LIMIT ?4) \
          RETURNING id, status",
-    )
-    .bind(due.claim.to_string())
-    .bind(millis(due.lease_until))
-    .bind(millis(due.now))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    claimed(rows)
-}
-
-pub(super) async fn claim_stale(
-    pool: &SqlitePool,
-    due: &DueQuery,
-    limit: u32,
-) -> Result<Vec<Claimed>> {
-    let rows = sqlx::query(
-        "UPDATE media SET reap_claim = ?1, reap_claimed_until = ?2 \
-         WHERE id IN ( \
-             SELECT id FROM media \
-             WHERE status = 'uploading' AND created_at <= ?3 \
-               AND (reap_claimed_until IS NULL OR reap_claimed_until <= ?4) \
-             ORDER BY created_at \
-             LIMIT ?5) \
-         RETURNING id, status",
-    )
-    .bind(due.claim.to_string())
-    .bind(millis(due.lease_until))
-    .bind(millis(due.stale_before))
-    .bind(millis(due.now))
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
+        condition = condition.replace("{since}", "?5"),
+    );
+    let rows = sqlx::query(&sql)
+        .bind(due.claim.to_string())
+        .bind(millis(due.lease_until))
+        .bind(millis(due.now))
+        .bind(i64::from(limit))
+        .bind(millis(kind.since(due)))
+        .fetch_all(pool)
+        .await?;
     claimed(rows)
 }
 
