@@ -81,20 +81,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Command::Migrate => {
-            let metadata = Metadata::connect(
-                settings.database.url.expose(),
-                settings.database.max_connections,
-            )?;
-            metadata.migrate().await.context("applying migrations")?;
+            let metadata = migrated_metadata(&settings).await?;
             tracing::info!(database = metadata.backend_name(), "migrations applied");
             Ok(())
         }
         Command::Reap { once: _ } => {
-            let metadata = Metadata::connect(
-                settings.database.url.expose(),
-                settings.database.max_connections,
-            )?;
-            metadata.migrate().await.context("applying migrations")?;
+            let metadata = migrated_metadata(&settings).await?;
             let storage = Storage::from_settings(&settings.storage)?;
             let metrics = Metrics::new()?;
             let reaper = Reaper::new(metadata, storage, settings.reaper.clone(), metrics.reaper);
@@ -118,4 +110,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The metadata database, connected and migrated.
+async fn migrated_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
+    let metadata = Metadata::connect(
+        settings.database.url.expose(),
+        settings.database.max_connections,
+    )?;
+    metadata.migrate().await.context("applying migrations")?;
+    Ok(metadata)
 }

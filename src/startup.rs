@@ -28,7 +28,6 @@ pub struct Application {
     admin: Server,
     state: web::Data<AppState>,
     draining: Arc<AtomicBool>,
-    metrics: Metrics,
     reaper: Option<Reaper>,
     drain_delay: std::time::Duration,
     shutdown_timeout: std::time::Duration,
@@ -146,7 +145,6 @@ impl Application {
             admin,
             state,
             draining,
-            metrics,
             reaper,
             drain_delay: settings.server.drain_delay,
             shutdown_timeout: settings.server.shutdown_timeout,
@@ -155,7 +153,7 @@ impl Application {
 
     /// This process's metrics (tests read the reaper's counters here).
     pub fn metrics(&self) -> Metrics {
-        self.metrics.clone()
+        self.state.metrics.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -19,21 +19,6 @@ on_both_backends!(
     reap_once_subcommand,
 );
 
-async fn wait_until_empty(app: &TestApp, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if app.is_empty().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "not reaped: {} rows, {} objects",
-        app.row_count().await,
-        app.object_keys().await.len()
-    );
-}
-
 async fn uploads_expire_and_are_reaped(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.media.retention = Duration::from_secs(2);
@@ -55,7 +40,7 @@ async fn uploads_expire_and_are_reaped(backend: Backend) {
     for id in &ids {
         assert_eq!(app.get(&token, id).await.status(), 404);
     }
-    wait_until_empty(&app, Duration::from_secs(10)).await;
+    app.assert_eventually_empty().await;
     assert_eq!(app.metrics.reaper.deleted.get(), 5);
     assert!(app.metrics.reaper.runs.get() >= 1);
     assert!(app.metrics.reaper.last_success.get() > 0.0);
