@@ -52,9 +52,22 @@ pub enum ApiError {
     /// 503: the database or object storage cannot be reached. Nothing half-stored remains.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// 503: this replica is stopping and cut the request off at its shutdown deadline;
+    /// nothing of it was kept. Another replica takes the retry.
+    #[error("the service is restarting; retry the request")]
+    ShuttingDown,
     /// 500: a bug. The cause is logged, the body only carries the request id.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// 500: a backend refuses this service's configuration (wrong keys, bucket, region):
+    /// no retry helps, an operator must act. Logged as an error and counted in
+    /// `media_backend_misconfigured_total`.
+    #[error("backend refuses the configuration")]
+    Misconfigured {
+        backend: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
 }
 
 impl fmt::Debug for ApiError {
@@ -81,8 +94,8 @@ impl ApiError {
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
             ApiError::NotFound(_) => (1006, "Resource not found"),
             ApiError::MethodNotAllowed { .. } => (1025, "Invalid request"),
-            ApiError::Unavailable(_) => (1011, "Service not ready"),
-            ApiError::Internal(_) => (1014, "Internal error"),
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => (1011, "Service not ready"),
+            ApiError::Internal(_) | ApiError::Misconfigured { .. } => (1014, "Internal error"),
         }
     }
 
@@ -91,7 +104,7 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 "the database or object storage is unavailable; retry later".to_owned()
             }
-            ApiError::Internal(_) => match request_id::current() {
+            ApiError::Internal(_) | ApiError::Misconfigured { .. } => match request_id::current() {
                 Some(id) => format!("internal error; request id {id}"),
                 None => "internal error".to_owned(),
             },
@@ -106,7 +119,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "too_large",
             ApiError::BodyIncomplete(_) => "aborted",
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "denied",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => "unavailable",
             _ => "failed",
         }
     }
@@ -130,14 +143,27 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) | ApiError::Misconfigured { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         match self {
             ApiError::Internal(_) => tracing::error!(error = ?self, "request failed"),
+            ApiError::Misconfigured { backend, .. } => {
+                crate::metrics::BACKEND_MISCONFIGURED
+                    .with_label_values(&[backend])
+                    .inc();
+                tracing::error!(
+                    error = ?self,
+                    backend,
+                    "the backend refuses this service's configuration; check its credentials, \
+                     bucket and region"
+                );
+            }
             ApiError::Unavailable(_) => tracing::warn!(error = ?self, "backend unavailable"),
             _ => {}
         }
@@ -157,6 +183,10 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
+            ApiError::ShuttingDown => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+                response.insert_header((header::CONNECTION, "close"));
+            }
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
             }
@@ -167,6 +197,12 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(body)
+    }
+}
+
+impl From<actix_web::error::PayloadError> for ApiError {
+    fn from(err: actix_web::error::PayloadError) -> Self {
+        ApiError::BodyIncomplete(err.to_string())
     }
 }
 
@@ -182,12 +218,14 @@ impl From<crate::metadata::MetadataError> for ApiError {
 
 impl From<crate::storage::StorageError> for ApiError {
     fn from(err: crate::storage::StorageError) -> Self {
-        if err.is_not_found() {
-            ApiError::media_not_found()
-        } else if err.is_unavailable() {
-            ApiError::Unavailable(err.into())
-        } else {
-            ApiError::Internal(err.into())
+        use crate::storage::StorageFault;
+        match err.fault() {
+            StorageFault::NotFound => ApiError::media_not_found(),
+            StorageFault::Unavailable => ApiError::Unavailable(err.into()),
+            StorageFault::Misconfigured => ApiError::Misconfigured {
+                backend: "storage",
+                source: err.into(),
+            },
         }
     }
 }

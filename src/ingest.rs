@@ -31,6 +31,9 @@ pub struct Ingest {
     pub max_upload_bytes: u64,
     pub part_size: usize,
     pub retention: chrono::Duration,
+    /// `reaper.stale_upload_after`: an upload whose heartbeat is older may be reaped, and
+    /// may no longer commit.
+    pub stale_upload_after: std::time::Duration,
     pub metrics: MediaMetrics,
     pub cleanups: Cleanups,
 }
@@ -38,29 +41,50 @@ pub struct Ingest {
 /// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker
 /// whose runtime may be shutting down (a request cut off at the shutdown deadline), and
 /// shutdown waits for them, so nothing is left behind by a stop.
+///
+/// Clean-ups queue: at most `concurrency` run at once, so that thousands of uploads
+/// cancelled together (a network blip, a load balancer restart) neither starve the requests
+/// still running of database connections nor give up on a pool timeout. Each retries what
+/// failed with a growing pause; one that still cannot finish leaves its `uploading` row to
+/// the reaper.
 #[derive(Debug, Clone)]
 pub struct Cleanups {
     tracker: tokio_util::task::TaskTracker,
     runtime: tokio::runtime::Handle,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Attempts of one clean-up before it leaves the rest to the reaper: with pauses from
+/// 100 ms doubling up to 5 s, about 30 s in all.
+const CLEANUP_ATTEMPTS: u32 = 10;
 
 impl Cleanups {
     /// Must be called on the runtime that outlives the HTTP workers.
-    pub fn on_current_runtime() -> Self {
+    pub fn on_current_runtime(concurrency: usize) -> Self {
         Self {
             tracker: tokio_util::task::TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
         }
     }
 
-    fn spawn(&self, cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.tracker.spawn_on(cleanup, &self.runtime);
+    fn spawn(&self, cleanup: Cleanup) {
+        let queue = self.clone();
+        self.tracker
+            .spawn_on(async move { queue.run(cleanup).await }, &self.runtime);
     }
 
-    /// Waits (bounded) for clean-ups under way; false if some did not finish in time.
-    pub async fn wait(&self, within: std::time::Duration) -> bool {
+    /// Runs `cleanup` when its turn in the queue comes.
+    async fn run(&self, cleanup: Cleanup) {
+        // The semaphore is never closed.
+        let _permit = self.permits.acquire().await;
+        cleanup.run().await;
+    }
+
+    /// Waits for clean-ups under way until `deadline`; false if some did not finish.
+    pub async fn wait_until(&self, deadline: tokio::time::Instant) -> bool {
         self.tracker.close();
-        tokio::time::timeout(within, self.tracker.wait())
+        tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok()
     }
@@ -84,7 +108,7 @@ impl Ingest {
     ) -> Result<Stored, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<ApiError>,
     {
         let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
@@ -105,6 +129,7 @@ impl Ingest {
             multipart: None,
             object_written: false,
             armed: true,
+            _heartbeat: Heartbeat::start(self, id),
         };
         match session.stream(&mut body).await {
             Ok(stored) => {
@@ -113,7 +138,7 @@ impl Ingest {
                 self.metrics.upload_size.observe(stored.size_bytes as f64);
                 Ok(stored)
             }
-            Err(err) => Err(session.roll_back(err).await),
+            Err(err) => Err(session.roll_back(upload_error(err)).await),
         }
     }
 }
@@ -167,13 +192,15 @@ struct Session {
     /// Until disarmed, dropping the session (the request future was cancelled) cleans up in
     /// the background.
     armed: bool,
+    /// Keeps the row live while the upload runs; stops with the session.
+    _heartbeat: Heartbeat,
 }
 
 impl Session {
     async fn stream<S, E>(&mut self, body: &mut S) -> Result<Stored, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<ApiError>,
     {
         let limit = self.ingest.max_upload_bytes;
         let part_size = self.ingest.part_size;
@@ -184,7 +211,7 @@ impl Session {
         let mut pending_len = 0usize;
 
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BodyIncomplete(e.to_string()))?;
+            let chunk = chunk.map_err(Into::into)?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
@@ -247,11 +274,14 @@ impl Session {
         if !self
             .ingest
             .metadata
-            .mark_ready(self.id, size, &sha256)
+            .mark_ready(self.id, size, &sha256, self.ingest.stale_before())
             .await?
         {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the row of upload {} vanished before it was complete",
+            // Its heartbeat fell behind (the database was unreachable for a long time) and
+            // the reaper may have taken it: nothing of it may be kept. The client retries.
+            tracing::warn!(id = %self.id, "upload lost its row to the reaper before commit");
+            return Err(ApiError::Unavailable(anyhow::anyhow!(
+                "upload {} counted as crashed before it was complete",
                 self.id
             )));
         }
@@ -271,7 +301,7 @@ impl Session {
             multipart: self.multipart.take(),
             object_written: self.object_written,
         };
-        cleanup.run().await;
+        self.ingest.cleanups.run(cleanup).await;
         err
     }
 }
@@ -289,7 +319,7 @@ impl Drop for Session {
             multipart: self.multipart.take(),
             object_written: self.object_written,
         };
-        self.ingest.cleanups.spawn(cleanup.run());
+        self.ingest.cleanups.spawn(cleanup);
     }
 }
 
@@ -301,40 +331,116 @@ struct Cleanup {
 }
 
 impl Cleanup {
+    /// Removes what the upload left, storage first and the row last, retrying each step
+    /// that fails until it succeeds or the attempts run out.
     async fn run(mut self) {
         let id = self.id;
-        let storage_clean = self.clean_storage().await;
-        if !storage_clean {
-            tracing::warn!(%id, "storage not cleaned after a failed upload; the reaper will retry");
-            return;
-        }
-        if let Err(err) = self.ingest.metadata.delete(id).await {
-            tracing::warn!(%id, error = ?err, "row of a failed upload not deleted; the reaper will remove it");
+        let mut pause = std::time::Duration::from_millis(100);
+        for attempt in 1..=CLEANUP_ATTEMPTS {
+            match self.step().await {
+                Ok(()) => return,
+                Err(failed) if attempt < CLEANUP_ATTEMPTS => {
+                    tracing::debug!(%id, attempt, failed, "clean-up of a failed upload will retry");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(failed) => tracing::warn!(
+                    %id,
+                    failed,
+                    "clean-up of a failed upload gave up; the reaper will finish it"
+                ),
+            }
         }
     }
 
-    /// True when no object and no multipart upload remain under the key.
-    async fn clean_storage(&mut self) -> bool {
+    /// One attempt at what is left to do; the step that failed.
+    async fn step(&mut self) -> Result<(), &'static str> {
         let id = self.id;
-        let mut clean = true;
-        if let Some(mut multipart) = self.multipart.take() {
+        if let Some(multipart) = self.multipart.as_mut() {
             multipart.parts.abort_all();
             while multipart.parts.join_next().await.is_some() {}
             let timer = self.ingest.storage.timer("abort_multipart");
             let aborted = multipart.upload.abort().await;
             drop(timer);
-            if let Err(err) = aborted {
-                tracing::warn!(%id, error = %err, "aborting the multipart upload failed");
-                clean = false;
+            match aborted {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => self.multipart = None,
+                Err(err) => {
+                    tracing::debug!(%id, error = %err, "aborting the multipart upload failed");
+                    return Err("abort_multipart");
+                }
             }
         }
         if self.object_written {
             if let Err(err) = self.ingest.storage.delete(id).await {
-                tracing::warn!(%id, error = ?err, "deleting the object of a failed upload failed");
-                clean = false;
+                tracing::debug!(%id, error = ?err, "deleting the object of a failed upload failed");
+                return Err("delete_object");
             }
+            self.object_written = false;
         }
-        clean
+        if let Err(err) = self.ingest.metadata.delete(id).await {
+            tracing::debug!(%id, error = ?err, "deleting the row of a failed upload failed");
+            return Err("delete_row");
+        }
+        Ok(())
+    }
+}
+
+/// An upload never answers 404: "not found" from storage in the middle of an upload means
+/// its multipart upload vanished (aborted by a lifecycle rule or an operator); the client
+/// may retry.
+fn upload_error(err: ApiError) -> ApiError {
+    match err {
+        ApiError::NotFound(_) => ApiError::Unavailable(anyhow::anyhow!(
+            "storage lost the upload in progress (its multipart upload is gone)"
+        )),
+        other => other,
+    }
+}
+
+impl Ingest {
+    /// Uploads whose heartbeat is older than this count as crashed.
+    fn stale_before(&self) -> chrono::DateTime<Utc> {
+        Utc::now() - chrono::Duration::from_std(self.stale_upload_after).unwrap_or_default()
+    }
+}
+
+/// The heartbeat of a live upload: a task that refreshes the row's `heartbeat_at` every
+/// `settings::upload_heartbeat` so the reaper never takes an upload that is still running.
+/// It ends with the upload (dropped), or when the row may no longer commit; then
+/// `mark_ready` refuses the commit and the upload rolls back.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(ingest: &Ingest, id: MediaId) -> Self {
+        let ingest = ingest.clone();
+        let every = crate::settings::upload_heartbeat(ingest.stale_upload_after);
+        Self(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // the first tick is immediate; the insert set the heartbeat
+            loop {
+                ticks.tick().await;
+                match ingest
+                    .metadata
+                    .heartbeat(id, Utc::now(), ingest.stale_before())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%id, "upload counted as crashed; it will not commit");
+                        return;
+                    }
+                    // A missed beat is harmless while later ones land in time.
+                    Err(err) => tracing::warn!(%id, error = ?err, "upload heartbeat failed"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

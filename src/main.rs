@@ -75,6 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Settings::load(&cli.config_dir, cli.config.as_deref()).context("loading configuration")?;
     let command = cli.command.unwrap_or(Command::Serve);
     telemetry::init(&settings.log, !matches!(command, Command::Serve));
+    if !matches!(command, Command::Token { .. }) {
+        settings.check_backends()?;
+    }
     match command {
         Command::Serve => {
             let app = Application::build(&settings).await?;
@@ -114,10 +117,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The metadata database, connected and migrated.
 async fn migrated_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
-    let metadata = Metadata::connect(
-        settings.database.url.expose(),
-        settings.database.max_connections,
-    )?;
+    let mut options = settings.database.pool_options();
+    // Migrations may rewrite large tables: more time than a request's statement gets.
+    options.statement_timeout = options.statement_timeout.max(Duration::from_secs(3600));
+    let metadata = Metadata::connect_with(settings.database.url.expose(), &options)?;
     metadata.migrate().await.context("applying migrations")?;
     Ok(metadata)
 }

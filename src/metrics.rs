@@ -5,6 +5,21 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+/// Requests refused because a backend rejects the service's configuration (wrong keys,
+/// bucket, region), by backend. One counter for the process: errors are raised where no
+/// registry is at hand, and every registry of the process exports it.
+pub static BACKEND_MISCONFIGURED: std::sync::LazyLock<IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        IntCounterVec::new(
+            Opts::new(
+                "media_backend_misconfigured_total",
+                "Requests failed because a backend refuses the service's configuration",
+            ),
+            &["backend"],
+        )
+        .expect("a valid metric")
+    });
+
 /// Every `outcome` of `media_uploads_total`.
 pub const UPLOAD_OUTCOMES: [&str; 7] = [
     "stored",
@@ -17,13 +32,14 @@ pub const UPLOAD_OUTCOMES: [&str; 7] = [
 ];
 
 /// Every `stage` of `media_reaper_errors_total`.
-pub const REAPER_STAGES: [&str; 6] = [
+pub const REAPER_STAGES: [&str; 7] = [
     "claim",
     "multipart",
     "storage",
     "delete_rows",
     "release",
     "backlog",
+    "panic",
 ];
 
 /// Reaper metrics (DESIGN.md section 5).
@@ -33,7 +49,8 @@ pub struct ReaperMetrics {
     pub runs: IntCounter,
     /// Media whose object and row were both removed, counted once per row.
     pub deleted: IntCounter,
-    /// Failures by stage: claim, multipart, storage, delete_rows, release, backlog.
+    /// Failures by stage: claim, multipart, storage, delete_rows, release, backlog, and
+    /// panic (a pass that panicked; the next one runs as usual).
     pub errors: IntCounterVec,
     /// Unix time of the last pass that finished without an error.
     pub last_success: prometheus::Gauge,
@@ -284,6 +301,8 @@ impl Metrics {
         registry.register(Box::new(pool.connections.clone()))?;
         registry.register(Box::new(pool.max_connections.clone()))?;
         registry.register(Box::new(pool.backend_up.clone()))?;
+        registry.register(Box::new(BACKEND_MISCONFIGURED.clone()))?;
+        BACKEND_MISCONFIGURED.with_label_values(&["storage"]);
 
         // Known label values start at zero, so rates and alerts see every series from the
         // first scrape instead of only after the first event.

@@ -52,14 +52,24 @@ impl Reaper {
     }
 
     /// Runs a pass every `reaper.interval` until `shutdown` turns true. A pass in progress
-    /// stops between batches; a batch is always finished.
+    /// stops between batches; a batch is always finished. Each pass runs as a task of its
+    /// own: one that panics is counted (`media_reaper_errors_total{stage="panic"}`), logged,
+    /// and followed by the next pass, so expiry never stops silently.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(interval = ?self.settings.interval, "reaper started");
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            self.pass(&shutdown).await;
+            let reaper = self.clone();
+            let stop = shutdown.clone();
+            if let Err(err) = tokio::spawn(async move { reaper.pass(&stop).await }).await {
+                if err.is_panic() {
+                    self.error("panic");
+                    let message = panic_message(err.into_panic());
+                    tracing::error!(panic = %message, "reaper pass panicked; the next pass runs as usual");
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.interval) => {}
                 _ = shutdown.changed() => {}
@@ -177,7 +187,7 @@ impl Reaper {
             .collect();
         failed.extend(not_deleted);
 
-        let deleted = match self.metadata.delete_claimed(&removed, claim).await {
+        let deleted = match self.metadata.delete_claimed(&removed, claim, now).await {
             Ok(n) => n,
             Err(err) => {
                 // The objects are gone; the rows keep their lease and are retried once it
@@ -214,6 +224,16 @@ struct BatchReport {
     claimed: usize,
     deleted: u64,
     errors: u64,
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload
+            .downcast::<&'static str>()
+            .map(|m| (*m).to_owned())
+            .unwrap_or_else(|_| "(no message)".to_owned()),
+    }
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {

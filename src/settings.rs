@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use config::{Config, Environment, File, FileFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -72,6 +73,22 @@ pub struct DatabaseSettings {
     /// May carry a password, so it is redacted in `Debug`.
     pub url: Secret,
     pub max_connections: u32,
+    /// How long a call waits for a pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// PostgreSQL `statement_timeout`; also bounds each call on the client side.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    pub fn pool_options(&self) -> crate::metadata::PoolOptions {
+        crate::metadata::PoolOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -79,20 +96,37 @@ impl fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &redact_url(self.url.expose()))
             .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
 
-/// The URL with any password replaced, for logs and `Debug`.
+/// The URL with any password replaced, for logs and `Debug`: the user-info password and
+/// query parameters that carry one (`?password=`, libpq's `sslpassword=`).
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("redacted"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "[unparseable url]".to_owned(),
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        return "[unparseable url]".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("redacted"));
     }
+    let secret_key = |key: &str| key.to_ascii_lowercase().contains("password");
+    if parsed.query_pairs().any(|(key, _)| secret_key(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret_key(&key) {
+                    "redacted".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +148,8 @@ pub struct S3Settings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub hs256_secret: Option<Secret>,
+    /// A list in a file, or a comma-separated string in an environment variable.
+    #[serde(deserialize_with = "paths_from_list_or_string")]
     pub public_key_files: Vec<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
@@ -165,24 +201,38 @@ impl Settings {
     /// Loads the layers described in the module docs. `config_dir` holds `<APP_ENV>.toml`.
     pub fn load(config_dir: &Path, extra_file: Option<&Path>) -> anyhow::Result<Self> {
         let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "development".to_owned());
+        Self::load_from(config_dir, extra_file, environment, None)
+    }
+
+    /// `load`, with the `MEDIA_NODE__` variables taken from `vars` instead of the process
+    /// environment when given (tests).
+    pub fn load_from(
+        config_dir: &Path,
+        extra_file: Option<&Path>,
+        environment: String,
+        vars: Option<config::Map<String, String>>,
+    ) -> anyhow::Result<Self> {
         let mut builder = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
             .add_source(File::from(config_dir.join(format!("{environment}.toml"))).required(false));
         if let Some(path) = extra_file {
             builder = builder.add_source(File::from(path).required(true));
         }
-        let settings = builder
+        // Values from the environment stay strings until a typed field asks for a number or
+        // a flag: guessing types would turn a numeric-looking secret into a number (and a
+        // long one into a rounded float).
+        let layered = builder
             .add_source(
                 Environment::with_prefix("MEDIA_NODE")
                     .prefix_separator("__")
                     .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("auth.public_key_files")
-                    .try_parsing(true),
+                    .source(vars),
             )
             .build()?;
-        let mut settings: Settings = settings.try_deserialize()?;
+        let mut settings: Settings = layered.clone().try_deserialize()?;
         settings.environment = environment;
+        let files: SecretFiles = layered.try_deserialize()?;
+        files.apply(&mut settings)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -192,6 +242,7 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.validate_durations()?;
         anyhow::ensure!(
             self.limits.max_upload_bytes > 0,
             "limits.max_upload_bytes must be positive"
@@ -201,23 +252,214 @@ impl Settings {
             "storage.part_size_bytes must be at least 5 MiB (the S3 minimum part size)"
         );
         anyhow::ensure!(
-            !self.media.retention.is_zero(),
-            "media.retention must be positive"
-        );
-        anyhow::ensure!(
             self.reaper.batch_size > 0,
             "reaper.batch_size must be positive"
         );
+        Ok(())
+    }
+
+    /// Durations that date arithmetic and the upload heartbeat rely on: each within a range
+    /// that makes sense, so a typo is a clear start-up error instead of a panic or of live
+    /// uploads being reaped.
+    fn validate_durations(&self) -> anyhow::Result<()> {
+        const SECOND: Duration = Duration::from_secs(1);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let checks = [
+            ("media.retention", self.media.retention, SECOND, 366 * DAY),
+            (
+                "reaper.interval",
+                self.reaper.interval,
+                Duration::from_millis(10),
+                DAY,
+            ),
+            (
+                "reaper.stale_upload_after",
+                self.reaper.stale_upload_after,
+                MIN_STALE_UPLOAD_AFTER,
+                7 * DAY,
+            ),
+            ("reaper.lease", self.reaper.lease, SECOND, DAY),
+            (
+                "server.drain_delay",
+                self.server.drain_delay,
+                Duration::ZERO,
+                DAY,
+            ),
+            (
+                "server.shutdown_timeout",
+                self.server.shutdown_timeout,
+                Duration::ZERO,
+                DAY,
+            ),
+            ("auth.leeway", self.auth.leeway, Duration::ZERO, DAY),
+            (
+                "database.acquire_timeout",
+                self.database.acquire_timeout,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "database.statement_timeout",
+                self.database.statement_timeout,
+                Duration::from_millis(1),
+                DAY,
+            ),
+        ];
+        for (name, value, min, max) in checks {
+            anyhow::ensure!(
+                value >= min && value <= max,
+                "{name} is {}: it must be between {} and {}",
+                humantime::format_duration(value),
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+            );
+        }
+        Ok(())
+    }
+
+    /// For the commands that use the backends (`serve`, `migrate`, `reap`): in production
+    /// they must be named, since the embedded development defaults (SQLite and files under
+    /// ./data) would silently keep media on one pod's disk.
+    pub fn check_backends(&self) -> anyhow::Result<()> {
+        if !self.is_production() {
+            return Ok(());
+        }
+        let defaults = Self::embedded_defaults()?;
         anyhow::ensure!(
-            !self.reaper.interval.is_zero(),
-            "reaper.interval must be positive"
+            self.database.url != defaults.database.url,
+            "APP_ENV=production needs a database: set MEDIA_NODE__DATABASE__URL \
+             (postgres://...) or MEDIA_NODE__DATABASE__URL_FILE"
         );
         anyhow::ensure!(
-            !self.reaper.lease.is_zero(),
-            "reaper.lease must be positive"
+            self.storage.url != defaults.storage.url,
+            "APP_ENV=production needs object storage: set MEDIA_NODE__STORAGE__URL \
+             (s3://bucket/prefix)"
         );
         Ok(())
     }
+
+    fn embedded_defaults() -> anyhow::Result<Self> {
+        Ok(Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?)
+    }
+
+    /// How often a live upload refreshes the heartbeat on its row: often enough that it
+    /// never looks crashed to the reaper (`reaper.stale_upload_after`).
+    pub fn upload_heartbeat(&self) -> Duration {
+        upload_heartbeat(self.reaper.stale_upload_after)
+    }
+}
+
+/// The smallest `reaper.stale_upload_after`: below it, heartbeats would flood the database.
+pub const MIN_STALE_UPLOAD_AFTER: Duration = Duration::from_secs(4);
+
+/// A quarter of the stale threshold, at most a minute, so three heartbeats in a row can be
+/// late or lost before a live upload looks crashed.
+pub fn upload_heartbeat(stale_upload_after: Duration) -> Duration {
+    (stale_upload_after / 4).min(Duration::from_secs(60))
+}
+
+/// Secrets that may be mounted as files (Kubernetes Secrets) instead of set as values:
+/// `MEDIA_NODE__AUTH__HS256_SECRET_FILE`, `MEDIA_NODE__DATABASE__URL_FILE`,
+/// `MEDIA_NODE__DATABASE__PASSWORD_FILE`, `MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID_FILE`,
+/// `MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY_FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SecretFiles {
+    auth: AuthSecretFiles,
+    database: DatabaseSecretFiles,
+    storage: StorageSecretFiles,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuthSecretFiles {
+    hs256_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DatabaseSecretFiles {
+    url_file: Option<PathBuf>,
+    /// Only the password, put into the URL (which then needs none of its own).
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct StorageSecretFiles {
+    s3: S3SecretFiles,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct S3SecretFiles {
+    access_key_id_file: Option<PathBuf>,
+    secret_access_key_file: Option<PathBuf>,
+}
+
+impl SecretFiles {
+    fn apply(self, settings: &mut Settings) -> anyhow::Result<()> {
+        if let Some(path) = &self.auth.hs256_secret_file {
+            settings.auth.hs256_secret = Some(read_secret_file(path, "auth.hs256_secret_file")?);
+        }
+        if let Some(path) = &self.database.url_file {
+            settings.database.url = read_secret_file(path, "database.url_file")?;
+        }
+        if let Some(path) = &self.database.password_file {
+            let password = read_secret_file(path, "database.password_file")?;
+            let mut url = url::Url::parse(settings.database.url.expose())
+                .context("database.password_file needs a database.url with a host")?;
+            url.set_password(Some(password.expose()))
+                .map_err(|()| anyhow::anyhow!("database.url cannot carry a password"))?;
+            settings.database.url = Secret::new(url.to_string());
+        }
+        let s3 = &mut settings.storage.s3;
+        if let Some(path) = &self.storage.s3.access_key_id_file {
+            s3.access_key_id = Some(
+                read_secret_file(path, "storage.s3.access_key_id_file")?
+                    .expose()
+                    .to_owned(),
+            );
+        }
+        if let Some(path) = &self.storage.s3.secret_access_key_file {
+            s3.secret_access_key =
+                Some(read_secret_file(path, "storage.s3.secret_access_key_file")?);
+        }
+        Ok(())
+    }
+}
+
+/// A secret from a file, without the trailing newline editors and `echo` add.
+fn read_secret_file(path: &Path, key: &str) -> anyhow::Result<Secret> {
+    let raw = std::fs::read_to_string(path)
+        .with_context(|| format!("{key}: reading {}", path.display()))?;
+    let value = raw.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!value.is_empty(), "{key}: {} is empty", path.display());
+    Ok(Secret::new(value))
+}
+
+/// `public_key_files` as a TOML list or as one comma-separated string (the environment).
+fn paths_from_list_or_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<PathBuf>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(paths) => paths,
+        ListOrString::String(joined) => joined
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -231,10 +473,222 @@ mod tests {
         let db = DatabaseSettings {
             url: Secret::new("postgres://app:s3cret@db:5432/media"),
             max_connections: 1,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
         };
         let printed = format!("{db:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("db:5432"), "{printed}");
+    }
+
+    fn load_with(environment: &str, vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(
+            Path::new("/nonexistent"),
+            None,
+            environment.to_owned(),
+            Some(vars),
+        )
+    }
+
+    #[test]
+    fn numeric_looking_secrets_stay_strings() {
+        let long = "123456789012345678901234567890123456789";
+        let settings = load_with(
+            "development",
+            &[
+                ("MEDIA_NODE__AUTH__HS256_SECRET", long),
+                ("MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID", "00012"),
+                ("MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY", "1e5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.auth.hs256_secret.unwrap().expose(), long);
+        assert_eq!(settings.storage.s3.access_key_id.as_deref(), Some("00012"));
+        assert_eq!(
+            settings.storage.s3.secret_access_key.unwrap().expose(),
+            "1e5"
+        );
+    }
+
+    #[test]
+    fn typed_values_and_lists_from_the_environment() {
+        let settings = load_with(
+            "development",
+            &[
+                ("MEDIA_NODE__SERVER__PORT", "8081"),
+                ("MEDIA_NODE__SERVER__WORKERS", "3"),
+                ("MEDIA_NODE__STORAGE__S3__ALLOW_HTTP", "true"),
+                ("MEDIA_NODE__AUTH__PUBLIC_KEY_FILES", "a.pem, keys/b.pem"),
+                ("MEDIA_NODE__REAPER__INTERVAL", "2m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.server.port, 8081);
+        assert_eq!(settings.server.workers, Some(3));
+        assert!(settings.storage.s3.allow_http);
+        assert_eq!(
+            settings.auth.public_key_files,
+            vec![PathBuf::from("a.pem"), PathBuf::from("keys/b.pem")]
+        );
+        assert_eq!(settings.reaper.interval, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("media-node-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, content: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            path.display().to_string()
+        };
+        let hs = file("hs", &format!("{}\n", "s".repeat(40)));
+        let key_id = file("key-id", "AKIDFROMFILE");
+        let secret_key = file("secret-key", "0123456789");
+        let password = file("password", "p@ss/word\n");
+        let settings = load_with(
+            "development",
+            &[
+                ("MEDIA_NODE__AUTH__HS256_SECRET_FILE", &hs),
+                ("MEDIA_NODE__STORAGE__S3__ACCESS_KEY_ID_FILE", &key_id),
+                (
+                    "MEDIA_NODE__STORAGE__S3__SECRET_ACCESS_KEY_FILE",
+                    &secret_key,
+                ),
+                (
+                    "MEDIA_NODE__DATABASE__URL",
+                    "postgres://media@db:5432/media",
+                ),
+                ("MEDIA_NODE__DATABASE__PASSWORD_FILE", &password),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.auth.hs256_secret.unwrap().expose(), "s".repeat(40));
+        assert_eq!(
+            settings.storage.s3.access_key_id.as_deref(),
+            Some("AKIDFROMFILE")
+        );
+        assert_eq!(
+            settings.storage.s3.secret_access_key.unwrap().expose(),
+            "0123456789"
+        );
+        let url = url::Url::parse(settings.database.url.expose()).unwrap();
+        assert_eq!(url.username(), "media");
+        assert_eq!(
+            percent_decode(url.password().unwrap()),
+            "p@ss/word",
+            "{}",
+            url
+        );
+
+        let url_file = file("url", "postgres://u:pw@db/media\n");
+        let settings = load_with(
+            "development",
+            &[("MEDIA_NODE__DATABASE__URL_FILE", &url_file)],
+        )
+        .unwrap();
+        assert_eq!(settings.database.url.expose(), "postgres://u:pw@db/media");
+
+        let missing = load_with(
+            "development",
+            &[("MEDIA_NODE__AUTH__HS256_SECRET_FILE", "/nonexistent/secret")],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("auth.hs256_secret_file"),
+            "{missing:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn percent_decode(raw: &str) -> String {
+        url::form_urlencoded::parse(format!("x={raw}").as_bytes())
+            .next()
+            .unwrap()
+            .1
+            .into_owned()
+    }
+
+    #[test]
+    fn redaction_covers_query_passwords() {
+        for raw in [
+            "postgres://db/media?user=app&password=hunter2",
+            "postgres://db/media?sslmode=require&sslpassword=hunter2",
+            "postgres://app:hunter2@db/media",
+        ] {
+            let redacted = redact_url(raw);
+            assert!(!redacted.contains("hunter2"), "{redacted}");
+            assert!(redacted.contains("db"), "{redacted}");
+        }
+        assert!(redact_url("postgres://db/media?sslmode=require").contains("sslmode=require"));
+    }
+
+    #[test]
+    fn durations_out_of_range_are_refused() {
+        for (key, value) in [
+            ("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "0s"),
+            ("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "1s"),
+            ("MEDIA_NODE__MEDIA__RETENTION", "0s"),
+            ("MEDIA_NODE__MEDIA__RETENTION", "100000years"),
+            ("MEDIA_NODE__REAPER__LEASE", "100000years"),
+            ("MEDIA_NODE__REAPER__LEASE", "0s"),
+            ("MEDIA_NODE__REAPER__INTERVAL", "0s"),
+            ("MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT", "100years"),
+        ] {
+            let err = load_with("development", &[(key, value)]).unwrap_err();
+            let name = key
+                .trim_start_matches("MEDIA_NODE__")
+                .replace("__", ".")
+                .to_lowercase();
+            assert!(format!("{err:#}").contains(&name), "{key}={value}: {err:#}");
+        }
+        assert!(load_with(
+            "development",
+            &[("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "10s")]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn production_refuses_the_embedded_backends() {
+        let err = load_with("production", &[])
+            .unwrap()
+            .check_backends()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("MEDIA_NODE__DATABASE__URL"),
+            "{err:#}"
+        );
+        let err = load_with(
+            "production",
+            &[("MEDIA_NODE__DATABASE__URL", "postgres://db/media")],
+        )
+        .unwrap()
+        .check_backends()
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("MEDIA_NODE__STORAGE__URL"),
+            "{err:#}"
+        );
+        let settings = load_with(
+            "production",
+            &[
+                ("MEDIA_NODE__DATABASE__URL", "postgres://db/media"),
+                ("MEDIA_NODE__STORAGE__URL", "s3://bucket/media"),
+            ],
+        )
+        .unwrap();
+        assert!(settings.is_production());
+        settings.check_backends().unwrap();
+        // Development keeps its zero-setup defaults.
+        load_with("development", &[])
+            .unwrap()
+            .check_backends()
+            .unwrap();
     }
 
     #[test]

@@ -4,6 +4,9 @@
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
@@ -29,17 +32,63 @@ pub struct Application {
     state: web::Data<AppState>,
     draining: Arc<AtomicBool>,
     reaper: Option<Reaper>,
-    drain_delay: std::time::Duration,
-    shutdown_timeout: std::time::Duration,
+    stop: StopBudget,
+    stop_plan: watch::Sender<Option<StopPlan>>,
 }
+
+/// How a stop spends `server.drain_delay + server.shutdown_timeout`, the one deadline of
+/// the whole stop: the listener accepts during the drain delay; requests in flight then
+/// get the shutdown timeout less a reserve (a quarter of it, at most 5 s), in which the
+/// uploads cut off at that instant are rolled back.
+#[derive(Debug, Clone, Copy)]
+struct StopBudget {
+    drain_delay: Duration,
+    /// From the end of the drain until requests are cut off.
+    requests: Duration,
+    /// From the end of the drain until the process has stopped.
+    shutdown_timeout: Duration,
+}
+
+impl StopBudget {
+    fn new(drain_delay: Duration, shutdown_timeout: Duration) -> Self {
+        let reserve = (shutdown_timeout / 4).min(Duration::from_secs(5));
+        Self {
+            drain_delay,
+            requests: shutdown_timeout - reserve,
+            shutdown_timeout,
+        }
+    }
+
+    fn plan(&self, signalled: Instant) -> StopPlan {
+        let drained = signalled + self.drain_delay;
+        StopPlan {
+            cut_requests_at: drained + self.requests,
+            deadline: drained + self.shutdown_timeout,
+        }
+    }
+}
+
+/// The instants of a stop that has begun.
+#[derive(Debug, Clone, Copy)]
+pub struct StopPlan {
+    /// Uploads still streaming are cut off and rolled back.
+    pub cut_requests_at: Instant,
+    /// The process has stopped, clean-ups included.
+    pub deadline: Instant,
+}
+
+/// `None` until a stop begins, then its plan.
+pub type StopSignal = watch::Receiver<Option<StopPlan>>;
 
 impl Application {
     /// Connects the backends, applies migrations and binds both listeners.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        // Configuration errors first, before anything touches a backend.
+        let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
         let metrics = Metrics::new()?;
-        let metadata = Metadata::connect(
+        let metadata = Metadata::connect_with(
             settings.database.url.expose(),
-            settings.database.max_connections,
+            &settings.database.pool_options(),
         )?
         .with_timings(metrics.backend.database.clone());
         metrics
@@ -52,7 +101,6 @@ impl Application {
             .with_context(|| format!("migrating {}", redact_url(settings.database.url.expose())))?;
         let storage = Storage::from_settings(&settings.storage)?
             .with_timings(metrics.backend.storage.clone());
-        let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
         let retention = chrono::Duration::from_std(settings.media.retention)
             .context("media.retention is out of range")?;
         let ingest = Ingest {
@@ -61,15 +109,21 @@ impl Application {
             max_upload_bytes: settings.limits.max_upload_bytes,
             part_size: settings.storage.part_size_bytes,
             retention,
+            stale_upload_after: settings.reaper.stale_upload_after,
             metrics: metrics.media.clone(),
-            cleanups: Cleanups::on_current_runtime(),
+            // A quarter of the pool at most, so requests keep connections of their own.
+            cleanups: Cleanups::on_current_runtime(
+                (settings.database.max_connections / 4).max(1) as usize
+            ),
         };
+        let (stop_plan, stop_signal) = watch::channel(None);
         let state = web::Data::new(AppState {
             auth,
             metadata: metadata.clone(),
             storage: storage.clone(),
             ingest,
             metrics: metrics.clone(),
+            stop: stop_signal,
         });
         let draining = Arc::new(AtomicBool::new(false));
         let reaper = settings.reaper.enabled.then(|| {
@@ -97,7 +151,13 @@ impl Application {
         let port = public.local_addr()?.port();
         let admin_port = admin.local_addr()?.port();
 
-        let shutdown_secs = settings.server.shutdown_timeout.as_secs();
+        let stop = StopBudget::new(
+            settings.server.drain_delay,
+            settings.server.shutdown_timeout,
+        );
+        // actix counts whole seconds; the upload bodies are cut at the exact instant
+        // (`routes::upload`), and the whole stop is bounded by `run_until_stopped`.
+        let shutdown_secs = stop.requests.as_secs_f64().ceil() as u64;
         let api_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -126,6 +186,8 @@ impl Application {
                 .configure(crate::ops::configure)
         })
         .workers(1)
+        // Probes and scrapes are short; a stop never waits long for them.
+        .shutdown_timeout(1)
         .tcp_nodelay(true)
         .disable_signals()
         .listen(admin)?
@@ -146,8 +208,8 @@ impl Application {
             state,
             draining,
             reaper,
-            drain_delay: settings.server.drain_delay,
-            shutdown_timeout: settings.server.shutdown_timeout,
+            stop,
+            stop_plan,
         })
     }
 
@@ -169,46 +231,119 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains: readiness turns 503 at once, the
-    /// listener keeps accepting for `server.drain_delay`, then stops; in-flight requests get
-    /// `server.shutdown_timeout` to finish and are cut off after it (their uploads rolled
-    /// back); the reaper stops between batches; then the admin listener closes.
+    /// Serves until SIGTERM or SIGINT, then stops within one deadline,
+    /// `server.drain_delay + server.shutdown_timeout` after the signal: readiness turns 503
+    /// at once; the listener keeps accepting for the drain delay, then closes; requests in
+    /// flight may finish until the shutdown timeout less its reserve (`StopBudget`); uploads
+    /// still running then are cut off and rolled back; the reaper stops between batches;
+    /// clean-ups get what is left of the deadline; then the admin listener closes.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let public = self.server.handle();
         let admin = self.admin.handle();
         let draining = self.draining.clone();
-        let drain_delay = self.drain_delay;
+        let budget = self.stop;
+        let stop_plan = self.stop_plan;
+        let mut stop_signal = self.state.stop.clone();
         let (stop_reaper, reaper_stopped) = watch::channel(false);
-        let reaper = self
+        let mut reaper = self
             .reaper
             .map(|reaper| tokio::spawn(reaper.run(reaper_stopped)));
         tokio::spawn(async move {
             shutdown_signal().await;
+            let plan = budget.plan(Instant::now());
+            stop_plan.send_replace(Some(plan));
             draining.store(true, Ordering::SeqCst);
             tracing::info!(
-                ?drain_delay,
+                drain_delay = ?budget.drain_delay,
+                shutdown_timeout = ?budget.shutdown_timeout,
                 "shutdown requested: readiness is 503, draining"
             );
-            tokio::time::sleep(drain_delay).await;
+            tokio::time::sleep(budget.drain_delay).await;
             tracing::info!("no longer accepting connections; waiting for in-flight requests");
             public.stop(true).await;
         });
         let admin_task = tokio::spawn(self.admin);
-        self.server.await?;
+
+        // The server ends once its workers have stopped; whatever happens, the stop does
+        // not outlast its deadline.
+        let past_deadline = async {
+            let plan = wait_for_plan(&mut stop_signal).await;
+            tokio::time::sleep_until(plan.deadline).await;
+        };
+        tokio::select! {
+            served = self.server => served?,
+            () = past_deadline => {
+                tracing::warn!("requests still running at the stop deadline are dropped");
+            }
+        }
+        let deadline = self
+            .state
+            .stop
+            .borrow()
+            .map(|plan| plan.deadline)
+            .unwrap_or_else(|| Instant::now() + budget.shutdown_timeout);
 
         let _ = stop_reaper.send(true);
-        if let Some(reaper) = reaper {
-            reaper.await?;
+        if let Some(task) = reaper.as_mut() {
+            if tokio::time::timeout_at(deadline, &mut *task).await.is_err() {
+                // Its claims keep their lease and are retried by any replica afterwards.
+                task.abort();
+                tracing::warn!("the reaper's batch outlived the stop deadline");
+            }
         }
-        if !self.state.ingest.cleanups.wait(self.shutdown_timeout).await {
+        if !self.state.ingest.cleanups.wait_until(deadline).await {
             tracing::warn!("some cancelled uploads were not cleaned up; the reaper will");
         }
         admin.stop(true).await;
         admin_task.await??;
-        self.state.metadata.close().await;
+        // A connection still held by a clean-up that missed the deadline must not hold the
+        // exit.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.state.metadata.close()).await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The plan of the stop, once one has begun.
+async fn wait_for_plan(signal: &mut StopSignal) -> StopPlan {
+    loop {
+        if let Some(plan) = *signal.borrow_and_update() {
+            return plan;
+        }
+        if signal.changed().await.is_err() {
+            // The sender is gone: no stop will ever be planned.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Ends `body` with `ShuttingDown` at the instant a stop cuts requests off.
+pub fn cut_off_at_stop<S, E>(
+    body: S,
+    stop: StopSignal,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, ApiError>> + Unpin
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: Into<ApiError>,
+{
+    use futures_util::StreamExt;
+    Box::pin(futures_util::stream::unfold(
+        Some((body, stop)),
+        |state| async move {
+            let (mut body, mut stop) = state?;
+            let cut = async {
+                let plan = wait_for_plan(&mut stop).await;
+                tokio::time::sleep_until(plan.cut_requests_at).await;
+            };
+            tokio::select! {
+                chunk = body.next() => {
+                    let chunk = chunk?;
+                    Some((chunk.map_err(Into::into), Some((body, stop))))
+                }
+                () = cut => Some((Err(ApiError::ShuttingDown), None)),
+            }
+        },
+    ))
 }
 
 async fn shutdown_signal() {

@@ -95,6 +95,8 @@ async fn production_without_a_key_refuses_to_start() {
     let out = output(
         media_node(&dir.0)
             .env("APP_ENV", "production")
+            .env("MEDIA_NODE__DATABASE__URL", "postgres://127.0.0.1:1/none")
+            .env("MEDIA_NODE__STORAGE__URL", "s3://none")
             .env("MEDIA_NODE__SERVER__PORT", free_port().to_string())
             .env("MEDIA_NODE__ADMIN__PORT", free_port().to_string())
             .arg("serve"),
@@ -217,5 +219,24 @@ async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs()
         &DB_PASSWORD.to_owned(),
     ] {
         assert!(!logs.contains(secret_value.as_str()), "a secret was logged");
+    }
+}
+
+/// `APP_ENV=production` without backend URLs is a start-up error, not a silent fallback to
+/// SQLite and files on the pod's disk: nothing is created.
+#[test]
+fn production_never_falls_back_to_the_embedded_backends() {
+    let dir = TempDir::new();
+    for command in ["migrate", "serve"] {
+        let out = output(
+            media_node(&dir.0)
+                .arg(command)
+                .env("APP_ENV", "production")
+                .env("MEDIA_NODE__AUTH__HS256_SECRET", "p".repeat(40)),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stderr}");
+        assert!(stderr.contains("MEDIA_NODE__DATABASE__URL"), "{stderr}");
+        assert!(!dir.0.join("data").exists(), "{command} created data/");
     }
 }

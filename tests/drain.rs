@@ -7,7 +7,9 @@ mod helpers;
 use std::time::Duration;
 
 use bytes::Bytes;
-use helpers::{content, sha256_hex, Backend, ServiceProcess, TempDir, MAX_UPLOAD};
+use helpers::{
+    content, sha256_hex, Backend, ServiceProcess, Services, TcpProxy, TempDir, MAX_UPLOAD,
+};
 use media_node::auth::Authenticator;
 use media_node::metadata::Metadata;
 use media_node::storage::Storage;
@@ -37,8 +39,19 @@ struct Draining {
 
 impl Draining {
     async fn start(backend: Backend, drain_delay: &str, shutdown_timeout: &str) -> Self {
+        Self::start_with(backend, drain_delay, shutdown_timeout, |_| {}).await
+    }
+
+    /// `start`, after `adjust` had its say over the process's settings.
+    async fn start_with(
+        backend: Backend,
+        drain_delay: &str,
+        shutdown_timeout: &str,
+        adjust: impl FnOnce(&mut media_node::settings::Settings),
+    ) -> Self {
         let dir = TempDir::new();
-        let settings = helpers::test_settings(backend, &dir).await;
+        let mut settings = helpers::test_settings(backend, &dir).await;
+        adjust(&mut settings);
         let mut env = helpers::process_env(&settings);
         env.extend([
             ("MEDIA_NODE__SERVER__DRAIN_DELAY", drain_delay.to_owned()),
@@ -181,4 +194,97 @@ async fn the_shutdown_deadline_aborts_uploads_without_leftovers() {
     assert_eq!(metadata.count().await.unwrap(), 0, "{logs}");
     assert!(storage.object_keys().await.unwrap().is_empty());
     assert!(storage.all_pending_uploads().await.unwrap().is_empty());
+}
+
+/// A shutdown timeout under a second is not truncated to zero (which cut every request off
+/// at once): an upload that needs a few hundred milliseconds more finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_second_shutdown_timeout_is_honoured() {
+    let Draining {
+        dir: _dir,
+        server,
+        token,
+        ..
+    } = Draining::start(Backend::Embedded, "0s", "900ms").await;
+    let data = content(3 * 1024 * 1024, 52);
+    let upload = tokio::spawn(
+        reqwest::Client::new()
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "mp4")
+            .body(slow_body(data, Duration::from_millis(100)))
+            .send(),
+    );
+    wait_for_in_flight_upload(&server).await;
+    server.signal("TERM");
+    let response = upload.await.unwrap().unwrap();
+    assert_eq!(response.status(), 201);
+    let (status, logs) = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}\n{logs}");
+}
+
+/// The whole stop, clean-ups included, ends by `drain_delay + shutdown_timeout`, even when
+/// object storage stops answering in the middle of it (the clean-up of the cut-off upload
+/// cannot finish; its row is left to the reaper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_stop_ends_by_its_deadline() {
+    let services = Services::from_env();
+    let endpoint = url::Url::parse(&services.s3_endpoint).unwrap();
+    let s3 = tokio::net::lookup_host((
+        endpoint.host_str().unwrap().to_owned(),
+        endpoint.port_or_known_default().unwrap(),
+    ))
+    .await
+    .unwrap()
+    .next()
+    .unwrap();
+    let proxy = TcpProxy::start(s3).await;
+    let proxied = format!("http://127.0.0.1:{}", proxy.port);
+    let Draining {
+        dir: _dir,
+        settings,
+        server,
+        token,
+        ..
+    } = Draining::start_with(Backend::Production, "200ms", "2s", |s| {
+        s.storage.s3.endpoint = Some(proxied);
+    })
+    .await;
+    let mut direct = settings.storage.clone();
+    direct.s3.endpoint = Some(services.s3_endpoint.clone());
+    let storage = Storage::from_settings(&direct).unwrap();
+
+    // 20 MiB over twenty seconds; wait for its multipart upload to exist.
+    let upload = tokio::spawn(
+        reqwest::Client::new()
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "mp4")
+            .body(slow_body(
+                content(20 * 1024 * 1024, 53),
+                Duration::from_secs(1),
+            ))
+            .send(),
+    );
+    for _ in 0..200 {
+        if !storage.all_pending_uploads().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(storage.all_pending_uploads().await.unwrap().len(), 1);
+
+    proxy.freeze();
+    let signalled = std::time::Instant::now();
+    server.signal("TERM");
+    let (status, logs) = server.wait_exit(Duration::from_secs(30));
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit {status}\n{logs}");
+    // The deadline is 2.2 s; the rest of the bound is the process's own exit.
+    assert!(
+        took < Duration::from_millis(3000),
+        "the stop took {took:?}\n{logs}"
+    );
+    let answer = upload.await.unwrap();
+    assert!(answer.as_ref().map_or(true, |r| r.status() != 201));
 }

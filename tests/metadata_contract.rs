@@ -20,6 +20,9 @@ async fn repo(backend: Backend, dir: &TempDir) -> Metadata {
     metadata
 }
 
+/// A `stale_before` that no heartbeat is older than: for rows written in the past on purpose.
+const LONG_AGO: chrono::DateTime<Utc> = chrono::DateTime::UNIX_EPOCH;
+
 fn new_media(owner: &str, now: chrono::DateTime<Utc>) -> NewMedia {
     NewMedia {
         id: MediaId::new_random(),
@@ -58,6 +61,11 @@ contract!(
     claims_take_due_rows_once,
     leases_end_and_releases_free_rows,
     concurrent_claims_never_overlap,
+    claim_first_then_commit_is_fenced,
+    commit_first_then_claim_finds_nothing,
+    heartbeats_keep_an_old_upload_live,
+    a_stale_upload_can_neither_commit_nor_revive,
+    delete_rechecks_the_claimed_state,
 );
 
 fn due(now: chrono::DateTime<Utc>, limit: u32) -> DueQuery {
@@ -77,7 +85,7 @@ async fn expired_rows(repo: &Metadata, n: usize, now: chrono::DateTime<Utc>) -> 
         let mut media = new_media("acct", now - Duration::hours(25));
         media.expires_at = now - Duration::hours(1);
         repo.insert_uploading(&media).await.unwrap();
-        repo.mark_ready(media.id, 1, "00").await.unwrap();
+        repo.mark_ready(media.id, 1, "00", LONG_AGO).await.unwrap();
         ids.push(media.id);
     }
     ids
@@ -91,7 +99,7 @@ async fn claims_take_due_rows_once(backend: Backend) {
     // Not due: fresh and ready; fresh and uploading (an upload in progress).
     let fresh = new_media("acct", now);
     repo.insert_uploading(&fresh).await.unwrap();
-    repo.mark_ready(fresh.id, 1, "00").await.unwrap();
+    repo.mark_ready(fresh.id, 1, "00", LONG_AGO).await.unwrap();
     let in_progress = new_media("acct", now - Duration::minutes(10));
     repo.insert_uploading(&in_progress).await.unwrap();
     // Due: an upload that crashed two hours ago.
@@ -115,9 +123,18 @@ async fn claims_take_due_rows_once(backend: Backend) {
 
     // Only the claim that holds a row may delete it.
     let ids: Vec<MediaId> = batch.iter().map(|c| c.id).collect();
-    assert_eq!(repo.delete_claimed(&ids, second.claim).await.unwrap(), 0);
-    assert_eq!(repo.delete_claimed(&ids, first.claim).await.unwrap(), 4);
-    assert_eq!(repo.delete_claimed(&ids, first.claim).await.unwrap(), 0);
+    assert_eq!(
+        repo.delete_claimed(&ids, second.claim, now).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        repo.delete_claimed(&ids, first.claim, now).await.unwrap(),
+        4
+    );
+    assert_eq!(
+        repo.delete_claimed(&ids, first.claim, now).await.unwrap(),
+        0
+    );
     assert_eq!(repo.count().await.unwrap(), 4);
     assert_eq!(repo.expired_backlog(now).await.unwrap(), 1);
 }
@@ -188,7 +205,7 @@ async fn lifecycle_of_a_row(backend: Backend) {
     assert_eq!(row.expires_at, now + Duration::hours(24));
 
     assert!(repo
-        .mark_ready(media.id, 1234, "ab".repeat(32).as_str())
+        .mark_ready(media.id, 1234, "ab".repeat(32).as_str(), LONG_AGO)
         .await
         .unwrap());
     let row = repo.get(media.id).await.unwrap().unwrap();
@@ -221,7 +238,7 @@ async fn readability_depends_on_owner_and_expiry(backend: Backend) {
     let now = now_ms();
     let media = new_media("owner", now);
     repo.insert_uploading(&media).await.unwrap();
-    repo.mark_ready(media.id, 1, "00").await.unwrap();
+    repo.mark_ready(media.id, 1, "00", LONG_AGO).await.unwrap();
 
     let found = repo
         .find_readable(media.id, &media.owner, now)
@@ -259,13 +276,13 @@ async fn mark_ready_only_once_and_only_existing(backend: Backend) {
     let repo = repo(backend, &dir).await;
     let media = new_media("acct", now_ms());
     assert!(
-        !repo.mark_ready(media.id, 1, "00").await.unwrap(),
+        !repo.mark_ready(media.id, 1, "00", LONG_AGO).await.unwrap(),
         "no row yet"
     );
     repo.insert_uploading(&media).await.unwrap();
-    assert!(repo.mark_ready(media.id, 1, "00").await.unwrap());
+    assert!(repo.mark_ready(media.id, 1, "00", LONG_AGO).await.unwrap());
     assert!(
-        !repo.mark_ready(media.id, 2, "11").await.unwrap(),
+        !repo.mark_ready(media.id, 2, "11", LONG_AGO).await.unwrap(),
         "already ready"
     );
     assert_eq!(
@@ -283,5 +300,118 @@ async fn duplicate_ids_are_refused(backend: Backend) {
     assert!(
         !again.is_unavailable(),
         "a constraint violation is not an outage"
+    );
+}
+
+// The fence between a live upload and the reaper, one interleaving at a time. A row is
+// either live (the upload may heartbeat and commit it; no claim takes it) or stale (a claim
+// may take it; the upload can do neither).
+
+async fn claim_first_then_commit_is_fenced(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    // The upload started two hours ago and its last heartbeat is as old: stale at `now`.
+    let upload = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading(&upload).await.unwrap();
+    let claim = due(now, 10);
+    let claimed = repo.claim_due(&claim).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![upload.id]
+    );
+    // Even a commit that thinks the row is live (an earlier stale threshold) loses: the
+    // row is claimed.
+    assert!(!repo.mark_ready(upload.id, 1, "00", LONG_AGO).await.unwrap());
+    assert!(!repo.heartbeat(upload.id, now, LONG_AGO).await.unwrap());
+    let row = repo.get(upload.id).await.unwrap().unwrap();
+    assert_eq!(row.status, MediaStatus::Uploading);
+    // The reaper's delete goes through.
+    assert_eq!(
+        repo.delete_claimed(&[upload.id], claim.claim, now)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn commit_first_then_claim_finds_nothing(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let upload = new_media("acct", now - Duration::minutes(30));
+    repo.insert_uploading(&upload).await.unwrap();
+    let stale_before = now - Duration::hours(1);
+    assert!(repo
+        .mark_ready(upload.id, 1, "00", stale_before)
+        .await
+        .unwrap());
+    // Much later, with a threshold that would make its heartbeat stale: it is ready, so it
+    // is not a crashed upload, and not expired either.
+    let later = due(now + Duration::hours(2), 10);
+    assert!(repo.claim_due(&later).await.unwrap().is_empty());
+}
+
+async fn heartbeats_keep_an_old_upload_live(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    // Started two hours ago (a slow phone), heartbeat refreshed a minute ago.
+    let upload = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading(&upload).await.unwrap();
+    let stale_before = now - Duration::hours(1);
+    assert!(repo
+        .heartbeat(
+            upload.id,
+            now - Duration::minutes(1),
+            now - Duration::hours(3)
+        )
+        .await
+        .unwrap());
+    assert!(
+        repo.claim_due(&due(now, 10)).await.unwrap().is_empty(),
+        "a live upload is not claimed"
+    );
+    assert!(repo
+        .mark_ready(upload.id, 1, "00", stale_before)
+        .await
+        .unwrap());
+}
+
+async fn a_stale_upload_can_neither_commit_nor_revive(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let upload = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading(&upload).await.unwrap();
+    let stale_before = now - Duration::hours(1);
+    // No reaper has claimed it yet, but one may at any moment.
+    assert!(!repo.heartbeat(upload.id, now, stale_before).await.unwrap());
+    assert!(!repo
+        .mark_ready(upload.id, 1, "00", stale_before)
+        .await
+        .unwrap());
+    let claimed = repo.claim_due(&due(now, 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "still the reaper's to take");
+}
+
+async fn delete_rechecks_the_claimed_state(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let ids = expired_rows(&repo, 2, now).await;
+    let claim = due(now, 10);
+    assert_eq!(repo.claim_due(&claim).await.unwrap().len(), 2);
+    // Judged at an instant before the expiry, the rows are not due: nothing goes.
+    let before_expiry = now - Duration::hours(2);
+    assert_eq!(
+        repo.delete_claimed(&ids, claim.claim, before_expiry)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        repo.delete_claimed(&ids, claim.claim, now).await.unwrap(),
+        2
     );
 }

@@ -17,7 +17,89 @@ on_both_backends!(
     crashed_uploads_are_cleaned_and_live_ones_kept,
     batches_cover_everything_due,
     reap_once_subcommand,
+    a_live_upload_outlasting_the_stale_threshold_is_kept,
+    a_panicking_pass_is_counted_and_the_reaper_goes_on,
 );
+
+/// A body that trickles in: `chunks` pieces of `chunk_len` bytes, `pause` apart.
+fn trickle(chunks: usize, chunk_len: usize, pause: Duration) -> (Vec<u8>, reqwest::Body) {
+    let data = content(chunks * chunk_len, 7);
+    let pieces: Vec<bytes::Bytes> = data
+        .chunks(chunk_len)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut rest| async move {
+        let piece = rest.next()?;
+        tokio::time::sleep(pause).await;
+        Some((Ok::<_, std::io::Error>(piece), rest))
+    });
+    (data, reqwest::Body::wrap_stream(stream))
+}
+
+/// An upload that takes longer than `reaper.stale_upload_after` while the reaper polls: its
+/// heartbeat keeps it live, so it is stored and kept, and nothing is reaped.
+async fn a_live_upload_outlasting_the_stale_threshold_is_kept(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.reaper.stale_upload_after = Duration::from_secs(4);
+        s.reaper.interval = Duration::from_millis(100);
+    })
+    .await;
+    let token = app.token("acct");
+    // About 7 s, with a pause of 700 ms between pieces: longer than the threshold.
+    let (data, body) = trickle(10, 64 * 1024, Duration::from_millis(700));
+    let response = app
+        .request(reqwest::Method::POST, "/v1/media", Some(&token))
+        .header("X-Gr-File-Extension", "bin")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 201, "{text}");
+    let id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["media"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let download = app.get(&token, &id).await;
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_eq!(app.metrics.reaper.deleted.get(), 0);
+    assert!(
+        app.metrics.reaper.runs.get() > 10,
+        "the reaper was polling all along"
+    );
+}
+
+/// A pass that panics (here: a lease so long that date arithmetic overflows, which start-up
+/// validation refuses, set behind its back) is counted, and the reaper keeps running.
+async fn a_panicking_pass_is_counted_and_the_reaper_goes_on(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.reaper.interval = Duration::from_millis(50);
+        s.reaper.lease = Duration::from_secs(u64::MAX / 4);
+    })
+    .await;
+    let panics = || {
+        app.metrics
+            .reaper
+            .errors
+            .with_label_values(&["panic"])
+            .get()
+    };
+    for _ in 0..100 {
+        if panics() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(panics() >= 3, "each failed pass is counted: {}", panics());
+    assert!(app.metrics.reaper.runs.get() >= 3);
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("media_reaper_errors_total{stage=\"panic\"}"),
+        "exported with the other stages"
+    );
+}
 
 async fn uploads_expire_and_are_reaped(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {

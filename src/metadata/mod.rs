@@ -69,7 +69,7 @@ pub struct NewMedia {
 #[derive(Debug, Clone)]
 pub struct DueQuery {
     pub now: DateTime<Utc>,
-    /// `uploading` rows created before this are crashed uploads.
+    /// `uploading` rows whose heartbeat is older than this are crashed uploads.
     pub stale_before: DateTime<Utc>,
     pub limit: u32,
     pub claim: uuid::Uuid,
@@ -81,7 +81,7 @@ pub struct DueQuery {
 enum Due {
     /// `expires_at` has passed.
     Expired,
-    /// `uploading` and created before `stale_before`: a crashed upload.
+    /// `uploading` with a heartbeat before `stale_before`: a crashed upload.
     StaleUpload,
 }
 
@@ -91,7 +91,7 @@ impl Due {
         match self {
             Due::Expired => ("expires_at <= {since}", "expires_at"),
             Due::StaleUpload => (
-                "status = 'uploading' AND created_at <= {since}",
+                "status = 'uploading' AND COALESCE(heartbeat_at, created_at) <= {since}",
                 "created_at",
             ),
         }
@@ -122,12 +122,16 @@ pub enum MetadataError {
     Corrupt(String),
     #[error("unsupported database URL (expected postgres:// or sqlite://): {0}")]
     UnsupportedUrl(String),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl MetadataError {
-    /// True when the database cannot be reached (503 and retry), false for a bug (500).
+    /// True when the database cannot be reached or the failure passes on a retry (503),
+    /// false for a bug (500).
     pub fn is_unavailable(&self) -> bool {
         match self {
+            MetadataError::Timeout(_) => true,
             MetadataError::Database(err) => match err {
                 sqlx::Error::Io(_)
                 | sqlx::Error::Tls(_)
@@ -137,11 +141,15 @@ impl MetadataError {
                 | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(db) => db.code().is_some_and(|code| {
                     // PostgreSQL: connection exceptions (08), insufficient resources (53),
-                    // operator intervention such as shutdown (57P), read-only standby (25006).
-                    // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
+                    // operator intervention (57: statement timeout or cancellation 57014,
+                    // shutdown 57P*), transaction rollbacks such as serialization failures
+                    // and deadlocks (40), lock not available (55P03), read-only standby
+                    // (25006). SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
                     code.starts_with("08")
                         || code.starts_with("53")
-                        || code.starts_with("57P")
+                        || code.starts_with("57")
+                        || code.starts_with("40")
+                        || code == "55P03"
                         || code == "25006"
                         || code == "5"
                         || code == "6"
@@ -161,6 +169,8 @@ pub struct Metadata {
     pool: Pool,
     /// Durations of calls by operation, once metrics are attached.
     timings: Option<prometheus::HistogramVec>,
+    /// No call takes longer than this, whatever the network does.
+    call_timeout: Duration,
 }
 
 /// The connection pool of the backend in use.
@@ -170,8 +180,33 @@ pub enum Pool {
     Sqlite(SqlitePool),
 }
 
-/// How long a request waits for a pooled connection before answering 503.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How the pool connects and how long any call may take.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    /// How long a call waits for a pooled connection before it fails (503).
+    pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` for every statement of this service: a statement
+    /// blocked by a lock or a runaway plan is cancelled by the server. Each call is also
+    /// bounded on the client side by `acquire_timeout + statement_timeout` plus a second,
+    /// so a silently dead connection fails the call instead of hanging it.
+    pub statement_timeout: Duration,
+}
+
+impl PoolOptions {
+    /// The defaults of `config/default.toml` with another pool size (tests, tools).
+    pub fn with_max_connections(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.acquire_timeout + self.statement_timeout + Duration::from_secs(1)
+    }
+}
 
 /// Runs the same call on whichever pool is in use.
 macro_rules! on_pool {
@@ -188,15 +223,44 @@ macro_rules! on_pool {
 }
 
 impl Metadata {
+    /// `connect_with` and the default timeouts.
+    pub fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(url, &PoolOptions::with_max_connections(max_connections))
+    }
+
     /// Connects lazily (the first query opens the first connection), so the service can
     /// start while the database is still coming up; readiness reports it.
-    pub fn connect(url: &str, max_connections: u32) -> Result<Self> {
+    pub fn connect_with(url: &str, pool_options: &PoolOptions) -> Result<Self> {
+        let max_connections = pool_options.max_connections;
+        let acquire_timeout = pool_options.acquire_timeout;
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?.application_name("media-node");
+            let statement_ms = pool_options
+                .statement_timeout
+                .as_millis()
+                .max(1)
+                .to_string();
+            let idle_in_transaction_ms = (pool_options.statement_timeout * 2)
+                .as_millis()
+                .max(1)
+                .to_string();
+            // Session settings sent with the start-up packet. The keepalives let the server
+            // drop the sessions of a replica that vanished without closing them.
+            let options = PgConnectOptions::from_str(url)?
+                .application_name("media-node")
+                .options([
+                    ("statement_timeout", statement_ms.as_str()),
+                    (
+                        "idle_in_transaction_session_timeout",
+                        idle_in_transaction_ms.as_str(),
+                    ),
+                    ("tcp_keepalives_idle", "30"),
+                    ("tcp_keepalives_interval", "10"),
+                    ("tcp_keepalives_count", "3"),
+                ]);
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .acquire_timeout(acquire_timeout)
                     .connect_lazy_with(options),
             )
         } else if url.starts_with("sqlite:") {
@@ -204,7 +268,7 @@ impl Metadata {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(ACQUIRE_TIMEOUT)
+                .busy_timeout(acquire_timeout)
                 .foreign_keys(true);
             if let Some(dir) = options.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
@@ -214,7 +278,7 @@ impl Metadata {
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .acquire_timeout(acquire_timeout)
                     .connect_lazy_with(options),
             )
         } else {
@@ -225,6 +289,7 @@ impl Metadata {
         Ok(Self {
             pool,
             timings: None,
+            call_timeout: pool_options.call_timeout(),
         })
     }
 
@@ -246,12 +311,19 @@ impl Metadata {
         }
     }
 
-    async fn timed<T>(&self, operation: &str, call: impl std::future::Future<Output = T>) -> T {
+    /// Times the call and bounds it by the call timeout.
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let _timer = self
             .timings
             .as_ref()
             .map(|h| h.with_label_values(&[operation]).start_timer());
-        call.await
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .map_err(|_| MetadataError::Timeout(self.call_timeout))?
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -275,8 +347,8 @@ impl Metadata {
         on_pool!(
             self,
             "ping",
-            |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            sqlx::query("SELECT 1").execute(pool).await.map(drop)
+            |pool| Ok(sqlx::query("SELECT 1").execute(pool).await.map(drop)?),
+            Ok(sqlx::query("SELECT 1").execute(pool).await.map(drop)?)
         )?;
         Ok(())
     }
@@ -291,13 +363,39 @@ impl Metadata {
         )
     }
 
-    /// Marks an upload complete. False when the row is gone (it was reaped meanwhile).
-    pub async fn mark_ready(&self, id: MediaId, size_bytes: u64, sha256: &str) -> Result<bool> {
+    /// Marks an upload complete. False, and nothing changes, when the upload may no longer
+    /// commit: its row is gone, a reaper claimed it, or its heartbeat is older than
+    /// `stale_before` (the reaper may take it at any moment). This is the fence between a
+    /// live upload and the reaper: a row is either live (only the upload touches it) or
+    /// stale (only the reaper does).
+    pub async fn mark_ready(
+        &self,
+        id: MediaId,
+        size_bytes: u64,
+        sha256: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool> {
         on_pool!(
             self,
             "mark_ready",
-            |pool| postgres::mark_ready(pool, id, size_bytes, sha256).await,
-            sqlite::mark_ready(pool, id, size_bytes, sha256).await
+            |pool| postgres::mark_ready(pool, id, size_bytes, sha256, stale_before).await,
+            sqlite::mark_ready(pool, id, size_bytes, sha256, stale_before).await
+        )
+    }
+
+    /// Refreshes the heartbeat of a live upload to `now`. False, and nothing changes, when
+    /// the upload may no longer commit (see `mark_ready`): a stale row is never revived.
+    pub async fn heartbeat(
+        &self,
+        id: MediaId,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        on_pool!(
+            self,
+            "heartbeat",
+            |pool| postgres::heartbeat(pool, id, now, stale_before).await,
+            sqlite::heartbeat(pool, id, now, stale_before).await
         )
     }
 
@@ -370,16 +468,22 @@ impl Metadata {
         Ok(claimed)
     }
 
-    /// Deletes the rows of `ids` that `claim` still holds; returns how many went.
-    pub async fn delete_claimed(&self, ids: &[MediaId], claim: uuid::Uuid) -> Result<u64> {
+    /// Deletes the rows of `ids` that `claim` still holds and that are still due at `now`
+    /// (expired, or an upload that never completed); returns how many went.
+    pub async fn delete_claimed(
+        &self,
+        ids: &[MediaId],
+        claim: uuid::Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
         on_pool!(
             self,
             "delete_claimed",
-            |pool| postgres::delete_claimed(pool, ids, claim).await,
-            sqlite::delete_claimed(pool, ids, claim).await
+            |pool| postgres::delete_claimed(pool, ids, claim, now).await,
+            sqlite::delete_claimed(pool, ids, claim, now).await
         )
     }
 

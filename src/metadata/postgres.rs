@@ -29,8 +29,9 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
 
 pub(super) async fn insert_uploading(pool: &PgPool, media: &NewMedia) -> Result<()> {
     sqlx::query(
-        "INSERT INTO media (id, owner, extension, content_type, status, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, 'uploading', $5, $6)",
+        "INSERT INTO media \
+             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at) \
+         VALUES ($1, $2, $3, $4, 'uploading', $5, $6, $5)",
     )
     .bind(media.id.as_uuid())
     .bind(media.owner.as_str())
@@ -43,20 +44,42 @@ pub(super) async fn insert_uploading(pool: &PgPool, media: &NewMedia) -> Result<
     Ok(())
 }
 
+/// The rows an upload may still write to: its own, not claimed, not stale ($2).
+const LIVE_UPLOAD: &str = "id = $1 AND status = 'uploading' AND reap_claim IS NULL \
+     AND COALESCE(heartbeat_at, created_at) > $2";
+
 pub(super) async fn mark_ready(
     pool: &PgPool,
     id: MediaId,
     size_bytes: u64,
     sha256: &str,
+    stale_before: DateTime<Utc>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
-    let done = sqlx::query(
-        "UPDATE media SET status = 'ready', size_bytes = $2, sha256 = $3 \
-         WHERE id = $1 AND status = 'uploading'",
-    )
+    let done = sqlx::query(&format!(
+        "UPDATE media SET status = 'ready', size_bytes = $3, sha256 = $4 WHERE {LIVE_UPLOAD}"
+    ))
     .bind(id.as_uuid())
+    .bind(stale_before)
     .bind(size)
     .bind(sha256)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn heartbeat(
+    pool: &PgPool,
+    id: MediaId,
+    now: DateTime<Utc>,
+    stale_before: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(&format!(
+        "UPDATE media SET heartbeat_at = $3 WHERE {LIVE_UPLOAD}"
+    ))
+    .bind(id.as_uuid())
+    .bind(stale_before)
+    .bind(now)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -153,12 +176,21 @@ fn uuids(ids: &[MediaId]) -> Vec<Uuid> {
     ids.iter().map(MediaId::as_uuid).collect()
 }
 
-pub(super) async fn delete_claimed(pool: &PgPool, ids: &[MediaId], claim: Uuid) -> Result<u64> {
-    let done = sqlx::query("DELETE FROM media WHERE id = ANY($1) AND reap_claim = $2")
-        .bind(uuids(ids))
-        .bind(claim)
-        .execute(pool)
-        .await?;
+pub(super) async fn delete_claimed(
+    pool: &PgPool,
+    ids: &[MediaId],
+    claim: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM media WHERE id = ANY($1) AND reap_claim = $2 \
+           AND (status = 'uploading' OR expires_at <= $3)",
+    )
+    .bind(uuids(ids))
+    .bind(claim)
+    .bind(now)
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected())
 }
 

@@ -40,8 +40,9 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<MediaRecord> {
 
 pub(super) async fn insert_uploading(pool: &SqlitePool, media: &NewMedia) -> Result<()> {
     sqlx::query(
-        "INSERT INTO media (id, owner, extension, content_type, status, created_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4, 'uploading', ?5, ?6)",
+        "INSERT INTO media \
+             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at) \
+         VALUES (?1, ?2, ?3, ?4, 'uploading', ?5, ?6, ?5)",
     )
     .bind(media.id.to_string())
     .bind(media.owner.as_str())
@@ -54,20 +55,42 @@ pub(super) async fn insert_uploading(pool: &SqlitePool, media: &NewMedia) -> Res
     Ok(())
 }
 
+/// The rows an upload may still write to: its own, not claimed, not stale (?2).
+const LIVE_UPLOAD: &str = "id = ?1 AND status = 'uploading' AND reap_claim IS NULL \
+     AND COALESCE(heartbeat_at, created_at) > ?2";
+
 pub(super) async fn mark_ready(
     pool: &SqlitePool,
     id: MediaId,
     size_bytes: u64,
     sha256: &str,
+    stale_before: DateTime<Utc>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
-    let done = sqlx::query(
-        "UPDATE media SET status = 'ready', size_bytes = ?2, sha256 = ?3 \
-         WHERE id = ?1 AND status = 'uploading'",
-    )
+    let done = sqlx::query(&format!(
+        "UPDATE media SET status = 'ready', size_bytes = ?3, sha256 = ?4 WHERE {LIVE_UPLOAD}"
+    ))
     .bind(id.to_string())
+    .bind(millis(stale_before))
     .bind(size)
     .bind(sha256)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn heartbeat(
+    pool: &SqlitePool,
+    id: MediaId,
+    now: DateTime<Utc>,
+    stale_before: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(&format!(
+        "UPDATE media SET heartbeat_at = ?3 WHERE {LIVE_UPLOAD}"
+    ))
+    .bind(id.to_string())
+    .bind(millis(stale_before))
+    .bind(millis(now))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -169,12 +192,15 @@ pub(super) async fn delete_claimed(
     pool: &SqlitePool,
     ids: &[MediaId],
     claim: uuid::Uuid,
+    now: DateTime<Utc>,
 ) -> Result<u64> {
     let done = sqlx::query(
-        "DELETE FROM media WHERE id IN (SELECT value FROM json_each(?1)) AND reap_claim = ?2",
+        "DELETE FROM media WHERE id IN (SELECT value FROM json_each(?1)) AND reap_claim = ?2 \
+           AND (status = 'uploading' OR expires_at <= ?3)",
     )
     .bind(id_list(ids))
     .bind(claim.to_string())
+    .bind(millis(now))
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

@@ -22,6 +22,8 @@ pub struct AppState {
     pub storage: Storage,
     pub ingest: Ingest,
     pub metrics: crate::metrics::Metrics,
+    /// Set when a stop begins: uploads still streaming at its cut-off end there.
+    pub stop: crate::startup::StopSignal,
 }
 
 impl AppState {

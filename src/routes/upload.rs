@@ -62,6 +62,7 @@ async fn store(
         _ => {}
     }
 
+    let body = crate::startup::cut_off_at_stop(body, state.stop.clone());
     let stored = state.ingest.upload(caller.account, extension, body).await?;
     let id = stored.id.to_string();
     Ok(HttpResponse::Created()

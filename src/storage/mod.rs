@@ -30,16 +30,78 @@ use crate::settings::StorageSettings;
 #[error("object storage error")]
 pub struct StorageError(#[source] object_store::Error);
 
+/// What a storage error means for the request and for the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// The object (or multipart upload) does not exist.
+    NotFound,
+    /// The store refuses this service's configuration: wrong keys, bucket or region. A
+    /// retry cannot help; an operator must act (500, logged as an error, counted).
+    Misconfigured,
+    /// Unreachable, overloaded, throttling, a clock or credential problem that passes
+    /// (an expired web-identity token is renewed): 503, retry later.
+    Unavailable,
+}
+
+/// S3 error codes that only a change of configuration cures.
+const MISCONFIGURED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccountProblem",
+    "AllAccessDisabled",
+    "AuthorizationHeaderMalformed",
+    "InvalidAccessKeyId",
+    "InvalidBucketName",
+    "InvalidRegion",
+    "NoSuchBucket",
+    "PermanentRedirect",
+    "SignatureDoesNotMatch",
+];
+
+/// S3 error codes that pass on their own, whatever their HTTP status.
+const TRANSIENT_CODES: &[&str] = &[
+    "ExpiredToken",
+    "InternalError",
+    "RequestTimeTooSkewed",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "TokenRefreshRequired",
+];
+
 impl StorageError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self.0, object_store::Error::NotFound { .. })
+    pub fn fault(&self) -> StorageFault {
+        match s3_error_code(&self.0).as_deref() {
+            Some(code) if MISCONFIGURED_CODES.contains(&code) => StorageFault::Misconfigured,
+            Some(code) if TRANSIENT_CODES.contains(&code) => StorageFault::Unavailable,
+            _ => match self.0 {
+                object_store::Error::NotFound { .. } => StorageFault::NotFound,
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => StorageFault::Misconfigured,
+                _ => StorageFault::Unavailable,
+            },
+        }
     }
 
-    /// Everything but "not found" means the store did not do what was asked: the request is
-    /// answered 503 and may be retried.
-    pub fn is_unavailable(&self) -> bool {
-        !self.is_not_found()
+    pub fn is_not_found(&self) -> bool {
+        self.fault() == StorageFault::NotFound
     }
+}
+
+/// The `<Code>` of an S3 error answer, found in the error or any of its sources.
+fn s3_error_code(err: &object_store::Error) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if let Some(start) = text.find("<Code>") {
+            let rest = &text[start + "<Code>".len()..];
+            if let Some(end) = rest.find("</Code>") {
+                return Some(rest[..end].trim().to_owned());
+            }
+        }
+        current = error.source();
+    }
+    None
 }
 
 impl From<object_store::Error> for StorageError {
@@ -335,4 +397,75 @@ fn read_file_range(
         )))
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: &str, code: &str) -> StorageError {
+        let body = format!(
+            "Server returned non-2xx status code: {status}: <?xml version=\"1.0\"?>\
+             <Error><Code>{code}</Code><Message>m</Message></Error>"
+        );
+        let source: Box<dyn std::error::Error + Send + Sync> = body.into();
+        StorageError(match status {
+            "404 Not Found" => object_store::Error::NotFound {
+                path: "k".into(),
+                source,
+            },
+            "403 Forbidden" => object_store::Error::PermissionDenied {
+                path: "k".into(),
+                source,
+            },
+            _ => object_store::Error::Generic {
+                store: "S3",
+                source,
+            },
+        })
+    }
+
+    #[test]
+    fn faults_follow_the_s3_error_code() {
+        for code in [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+        ] {
+            assert_eq!(
+                answered("403 Forbidden", code).fault(),
+                StorageFault::Misconfigured
+            );
+        }
+        assert_eq!(
+            answered("404 Not Found", "NoSuchBucket").fault(),
+            StorageFault::Misconfigured
+        );
+        assert_eq!(
+            answered("404 Not Found", "NoSuchKey").fault(),
+            StorageFault::NotFound
+        );
+        assert_eq!(
+            answered("404 Not Found", "NoSuchUpload").fault(),
+            StorageFault::NotFound
+        );
+        for (status, code) in [
+            ("400 Bad Request", "ExpiredToken"),
+            ("403 Forbidden", "RequestTimeTooSkewed"),
+            ("503 Service Unavailable", "SlowDown"),
+            ("500 Internal Server Error", "InternalError"),
+        ] {
+            assert_eq!(
+                answered(status, code).fault(),
+                StorageFault::Unavailable,
+                "{code}"
+            );
+        }
+        // No answer at all (connection refused): passes, maybe.
+        let refused = StorageError(object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request".into(),
+        });
+        assert_eq!(refused.fault(), StorageFault::Unavailable);
+    }
 }

@@ -1,5 +1,7 @@
 use reqwest::Method;
 
+use sqlx::{Connection, Executor};
+
 use crate::helpers::{assert_error, content, Backend, Services, TcpProxy, TestApp};
 use crate::on_both_backends;
 
@@ -143,20 +145,9 @@ async fn storage_down_is_503_and_nothing_is_stored(backend: Backend) {
 async fn database_down_is_503_and_nothing_reaches_storage() {
     let services = Services::from_env();
     let database = crate::helpers::create_database(&services).await;
-    let mut url = url::Url::parse(&database).unwrap();
-    let target = (
-        url.host_str().unwrap().to_owned(),
-        url.port().unwrap_or(5432),
-    );
-    let target = tokio::net::lookup_host(target)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    url.set_port(Some(proxy.port)).unwrap();
+    let (proxy, url) = TcpProxy::for_database(&database).await;
     let app = TestApp::spawn_with(Backend::Production, |s| {
-        s.database.url = media_node::settings::Secret::new(url.to_string());
+        s.database.url = media_node::settings::Secret::new(url);
     })
     .await;
     let token = app.token("acct");
@@ -178,4 +169,114 @@ async fn database_down_is_503_and_nothing_reaches_storage() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
+}
+
+/// A statement blocked by a lock (another session holds the table) is cancelled by the
+/// server's `statement_timeout`: 503 and `Retry-After`, not a hung request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_statement_is_503_not_a_hang() {
+    let app = TestApp::spawn_with(Backend::Production, |s| {
+        s.database.statement_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let token = app.token("acct");
+    app.upload_ok(&token, "jpg", content(10, 1)).await;
+    let mut locker = sqlx::PgConnection::connect(app.settings.database.url.expose())
+        .await
+        .unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE media IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        app.upload(&token, "jpg", content(10, 2)),
+    )
+    .await
+    .expect("the request hung behind the lock");
+    assert_error(answer, 503, 1011).await;
+    locker.execute("ROLLBACK").await.unwrap();
+    assert_eq!(app.row_count().await, 1, "nothing of the refused upload");
+}
+
+/// A database link that dies silently in the middle of a statement (no reset, no answer):
+/// the client-side bound on every call answers 503 instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_database_link_is_503_not_a_hang() {
+    let services = Services::from_env();
+    let database = crate::helpers::create_database(&services).await;
+    let (proxy, url) = TcpProxy::for_database(&database).await;
+    let app = TestApp::spawn_with(Backend::Production, |s| {
+        s.database.url = media_node::settings::Secret::new(url);
+        s.database.acquire_timeout = std::time::Duration::from_secs(1);
+        s.database.statement_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let token = app.token("acct");
+    app.upload_ok(&token, "jpg", content(10, 1)).await;
+
+    // Hold the upload's first statement at the server, then kill the link under it.
+    let mut locker = sqlx::PgConnection::connect(&database).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker
+        .execute("LOCK TABLE media IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let upload = {
+        let request = app
+            .request(reqwest::Method::POST, "/v1/media", Some(&token))
+            .header("X-Gr-File-Extension", "jpg")
+            .body(content(10, 2));
+        tokio::spawn(request.send())
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    proxy.freeze();
+    locker.execute("ROLLBACK").await.unwrap();
+
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), upload)
+        .await
+        .expect("the request hung on a dead link")
+        .unwrap()
+        .unwrap();
+    assert_error(answer, 503, 1011).await;
+}
+
+/// Storage that refuses the service's configuration (a wrong secret key, a bucket that does
+/// not exist) is a 500 that an operator must fix, logged and counted, not a 503 that clients
+/// retry forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_refusing_the_configuration_is_500_and_counted() {
+    type Adjust = fn(&mut media_node::settings::Settings);
+    let cases: [(&str, Adjust); 2] = [
+        ("wrong secret key", |s| {
+            s.storage.s3.secret_access_key =
+                Some(media_node::settings::Secret::new("not-the-secret-key"));
+        }),
+        ("missing bucket", |s| {
+            s.storage.url = "s3://media-node-no-such-bucket/t".to_owned();
+        }),
+    ];
+    for (case, adjust) in cases {
+        let app = TestApp::spawn_with(Backend::Production, adjust).await;
+        let counted = || {
+            media_node::metrics::BACKEND_MISCONFIGURED
+                .with_label_values(&["storage"])
+                .get()
+        };
+        let before = counted();
+        let response = app.upload(&app.token("acct"), "jpg", content(100, 1)).await;
+        assert!(
+            !response.headers().contains_key("retry-after"),
+            "{case}: not worth a retry"
+        );
+        assert_error(response, 500, 1014).await;
+        assert!(counted() > before, "{case}: counted");
+        let text = app.metrics_text().await;
+        assert!(
+            text.contains("media_backend_misconfigured_total{backend=\"storage\"}"),
+            "{case}: exported"
+        );
+    }
 }

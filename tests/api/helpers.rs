@@ -400,10 +400,13 @@ pub async fn assert_error(response: Response, status: u16, code: u64) -> Value {
     body
 }
 
-/// A TCP proxy in front of a real server, to take that server "off the network" mid-test.
+/// A TCP proxy in front of a real server, to take that server "off the network" mid-test:
+/// `cut` refuses and drops connections (an outage the client notices at once), `freeze`
+/// keeps every connection open and silent (a dead link the client can only time out on).
 pub struct TcpProxy {
     pub port: u16,
     cut: std::sync::Arc<tokio::sync::Notify>,
+    frozen: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -413,6 +416,7 @@ impl TcpProxy {
         let port = listener.local_addr().unwrap().port();
         let cut = std::sync::Arc::new(tokio::sync::Notify::new());
         let cut_signal = cut.clone();
+        let (frozen, frozen_signal) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -420,9 +424,23 @@ impl TcpProxy {
                     _ = cut_signal.notified() => break,
                     accepted = listener.accept() => {
                         let Ok((mut inbound, _)) = accepted else { break };
+                        let mut frozen = frozen_signal.clone();
                         connections.spawn(async move {
-                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let frozen_now = *frozen.borrow();
+                            if frozen_now {
+                                // Accepted, and never a byte either way.
+                                std::future::pending::<()>().await;
+                            }
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = async { frozen.wait_for(|f| *f).await.map(|_| ()) } => {
+                                    // Both sockets stay open, and silent.
+                                    std::future::pending::<()>().await;
+                                }
                             }
                         });
                     }
@@ -431,13 +449,41 @@ impl TcpProxy {
             // Dropping the listener and every connection: the server is gone.
             connections.abort_all();
         });
-        Self { port, cut, task }
+        Self {
+            port,
+            cut,
+            frozen,
+            task,
+        }
+    }
+
+    /// A proxy in front of the PostgreSQL server of `database_url`, and that URL with the
+    /// proxy in its place.
+    pub async fn for_database(database_url: &str) -> (Self, String) {
+        let mut url = url::Url::parse(database_url).unwrap();
+        let target = (
+            url.host_str().unwrap().to_owned(),
+            url.port().unwrap_or(5432),
+        );
+        let target = tokio::net::lookup_host(target)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = Self::start(target).await;
+        url.set_port(Some(proxy.port)).unwrap();
+        (proxy, url.to_string())
     }
 
     /// Refuses new connections and drops the open ones.
     pub async fn cut(self) {
         self.cut.notify_one();
         let _ = self.task.await;
+    }
+
+    /// Stops forwarding without closing anything: a link that died silently.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 }
 
@@ -480,7 +526,10 @@ pub async fn seed(
                 .put(&storage.key(id), format!("object {i}").into_bytes().into())
                 .await
                 .unwrap();
-            metadata.mark_ready(id, 8, "00").await.unwrap();
+            metadata
+                .mark_ready(id, 8, "00", chrono::DateTime::UNIX_EPOCH)
+                .await
+                .unwrap();
             id
         })
         .buffer_unordered(32)

@@ -20,6 +20,7 @@ on_both_backends!(
     chunked_body_over_the_limit_is_cut_off,
     client_disconnect_mid_body_leaves_nothing,
     concurrent_uploads_are_all_readable,
+    mass_cancellation_strands_no_rows,
 );
 
 async fn upload_answers_the_exact_created_body(backend: Backend) {
@@ -312,4 +313,99 @@ async fn concurrent_uploads_are_all_readable(backend: Backend) {
         assert!(response.bytes().await.unwrap() == *data, "{id} differs");
     }
     assert_eq!(app.row_count().await, 24);
+}
+
+/// Many uploads cancelled at once (a load balancer restart) while the database is slow to
+/// write: their clean-ups queue for a small pool and retry on pool timeouts and busy
+/// errors instead of giving up, so no `uploading` row is left for the reaper an hour later.
+async fn mass_cancellation_strands_no_rows(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.database.max_connections = 2;
+        s.database.acquire_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let token = app.token("acct");
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(("127.0.0.1", app.port())).await.unwrap();
+        let head = format!(
+            "POST /v1/media HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+             X-Gr-File-Extension: bin\r\nContent-Length: {}\r\n\r\n",
+            1024 * 1024
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&content(16 * 1024, 9)).await.unwrap();
+        streams.push(stream);
+        // Spread the starts so that the inserts themselves get connections.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Counted over a pool of its own: the application's is starved on purpose.
+    let url = app.settings.database.url.expose().to_owned();
+    let observer = media_node::metadata::Metadata::connect(&url, 1).unwrap();
+    // Every upload that got its row is under way (some may have been refused 503 at once).
+    let mut rows = 0;
+    for _ in 0..200 {
+        rows = observer.count().await.unwrap();
+        if rows as i64 == app.metrics.media.uploads_in_flight.get() && rows > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(rows >= 50, "too few uploads under way: {rows}");
+
+    // Writes stall for a second and a half (another session holds the table), and in that
+    // moment every client goes away.
+    let lock = WriteLock::take(backend, &url).await;
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    lock.release().await;
+
+    for _ in 0..300 {
+        if observer.count().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        observer.count().await.unwrap(),
+        0,
+        "rows stranded by the clean-ups"
+    );
+    app.assert_eventually_empty().await;
+}
+
+/// Another session that keeps every writer of `media` waiting until released.
+enum WriteLock {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteLock {
+    async fn take(backend: Backend, url: &str) -> Self {
+        use sqlx::{Connection, Executor};
+        match backend {
+            Backend::Production => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                conn.execute("BEGIN").await.unwrap();
+                conn.execute("LOCK TABLE media IN SHARE MODE")
+                    .await
+                    .unwrap();
+                WriteLock::Postgres(conn)
+            }
+            Backend::Embedded => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                conn.execute("BEGIN IMMEDIATE").await.unwrap();
+                WriteLock::Sqlite(conn)
+            }
+        }
+    }
+
+    async fn release(self) {
+        use sqlx::Executor;
+        match self {
+            WriteLock::Postgres(mut conn) => conn.execute("ROLLBACK").await.map(drop),
+            WriteLock::Sqlite(mut conn) => conn.execute("ROLLBACK").await.map(drop),
+        }
+        .unwrap();
+    }
 }
