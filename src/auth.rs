@@ -21,18 +21,24 @@ use crate::settings::{AuthSettings, Secret};
 pub const SCOPE_READ: &str = "media:read";
 pub const SCOPE_WRITE: &str = "media:write";
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims media-node reads itself. `exp`, `nbf`, `iss` and `aud` are checked by the
+/// validation (where NumericDates may have fractions and `aud` may be an array), so they
+/// are not read here: a type of our own for them could only refuse what RFC 7519 allows.
+#[derive(Debug, Deserialize)]
 pub struct Claims {
     pub sub: String,
-    pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub scope: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+}
+
+/// The claims of a token minted by `token`.
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    exp: u64,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
 }
 
 /// Who is calling, once the token checked out.
@@ -171,13 +177,11 @@ impl Authenticator {
             .as_ref()
             .context("minting needs an HS256 secret (MEDIA_NODE__AUTH__HS256_SECRET)")?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let claims = Claims {
-            sub: sub.to_owned(),
+        let claims = MintedClaims {
+            sub,
             exp: now + ttl.as_secs(),
-            iat: Some(now),
-            scope: scope.map(str::to_owned),
-            iss: None,
-            aud: None,
+            iat: now,
+            scope,
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -190,15 +194,22 @@ impl Authenticator {
 fn validation(alg: Algorithm, settings: &AuthSettings) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = settings.leeway.as_secs();
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    // jsonwebtoken checks `iss` and `aud` only when the token has them: a configured one
+    // must also be present.
+    let mut required = vec!["exp", "sub"];
     validation.validate_nbf = true;
     if let Some(issuer) = &settings.issuer {
         validation.set_issuer(&[issuer]);
+        required.push("iss");
     }
     match &settings.audience {
-        Some(audience) => validation.set_audience(&[audience]),
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
         None => validation.validate_aud = false,
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
@@ -313,6 +324,97 @@ mod tests {
         let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
         let forged = format!("{none_header}.{payload}.");
         assert!(auth.authenticate(&headers(&forged)).is_err());
+    }
+
+    fn sign(secret: &str, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_must_be_present_and_match() {
+        let secret = "k".repeat(32);
+        let mut s = settings(&secret);
+        s.issuer = Some("https://idp.example".into());
+        s.audience = Some("media-node".into());
+        let auth = Authenticator::from_settings(&s, true).unwrap();
+        let exp = now() + 600;
+        let accepted = |claims: serde_json::Value| {
+            auth.authenticate(&headers(&sign(&secret, claims)))
+                .map(|c| c.account.as_str().to_owned())
+        };
+        let iss = "https://idp.example";
+        for (name, claims) in [
+            ("neither", serde_json::json!({"sub": "a", "exp": exp})),
+            (
+                "no iss",
+                serde_json::json!({"sub": "a", "exp": exp, "aud": "media-node"}),
+            ),
+            (
+                "no aud",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss}),
+            ),
+            (
+                "other iss",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": "x", "aud": "media-node"}),
+            ),
+            (
+                "other aud",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss, "aud": "other"}),
+            ),
+            (
+                "aud array without ours",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss, "aud": ["x", "y"]}),
+            ),
+            (
+                "empty aud array",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss, "aud": []}),
+            ),
+        ] {
+            assert!(accepted(claims).is_err(), "{name} accepted");
+        }
+        for (name, claims) in [
+            (
+                "single aud",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss, "aud": "media-node"}),
+            ),
+            (
+                "aud array",
+                serde_json::json!({"sub": "a", "exp": exp, "iss": iss, "aud": ["other", "media-node"]}),
+            ),
+        ] {
+            assert_eq!(accepted(claims).unwrap(), "a", "{name} refused");
+        }
+    }
+
+    #[test]
+    fn numeric_dates_may_have_fractions() {
+        let secret = "k".repeat(32);
+        let auth = Authenticator::from_settings(&settings(&secret), true).unwrap();
+        let now = now() as f64;
+        let token = sign(
+            &secret,
+            serde_json::json!({"sub": "a", "exp": now + 600.5, "nbf": now - 10.25, "iat": now - 10.75}),
+        );
+        assert!(auth.authenticate(&headers(&token)).is_ok());
+        let expired = sign(&secret, serde_json::json!({"sub": "a", "exp": now - 600.5}));
+        assert!(auth.authenticate(&headers(&expired)).is_err());
+        let not_yet = sign(
+            &secret,
+            serde_json::json!({"sub": "a", "exp": now + 600.5, "nbf": now + 300.5}),
+        );
+        assert!(auth.authenticate(&headers(&not_yet)).is_err());
     }
 
     #[test]
