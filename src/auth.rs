@@ -124,9 +124,16 @@ impl Authenticator {
 
     /// Checks the `Authorization` header and returns the caller, or a 401.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let value = headers
-            .get(AUTHORIZATION)
+        let mut values = headers.get_all(AUTHORIZATION);
+        let value = values
+            .next()
             .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".to_owned()))?;
+        // Two tokens are ambiguous (a proxy may pick either): malformed, whatever they hold.
+        if values.next().is_some() {
+            return Err(ApiError::Unauthenticated(
+                "send exactly one Authorization header".to_owned(),
+            ));
+        }
         let token = value
             .to_str()
             .ok()

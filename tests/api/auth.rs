@@ -10,6 +10,7 @@ use crate::on_both_backends;
 on_both_backends!(
     missing_and_bad_tokens_are_401,
     scopes_are_enforced_and_403_comes_before_404,
+    repeated_authorization_headers_are_401,
 );
 
 fn now() -> u64 {
@@ -136,4 +137,38 @@ async fn scopes_are_enforced_and_403_comes_before_404(backend: Backend) {
     assert_error(app.delete(&read_only, &id).await, 403, 1005).await;
     assert_eq!(app.delete(&write_only, &id).await.status(), 200);
     let _ = Duration::from_secs(0);
+}
+
+async fn repeated_authorization_headers_are_401(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let id = app.upload_ok(&token, "jpg", content(10, 32)).await;
+    let other = app.token("other");
+    // Two valid tokens, a valid one after a bad one and a bad one after a valid one: the
+    // request is ambiguous whichever header a proxy would pick, so it is malformed.
+    for second in [
+        format!("Bearer {token}"),
+        format!("Bearer {other}"),
+        "Bearer not.a.jwt".to_owned(),
+        "Basic eDp5".to_owned(),
+    ] {
+        for (method, path) in [
+            (Method::POST, "/v1/media".to_owned()),
+            (Method::GET, format!("/v1/media/{id}")),
+            (Method::DELETE, format!("/v1/media/{id}")),
+        ] {
+            let response = app
+                .request(method.clone(), &path, Some(&token))
+                .header("Authorization", &second)
+                .header("X-Gr-File-Extension", "jpg")
+                .body(b"x".to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_error(response, 401, 1005).await;
+        }
+    }
+    assert_eq!(app.row_count().await, 1, "nothing stored, nothing deleted");
+    assert_eq!(app.get(&token, &id).await.status(), 200);
 }
