@@ -38,7 +38,12 @@ struct MintedClaims<'a> {
     exp: u64,
     iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'a str>,
+    scope: Option<String>,
+}
+
+/// Scope names of a `scope` claim, split the one way the server and `token` both use.
+fn split_scopes(scope: &str) -> Vec<String> {
+    scope.split_whitespace().map(str::to_owned).collect()
 }
 
 /// Who is calling, once the token checked out.
@@ -162,10 +167,7 @@ impl Authenticator {
                     let account = AccountId::parse(&data.claims.sub).ok_or_else(|| {
                         ApiError::Unauthenticated("the token's sub is not a valid account".into())
                     })?;
-                    let scopes = data
-                        .claims
-                        .scope
-                        .map(|s| s.split_whitespace().map(str::to_owned).collect());
+                    let scopes = data.claims.scope.as_deref().map(split_scopes);
                     return Ok(Caller { account, scopes });
                 }
                 Err(err) => last_error = Some(err),
@@ -177,8 +179,24 @@ impl Authenticator {
         Err(invalid())
     }
 
-    /// Mints a token with the HS256 secret (the `token` subcommand and tests).
+    /// Mints a token with the HS256 secret (the `token` subcommand and tests). Refuses what
+    /// the server would refuse or read differently: an account `AccountId::parse` does not
+    /// take, and a blank scope (which the server reads as no scope granted, while leaving
+    /// the claim out grants every scope).
     pub fn mint(&self, sub: &str, ttl: Duration, scope: Option<&str>) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            AccountId::parse(sub).is_some(),
+            "the account (--sub) must be 1-{} bytes without control characters, or the \
+             server refuses the token",
+            AccountId::MAX_LEN
+        );
+        let scope = match scope.map(split_scopes) {
+            Some(scopes) if scopes.is_empty() => anyhow::bail!(
+                "the scope (--scope) is blank, which the server reads as no access: name the \
+                 scopes (e.g. \"media:read media:write\") or leave --scope out for all of them"
+            ),
+            scopes => scopes.map(|s| s.join(" ")),
+        };
         let key = self
             .signing
             .as_ref()
@@ -186,7 +204,9 @@ impl Authenticator {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = MintedClaims {
             sub,
-            exp: now + ttl.as_secs(),
+            exp: now
+                .checked_add(ttl.as_secs())
+                .context("the lifetime (--ttl) is too long")?,
             iat: now,
             scope,
         };
@@ -269,12 +289,6 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Secret> {
         }
         Err(err) => Err(err).with_context(|| format!("creating {}", path.display())),
     }
-}
-
-/// Scope names split from a configuration-style string, for the `token` subcommand.
-pub fn normalise_scope(scope: &str) -> Option<String> {
-    let joined = scope.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!joined.is_empty()).then_some(joined)
 }
 
 #[cfg(test)]
@@ -422,6 +436,24 @@ mod tests {
             serde_json::json!({"sub": "a", "exp": now + 600.5, "nbf": now + 300.5}),
         );
         assert!(auth.authenticate(&headers(&not_yet)).is_err());
+    }
+
+    #[test]
+    fn mint_applies_the_servers_rules() {
+        let auth = Authenticator::from_settings(&settings(&"k".repeat(32)), true).unwrap();
+        let ttl = Duration::from_secs(60);
+        for sub in ["", "a\nb", &"x".repeat(AccountId::MAX_LEN + 1)] {
+            assert!(auth.mint(sub, ttl, None).is_err(), "{sub:?}");
+        }
+        for scope in ["", "   ", "\t\n"] {
+            assert!(auth.mint("acct", ttl, Some(scope)).is_err(), "{scope:?}");
+        }
+        let token = auth
+            .mint("acct", ttl, Some("  media:read \t media:write "))
+            .unwrap();
+        let caller = auth.authenticate(&headers(&token)).unwrap();
+        assert!(caller.require(SCOPE_READ).is_ok() && caller.require(SCOPE_WRITE).is_ok());
+        assert!(auth.mint("acct", Duration::MAX, None).is_err());
     }
 
     #[test]
