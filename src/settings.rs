@@ -114,7 +114,17 @@ pub struct S3Settings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub hs256_secret: Option<Secret>,
+    /// PEM public keys; each key's id (matched against a token's `kid`) is its file name
+    /// without extension.
     pub public_key_files: Vec<PathBuf>,
+    /// How often the key files are re-read; a changed file replaces its key.
+    #[serde(with = "humantime_serde")]
+    pub key_files_poll: Duration,
+    /// The identity provider's JWKS (`https://…/jwks.json`), if its keys are to be used.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -216,6 +226,14 @@ impl Settings {
             !self.reaper.lease.is_zero(),
             "reaper.lease must be positive"
         );
+        anyhow::ensure!(
+            !self.auth.key_files_poll.is_zero(),
+            "auth.key_files_poll must be positive"
+        );
+        anyhow::ensure!(
+            !self.auth.jwks_refresh.is_zero(),
+            "auth.jwks_refresh must be positive"
+        );
         Ok(())
     }
 }
@@ -253,5 +271,8 @@ mod tests {
         assert_eq!(settings.server.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(settings.database.url.expose(), "sqlite://data/media.db");
         assert_eq!(settings.storage.url, "file://data/objects");
+        assert_eq!(settings.auth.key_files_poll, Duration::from_secs(5));
+        assert_eq!(settings.auth.jwks_url, None);
+        assert_eq!(settings.auth.jwks_refresh, Duration::from_secs(300));
     }
 }

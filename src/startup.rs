@@ -53,6 +53,7 @@ impl Application {
         let storage = Storage::from_settings(&settings.storage)?
             .with_timings(metrics.backend.storage.clone());
         let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
+        auth.start().await;
         let retention = chrono::Duration::from_std(settings.media.retention)
             .context("media.retention is out of range")?;
         let ingest = Ingest {

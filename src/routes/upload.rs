@@ -47,7 +47,7 @@ async fn store(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let req = req.clone();
-    let caller = state.caller(&req, SCOPE_WRITE)?;
+    let caller = state.caller(&req, SCOPE_WRITE).await?;
     let extension = extension(&req)?;
 
     // Refuse by the declared length before reading a byte of the body.
