@@ -261,13 +261,12 @@ async fn accepted(app: &TestApp, token: &str) -> bool {
     status == 404
 }
 
-async fn eventually_accepted(app: &TestApp, token: &str, within: Duration) -> Duration {
+async fn eventually_accepted(app: &TestApp, token: &str, within: Duration) {
     let started = Instant::now();
     while !accepted(app, token).await {
         assert!(started.elapsed() < within, "not accepted within {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    started.elapsed()
 }
 
 /// A Kubernetes Secret volume: `<dir>/signing.pem` → `..data/signing.pem`, where `..data` is
@@ -307,7 +306,7 @@ async fn rotated_key_files_are_used_without_a_restart() {
     let old = KeyPair::generate(&keys.0, "old", Algorithm::ES256);
     let new = KeyPair::generate(&keys.0, "new", Algorithm::ES384);
     let mut volume = SecretVolume::new(keys.0.join("secret"), &old.public_pem);
-    let poll = Duration::from_millis(200);
+    let poll = Duration::from_millis(500);
     let key_file = volume.key_file();
     let app = TestApp::spawn_with(Backend::Embedded, |s| {
         s.auth.public_key_files = vec![key_file];
@@ -318,10 +317,10 @@ async fn rotated_key_files_are_used_without_a_restart() {
     assert!(accepted(&app, &old.token(None)).await);
     assert!(!accepted(&app, &new.token(Some("signing"))).await);
 
-    // The Secret is updated (another key, even another curve): picked up within the poll.
+    // The Secret is updated (another key, even another curve): picked up within the poll
+    // (and some slack for a loaded machine).
     volume.update(&new.public_pem);
-    let took = eventually_accepted(&app, &new.token(Some("signing")), 15 * poll).await;
-    assert!(took <= 5 * poll, "took {took:?}");
+    eventually_accepted(&app, &new.token(Some("signing")), 4 * poll).await;
     assert!(accepted(&app, &new.token(None)).await);
     assert!(!accepted(&app, &old.token(Some("signing"))).await);
     assert!(!accepted(&app, &old.token(None)).await);
