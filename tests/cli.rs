@@ -164,6 +164,55 @@ async fn production_without_a_key_refuses_to_start() {
     assert!(!out.status.success());
 }
 
+#[test]
+fn unusable_public_keys_refuse_to_start() {
+    let dir = TempDir::new();
+    let private = dir.0.join("small.key");
+    let public = dir.0.join("small.pem");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+        ],
+        vec!["pkey", "-pubout", "-in"],
+    ] {
+        let mut command = Command::new("openssl");
+        command.args(&args);
+        if args[0] == "genpkey" {
+            command.arg("-out").arg(&private);
+        } else {
+            command.arg(&private).arg("-out").arg(&public);
+        }
+        assert!(output(&mut command).status.success(), "openssl {args:?}");
+    }
+    for (key, value, expected) in [
+        (
+            "MEDIA_NODE__AUTH__PUBLIC_KEY_FILES",
+            public.display().to_string(),
+            "an RSA key of 1024 bits is too small: at least 2048 bits are required",
+        ),
+        (
+            "MEDIA_NODE__AUTH__JWKS_URL",
+            "ftp://idp.example/jwks.json".to_owned(),
+            "auth.jwks_url is not an http(s) URL",
+        ),
+    ] {
+        let out = output(
+            media_node(&dir.0)
+                .env("MEDIA_NODE__SERVER__PORT", free_port().to_string())
+                .env("MEDIA_NODE__ADMIN__PORT", free_port().to_string())
+                .env(key, &value)
+                .arg("serve"),
+        );
+        assert!(!out.status.success(), "{key} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{key}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs() {
     let dir = TempDir::new();
