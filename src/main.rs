@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use media_node::auth::{self, Authenticator};
+use media_node::auth::Authenticator;
 use media_node::metadata::Metadata;
 use media_node::metrics::Metrics;
 use media_node::reaper::Reaper;
@@ -108,7 +108,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { sub, ttl, scope } => {
             let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
-            let scope = scope.as_deref().and_then(auth::normalise_scope);
             println!("{}", auth.mint(&sub, ttl, scope.as_deref())?);
             Ok(())
         }

@@ -16,10 +16,13 @@ tokio::task_local! {
 pub struct RequestId(String);
 
 impl RequestId {
-    pub fn from_header(value: Option<&HeaderValue>) -> Self {
-        let given = value
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
+    /// The first sane value among `values` (every `X-Request-Id` of the request, in order:
+    /// load balancers may add theirs, which is not an error), else a new id.
+    pub fn from_header<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Self {
+        let given = values
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| {
                 !v.is_empty()
                     && v.len() <= MAX_LEN
                     && v.bytes()

@@ -148,9 +148,19 @@ pub struct S3Settings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub hs256_secret: Option<Secret>,
-    /// A list in a file, or a comma-separated string in an environment variable.
+    /// PEM public keys; each key's id (matched against a token's `kid`) is its file name
+    /// without extension. A list in a file, or a comma-separated string in an environment
+    /// variable.
     #[serde(deserialize_with = "paths_from_list_or_string")]
     pub public_key_files: Vec<PathBuf>,
+    /// How often the key files are re-read; a changed file replaces its key.
+    #[serde(with = "humantime_serde")]
+    pub key_files_poll: Duration,
+    /// The identity provider's JWKS (`https://…/jwks.json`), if its keys are to be used.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     #[serde(with = "humantime_serde")]
@@ -334,6 +344,14 @@ impl Settings {
             self.storage.url != defaults.storage.url,
             "APP_ENV=production needs object storage: set MEDIA_NODE__STORAGE__URL \
              (s3://bucket/prefix)"
+        );
+        anyhow::ensure!(
+            !self.auth.key_files_poll.is_zero(),
+            "auth.key_files_poll must be positive"
+        );
+        anyhow::ensure!(
+            !self.auth.jwks_refresh.is_zero(),
+            "auth.jwks_refresh must be positive"
         );
         Ok(())
     }
@@ -707,5 +725,8 @@ mod tests {
         assert_eq!(settings.server.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(settings.database.url.expose(), "sqlite://data/media.db");
         assert_eq!(settings.storage.url, "file://data/objects");
+        assert_eq!(settings.auth.key_files_poll, Duration::from_secs(5));
+        assert_eq!(settings.auth.jwks_url, None);
+        assert_eq!(settings.auth.jwks_refresh, Duration::from_secs(300));
     }
 }

@@ -85,6 +85,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         // Configuration errors first, before anything touches a backend.
         let auth = Authenticator::from_settings(&settings.auth, settings.is_production())?;
+        auth.start().await;
         let metrics = Metrics::new()?;
         let metadata = Metadata::connect_with(
             settings.database.url.expose(),

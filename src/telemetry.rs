@@ -50,7 +50,7 @@ pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
+    let id = RequestId::from_header(req.headers().get_all(&request_id::HEADER));
     req.extensions_mut().insert(id.clone());
     let method = req.method().clone();
     // The template (`/v1/media/{id}`), never the raw path: ids must not become labels.

@@ -89,6 +89,55 @@ async fn newcomer_flow_on_embedded_defaults() {
     assert!(!logs.contains(&first), "a token was logged");
 }
 
+#[test]
+fn token_refuses_what_the_server_would_refuse() {
+    let dir = TempDir::new();
+    let long = "x".repeat(300);
+    for (args, expected) in [
+        (vec!["--sub", ""], "--sub"),
+        (vec!["--sub", long.as_str()], "--sub"),
+        (vec!["--sub", "a\tb"], "--sub"),
+        (vec!["--sub", "demo", "--scope", "   "], "--scope"),
+        (vec!["--sub", "demo", "--scope", ""], "--scope"),
+    ] {
+        let out = output(media_node(&dir.0).arg("token").args(&args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} minted a token");
+        assert!(out.stdout.is_empty(), "{args:?} printed a token");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // The longest account the server takes, and scopes split as the server splits them.
+    let max = "x".repeat(255);
+    token(&dir.0, &max, &[]);
+    let jwt = token(&dir.0, "demo", &["--scope", "  media:read\tmedia:write "]);
+    let payload = jwt.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&base64url_decode(payload)).unwrap();
+    assert_eq!(claims["scope"], "media:read media:write");
+}
+
+/// Unpadded base64url, enough to read a JWT payload.
+fn base64url_decode(input: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        _ => panic!("not base64url: {c}"),
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in input.bytes() {
+        acc = (acc << 6) | u32::from(value(c));
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn production_without_a_key_refuses_to_start() {
     let dir = TempDir::new();
@@ -115,6 +164,50 @@ async fn production_without_a_key_refuses_to_start() {
             .args(["token", "--sub", "x"]),
     );
     assert!(!out.status.success());
+}
+
+#[test]
+fn unusable_public_keys_refuse_to_start() {
+    let dir = TempDir::new();
+    let private = dir.0.join("small.key");
+    let public = dir.0.join("small.pem");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+        ],
+        vec!["pkey", "-pubout", "-in"],
+    ] {
+        let mut command = Command::new("openssl");
+        command.args(&args);
+        if args[0] == "genpkey" {
+            command.arg("-out").arg(&private);
+        } else {
+            command.arg(&private).arg("-out").arg(&public);
+        }
+        assert!(output(&mut command).status.success(), "openssl {args:?}");
+    }
+    for (key, value, expected) in [
+        (
+            "MEDIA_NODE__AUTH__PUBLIC_KEY_FILES",
+            public.display().to_string(),
+            "an RSA key of 1024 bits is too small: at least 2048 bits are required",
+        ),
+        (
+            "MEDIA_NODE__AUTH__JWKS_URL",
+            "ftp://idp.example/jwks.json".to_owned(),
+            "auth.jwks_url is not an http(s) URL",
+        ),
+    ] {
+        // A process that starts anyway is killed (and the test fails) instead of hanging it.
+        let server = ServiceProcess::start(&dir.0, &[(key, value)]);
+        let (status, logs) = server.wait_exit(std::time::Duration::from_secs(20));
+        assert!(!status.success(), "{key} accepted");
+        assert!(logs.contains(expected), "{key}: {logs}");
+    }
 }
 
 #[tokio::test]

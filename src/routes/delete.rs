@@ -13,7 +13,7 @@ pub async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.caller(&req, SCOPE_WRITE)?;
+    let caller = state.caller(&req, SCOPE_WRITE).await?;
     let id = media_id(&path)?;
     state
         .metadata

@@ -22,7 +22,7 @@ pub async fn download(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.caller(&req, SCOPE_READ)?;
+    let caller = state.caller(&req, SCOPE_READ).await?;
     let id = media_id(&path)?;
     serve(&req, &state, &caller, id).await
 }
@@ -32,7 +32,7 @@ pub async fn download_for_account(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.caller(&req, SCOPE_READ)?;
+    let caller = state.caller(&req, SCOPE_READ).await?;
     let (account, id) = path.into_inner();
     if account != caller.account.as_str() {
         return Err(ApiError::media_not_found());

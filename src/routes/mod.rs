@@ -28,9 +28,10 @@ pub struct AppState {
 
 impl AppState {
     /// 401 unless the request carries a valid token, 403 unless it allows `scope`; in that
-    /// order, before anything about the addressed media is looked at.
-    fn caller(&self, req: &HttpRequest, scope: &str) -> Result<Caller, ApiError> {
-        let caller = self.auth.authenticate(req.headers())?;
+    /// order, before anything about the addressed media is looked at. A token naming a key
+    /// not known yet may first refresh the identity provider's keys.
+    async fn caller(&self, req: &HttpRequest, scope: &str) -> Result<Caller, ApiError> {
+        let caller = self.auth.authenticate_refreshing(req.headers()).await?;
         caller.require(scope)?;
         Ok(caller)
     }

@@ -47,7 +47,7 @@ async fn store(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let req = req.clone();
-    let caller = state.caller(&req, SCOPE_WRITE)?;
+    let caller = state.caller(&req, SCOPE_WRITE).await?;
     let extension = extension(&req)?;
 
     // Refuse by the declared length before reading a byte of the body.
@@ -71,9 +71,15 @@ async fn store(
 }
 
 fn extension(req: &HttpRequest) -> Result<FileExtension, ApiError> {
-    let raw = req.headers().get(EXTENSION_HEADER).ok_or_else(|| {
+    let mut values = req.headers().get_all(EXTENSION_HEADER);
+    let raw = values.next().ok_or_else(|| {
         ApiError::MissingParameter("the X-Gr-File-Extension header is required".to_owned())
     })?;
+    if values.next().is_some() {
+        return Err(ApiError::InvalidParameter(
+            "send exactly one X-Gr-File-Extension header".to_owned(),
+        ));
+    }
     let raw = raw.to_str().map_err(|_| {
         ApiError::InvalidParameter("X-Gr-File-Extension must be 1-16 letters or digits".into())
     })?;

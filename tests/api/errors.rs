@@ -8,6 +8,7 @@ use crate::on_both_backends;
 on_both_backends!(
     unknown_routes_and_methods_are_json,
     request_id_is_echoed_or_generated,
+    repeated_request_id_uses_the_first_sane_one,
     storage_down_is_503_and_nothing_is_stored,
     admin_endpoints_live_on_their_own_port,
 );
@@ -88,6 +89,40 @@ async fn request_id_is_echoed_or_generated(backend: Backend) {
     let response = app
         .request(Method::GET, "/v1/media/x", Some(&token))
         .header("X-Request-Id", "a b\"<script>")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+}
+
+async fn repeated_request_id_uses_the_first_sane_one(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    // Load balancers append their own id; a repeated header is not an error.
+    let response = app
+        .request(Method::GET, "/v1/media/x", Some(&token))
+        .header("X-Request-Id", "a b\"<script>")
+        .header("X-Request-Id", "lb-trace-1")
+        .header("X-Request-Id", "client-trace-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "lb-trace-1");
+    assert_error(response, 404, 1006).await;
+    let response = app
+        .request(Method::GET, "/v1/media/x", Some(&token))
+        .header("X-Request-Id", "first-1")
+        .header("X-Request-Id", "second-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "first-1");
+    // None sane: one is generated.
+    let response = app
+        .request(Method::GET, "/v1/media/x", Some(&token))
+        .header("X-Request-Id", "")
+        .header("X-Request-Id", "a b")
         .send()
         .await
         .unwrap();

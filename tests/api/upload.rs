@@ -15,6 +15,7 @@ on_both_backends!(
     extension_is_normalised,
     missing_extension_is_refused,
     hostile_extensions_are_refused,
+    repeated_extension_headers_are_refused,
     empty_body_is_refused,
     exact_limit_is_accepted_and_one_more_refused_by_content_length,
     chunked_body_over_the_limit_is_cut_off,
@@ -149,6 +150,25 @@ async fn hostile_extensions_are_refused(backend: Backend) {
             .as_str()
             .unwrap()
             .contains("X-Gr-File-Extension"));
+    }
+    assert!(app.is_empty().await);
+}
+
+async fn repeated_extension_headers_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    for values in [["png", "../x"], ["png", "png"], ["../x", "png"]] {
+        let response = app
+            .request(Method::POST, "/v1/media", Some(&token))
+            .header("X-Gr-File-Extension", values[0])
+            .header("X-Gr-File-Extension", values[1])
+            .body(b"data".to_vec())
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(response, 400, 1009).await;
+        let details = body["errors"][0]["details"].as_str().unwrap();
+        assert!(details.contains("X-Gr-File-Extension"), "{details}");
     }
     assert!(app.is_empty().await);
 }
