@@ -6,10 +6,15 @@
 //!
 //! Memory per upload is bounded by the part size: one part being filled plus at most
 //! `MAX_PARTS_IN_FLIGHT` being sent.
+//!
+//! The same rule holds for multipart uploads: on S3 the row says a multipart upload is
+//! being created before it is, and then names it, so every multipart upload is found
+//! through its row; on local disk its staging file is named after the object.
 
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::{Stream, StreamExt};
+use object_store::multipart::PartId;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
@@ -18,7 +23,7 @@ use crate::domain::{AccountId, FileExtension, MediaId};
 use crate::error::ApiError;
 use crate::metadata::{Metadata, NewMedia};
 use crate::metrics::MediaMetrics;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, UploadId};
 
 /// Parts sent to storage concurrently while the next one fills.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
@@ -128,6 +133,7 @@ impl Ingest {
             id,
             multipart: None,
             object_written: false,
+            multipart_begun: false,
             armed: true,
             _heartbeat: Heartbeat::start(self, id),
         };
@@ -143,31 +149,110 @@ impl Ingest {
     }
 }
 
-/// A multipart upload in progress: the handle to complete or abort it and the parts that
-/// are still being sent.
+/// A multipart upload in progress: how parts are written, the parts still being sent and
+/// the ids of those that arrived.
 struct Multipart {
-    upload: Box<dyn MultipartUpload>,
-    parts: JoinSet<object_store::Result<()>>,
+    writer: PartWriter,
+    id: MediaId,
     storage: Storage,
+    parts: JoinSet<Result<(usize, Option<PartId>), StorageError>>,
+    sent: std::collections::BTreeMap<usize, PartId>,
+    next_index: usize,
+}
+
+enum PartWriter {
+    /// S3: the upload is known by its id, saved in the row before the first part, so a
+    /// clean-up or the reaper aborts it without listing.
+    ById(UploadId),
+    /// Local disk: object_store's own writer; its staging file is named after the key.
+    Writer(Box<dyn MultipartUpload>),
 }
 
 impl Multipart {
-    async fn send(&mut self, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+    /// Starts the multipart upload of `id`. On S3 the row says "being created" first, then
+    /// records the id, so no multipart upload ever exists that its row does not lead to.
+    async fn start(ingest: &Ingest, id: MediaId) -> Result<Self, ApiError> {
+        let storage = &ingest.storage;
+        let writer = if storage.uploads_by_id() {
+            let metadata = &ingest.metadata;
+            if !metadata
+                .set_multipart_upload(id, "", ingest.stale_before())
+                .await?
+            {
+                return Err(lost_to_the_reaper(id));
+            }
+            let upload = storage.create_multipart(id).await?;
+            match metadata
+                .set_multipart_upload(id, &upload, ingest.stale_before())
+                .await
+            {
+                Ok(true) => PartWriter::ById(upload),
+                saved => {
+                    // The row does not name it: abort it now, while its id is known (the
+                    // row still says "being created", so a listing finds it otherwise).
+                    let _ = storage.abort_multipart(id, &upload).await;
+                    return Err(match saved {
+                        Err(err) => err.into(),
+                        Ok(_) => lost_to_the_reaper(id),
+                    });
+                }
+            }
+        } else {
+            let _timer = storage.timer("create_multipart");
+            PartWriter::Writer(
+                storage
+                    .store()
+                    .put_multipart(&storage.key(id))
+                    .await
+                    .map_err(StorageError::from)?,
+            )
+        };
+        Ok(Self {
+            writer,
+            id,
+            storage: storage.clone(),
+            parts: JoinSet::new(),
+            sent: Default::default(),
+            next_index: 0,
+        })
+    }
+
+    async fn send(&mut self, payload: PutPayload) -> Result<(), StorageError> {
         while self.parts.len() >= MAX_PARTS_IN_FLIGHT {
             self.join_one().await?;
         }
-        let part = self.upload.put_part(PutPayload::from_iter(chunks));
-        let timer = self.storage.timer("put_part");
-        self.parts.spawn(async move {
-            let _timer = timer;
-            part.await
-        });
+        let index = self.next_index;
+        self.next_index += 1;
+        match &mut self.writer {
+            PartWriter::ById(upload) => {
+                let (storage, upload, id) = (self.storage.clone(), upload.clone(), self.id);
+                self.parts.spawn(async move {
+                    let part = storage.put_part(id, &upload, index, payload).await?;
+                    Ok((index, Some(part)))
+                });
+            }
+            PartWriter::Writer(upload) => {
+                let part = upload.put_part(payload);
+                let timer = self.storage.timer("put_part");
+                self.parts.spawn(async move {
+                    let _timer = timer;
+                    part.await?;
+                    Ok((index, None))
+                });
+            }
+        }
         Ok(())
     }
 
     async fn join_one(&mut self) -> Result<(), StorageError> {
         match self.parts.join_next().await {
-            Some(Ok(result)) => Ok(result?),
+            Some(Ok(Ok((index, part)))) => {
+                if let Some(part) = part {
+                    self.sent.insert(index, part);
+                }
+                Ok(())
+            }
+            Some(Ok(Err(err))) => Err(err),
             Some(Err(join)) => Err(object_store::Error::from(join).into()),
             None => Ok(()),
         }
@@ -177,10 +262,44 @@ impl Multipart {
         while !self.parts.is_empty() {
             self.join_one().await?;
         }
-        let _timer = self.storage.timer("complete_multipart");
-        self.upload.complete().await?;
-        Ok(())
+        match &mut self.writer {
+            PartWriter::ById(upload) => {
+                let parts = std::mem::take(&mut self.sent).into_values().collect();
+                self.storage
+                    .complete_multipart(self.id, upload, parts)
+                    .await
+            }
+            PartWriter::Writer(upload) => {
+                let _timer = self.storage.timer("complete_multipart");
+                upload.complete().await?;
+                Ok(())
+            }
+        }
     }
+
+    /// Stops the parts under way and aborts the upload; one already gone counts as aborted.
+    async fn abort(&mut self) -> Result<(), StorageError> {
+        self.parts.abort_all();
+        while self.parts.join_next().await.is_some() {}
+        match &mut self.writer {
+            PartWriter::ById(upload) => self.storage.abort_multipart(self.id, upload).await,
+            PartWriter::Writer(upload) => {
+                let _timer = self.storage.timer("abort_multipart");
+                match upload.abort().await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(err) => Err(err.into()),
+                }
+            }
+        }
+    }
+}
+
+/// The answer when an upload's row was taken as crashed before it could commit.
+fn lost_to_the_reaper(id: MediaId) -> ApiError {
+    tracing::warn!(%id, "upload lost its row to the reaper before commit");
+    ApiError::Unavailable(anyhow::anyhow!(
+        "upload {id} counted as crashed before it was complete"
+    ))
 }
 
 struct Session {
@@ -189,6 +308,8 @@ struct Session {
     multipart: Option<Multipart>,
     /// A single PUT or a completed multipart upload went through: an object may exist.
     object_written: bool,
+    /// A multipart upload was started, maybe without its handle (a failed start).
+    multipart_begun: bool,
     /// Until disarmed, dropping the session (the request future was cancelled) cleans up in
     /// the background.
     armed: bool,
@@ -223,22 +344,12 @@ impl Session {
                 let part = std::mem::take(&mut pending);
                 pending_len = 0;
                 if self.multipart.is_none() {
-                    let storage = &self.ingest.storage;
-                    let timer = storage.timer("create_multipart");
-                    let upload = storage
-                        .store()
-                        .put_multipart(&key)
-                        .await
-                        .map_err(StorageError::from)?;
-                    drop(timer);
-                    self.multipart = Some(Multipart {
-                        upload,
-                        parts: JoinSet::new(),
-                        storage: storage.clone(),
-                    });
+                    // From here a multipart upload may exist, even if starting it fails.
+                    self.multipart_begun = true;
+                    self.multipart = Some(Multipart::start(&self.ingest, self.id).await?);
                 }
                 if let Some(multipart) = self.multipart.as_mut() {
-                    multipart.send(part).await?;
+                    multipart.send(PutPayload::from_iter(part)).await?;
                 }
             }
         }
@@ -254,7 +365,7 @@ impl Session {
         match self.multipart.as_mut() {
             Some(multipart) => {
                 if !pending.is_empty() {
-                    multipart.send(pending).await?;
+                    multipart.send(PutPayload::from_iter(pending)).await?;
                 }
                 multipart.finish().await?;
             }
@@ -279,11 +390,7 @@ impl Session {
         {
             // Its heartbeat fell behind (the database was unreachable for a long time) and
             // the reaper may have taken it: nothing of it may be kept. The client retries.
-            tracing::warn!(id = %self.id, "upload lost its row to the reaper before commit");
-            return Err(ApiError::Unavailable(anyhow::anyhow!(
-                "upload {} counted as crashed before it was complete",
-                self.id
-            )));
+            return Err(lost_to_the_reaper(self.id));
         }
         Ok(Stored {
             id: self.id,
@@ -300,6 +407,7 @@ impl Session {
             id: self.id,
             multipart: self.multipart.take(),
             object_written: self.object_written,
+            multipart_begun: self.multipart_begun,
         };
         self.ingest.cleanups.run(cleanup).await;
         err
@@ -318,6 +426,7 @@ impl Drop for Session {
             id: self.id,
             multipart: self.multipart.take(),
             object_written: self.object_written,
+            multipart_begun: self.multipart_begun,
         };
         self.ingest.cleanups.spawn(cleanup);
     }
@@ -328,6 +437,9 @@ struct Cleanup {
     id: MediaId,
     multipart: Option<Multipart>,
     object_written: bool,
+    /// A multipart upload was started; without its handle (the start failed half-way) it
+    /// is looked for in storage.
+    multipart_begun: bool,
 }
 
 impl Cleanup {
@@ -357,18 +469,21 @@ impl Cleanup {
     async fn step(&mut self) -> Result<(), &'static str> {
         let id = self.id;
         if let Some(multipart) = self.multipart.as_mut() {
-            multipart.parts.abort_all();
-            while multipart.parts.join_next().await.is_some() {}
-            let timer = self.ingest.storage.timer("abort_multipart");
-            let aborted = multipart.upload.abort().await;
-            drop(timer);
-            match aborted {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => self.multipart = None,
-                Err(err) => {
-                    tracing::debug!(%id, error = %err, "aborting the multipart upload failed");
-                    return Err("abort_multipart");
-                }
+            if let Err(err) = multipart.abort().await {
+                tracing::debug!(%id, error = ?err, "aborting the multipart upload failed");
+                return Err("abort_multipart");
             }
+            self.multipart = None;
+            self.multipart_begun = false;
+        }
+        if self.multipart_begun {
+            // Started, but its id never reached us: find it the slow way.
+            let recorded = self.ingest.storage.uploads_by_id().then_some("");
+            if let Err(err) = self.ingest.storage.abort_unfinished(id, recorded).await {
+                tracing::debug!(%id, error = ?err, "finding an unfinished multipart upload failed");
+                return Err("abort_multipart");
+            }
+            self.multipart_begun = false;
         }
         if self.object_written {
             if let Err(err) = self.ingest.storage.delete(id).await {

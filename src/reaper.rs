@@ -155,12 +155,17 @@ impl Reaper {
 
         let mut failed: Vec<MediaId> = Vec::new();
         let mut errors = 0;
-        // An upload that never finished may have left a multipart upload in storage.
+        // An upload that never finished may have left a multipart upload (S3) or staging
+        // files (local disk) besides the object.
         for row in claimed
             .iter()
             .filter(|r| r.status == MediaStatus::Uploading)
         {
-            if let Err(err) = self.abort_pending(row.id).await {
+            if let Err(err) = self
+                .storage
+                .abort_unfinished(row.id, row.multipart_upload_id.as_deref())
+                .await
+            {
                 self.error("multipart");
                 errors += 1;
                 tracing::warn!(id = %row.id, error = ?err, "reaper could not abort a multipart upload");
@@ -209,13 +214,6 @@ impl Reaper {
             deleted,
             errors,
         })
-    }
-
-    async fn abort_pending(&self, id: MediaId) -> anyhow::Result<()> {
-        for upload in self.storage.pending_uploads(id).await? {
-            self.storage.abort_pending(&upload).await?;
-        }
-        Ok(())
     }
 }
 

@@ -66,6 +66,7 @@ contract!(
     heartbeats_keep_an_old_upload_live,
     a_stale_upload_can_neither_commit_nor_revive,
     delete_rechecks_the_claimed_state,
+    the_multipart_upload_of_a_row_reaches_the_reaper,
 );
 
 fn due(now: chrono::DateTime<Utc>, limit: u32) -> DueQuery {
@@ -414,4 +415,49 @@ async fn delete_rechecks_the_claimed_state(backend: Backend) {
         repo.delete_claimed(&ids, claim.claim, now).await.unwrap(),
         2
     );
+}
+
+async fn the_multipart_upload_of_a_row_reaches_the_reaper(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let stale_before = now - Duration::hours(1);
+    let recorded = new_media("acct", now - Duration::minutes(5));
+    repo.insert_uploading(&recorded).await.unwrap();
+    assert!(repo
+        .set_multipart_upload(recorded.id, "", stale_before)
+        .await
+        .unwrap());
+    assert!(repo
+        .set_multipart_upload(recorded.id, "upload-1", stale_before)
+        .await
+        .unwrap());
+    let being_created = new_media("acct", now - Duration::minutes(5));
+    repo.insert_uploading(&being_created).await.unwrap();
+    assert!(repo
+        .set_multipart_upload(being_created.id, "", stale_before)
+        .await
+        .unwrap());
+    // A stale row cannot record one any more (the reaper may be cleaning it).
+    let stale = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading(&stale).await.unwrap();
+    assert!(!repo
+        .set_multipart_upload(stale.id, "upload-2", stale_before)
+        .await
+        .unwrap());
+
+    // Two hours later all three are crashed uploads, and the claim says what each left.
+    let claimed = repo
+        .claim_due(&due(now + Duration::hours(2), 10))
+        .await
+        .unwrap();
+    let upload_of = |id| {
+        claimed
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.multipart_upload_id.clone())
+    };
+    assert_eq!(upload_of(recorded.id), Some(Some("upload-1".to_owned())));
+    assert_eq!(upload_of(being_created.id), Some(Some(String::new())));
+    assert_eq!(upload_of(stale.id), Some(None));
 }

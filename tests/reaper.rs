@@ -145,18 +145,53 @@ async fn crashed_uploads_are_cleaned_and_live_ones_kept(backend: Backend) {
         created_at: now - created_ago,
         expires_at: now - created_ago + chrono::Duration::hours(24),
     };
-    // A crash mid-multipart two hours ago: a row, an open multipart upload with a part.
+    // A crash mid-multipart two hours ago: a row, an open multipart upload with a part,
+    // its id saved in the row (S3) or a staging file beside the object (local disk).
     let crashed_multipart = row(chrono::Duration::hours(2));
     metadata.insert_uploading(&crashed_multipart).await.unwrap();
-    let mut upload = storage
-        .store()
-        .put_multipart(&storage.key(crashed_multipart.id))
+    let long_ago = chrono::DateTime::UNIX_EPOCH;
+    if storage.uploads_by_id() {
+        let upload = storage
+            .create_multipart(crashed_multipart.id)
+            .await
+            .unwrap();
+        storage
+            .put_part(
+                crashed_multipart.id,
+                &upload,
+                0,
+                PutPayload::from(vec![1u8; 5 * 1024 * 1024]),
+            )
+            .await
+            .unwrap();
+        assert!(metadata
+            .set_multipart_upload(crashed_multipart.id, &upload, long_ago)
+            .await
+            .unwrap());
+    } else {
+        let mut upload = storage
+            .store()
+            .put_multipart(&storage.key(crashed_multipart.id))
+            .await
+            .unwrap();
+        upload
+            .put_part(PutPayload::from(vec![1u8; 5 * 1024 * 1024]))
+            .await
+            .unwrap();
+        // The process died here: the writer is never completed nor aborted.
+        std::mem::forget(upload);
+    }
+    // A crash between starting a multipart upload and saving its id: the row only says
+    // one was being created; the reaper must look for it.
+    let crashed_unsaved = row(chrono::Duration::hours(2));
+    metadata.insert_uploading(&crashed_unsaved).await.unwrap();
+    assert!(metadata
+        .set_multipart_upload(crashed_unsaved.id, "", long_ago)
         .await
-        .unwrap();
-    upload
-        .put_part(PutPayload::from(vec![1u8; 5 * 1024 * 1024]))
-        .await
-        .unwrap();
+        .unwrap());
+    if storage.uploads_by_id() {
+        storage.create_multipart(crashed_unsaved.id).await.unwrap();
+    }
     // A crash after the object was written but before `ready`.
     let crashed_written = row(chrono::Duration::hours(3));
     metadata.insert_uploading(&crashed_written).await.unwrap();
@@ -171,16 +206,16 @@ async fn crashed_uploads_are_cleaned_and_live_ones_kept(backend: Backend) {
     // An upload in progress right now must be left alone.
     let live = row(chrono::Duration::seconds(5));
     metadata.insert_uploading(&live).await.unwrap();
-    if backend == Backend::Production {
-        assert_eq!(app.pending_multipart_uploads().await, 1);
-    }
+    let expected_pending = if backend == Backend::Production { 2 } else { 1 };
+    assert_eq!(app.pending_multipart_uploads().await, expected_pending);
 
     let (_keep, shutdown) = watch::channel(false);
     let report = app.reaper().pass(&shutdown).await;
     assert_eq!(report.errors, 0);
-    assert_eq!(report.deleted, 2);
+    assert_eq!(report.deleted, 3);
     assert_eq!(app.pending_multipart_uploads().await, 0);
     assert!(metadata.get(crashed_multipart.id).await.unwrap().is_none());
+    assert!(metadata.get(crashed_unsaved.id).await.unwrap().is_none());
     assert!(metadata.get(crashed_written.id).await.unwrap().is_none());
     assert!(!storage.exists(crashed_written.id).await.unwrap());
     assert!(
@@ -382,4 +417,84 @@ async fn claim_query_uses_the_expiry_index_at_a_million_rows() {
         .await
         .unwrap();
     assert_eq!((first.len(), second.len(), third.len()), (500, 500, 0));
+}
+
+/// Every file under `dir`, staging files of unfinished uploads included.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// kill -9 in the middle of a multipart upload on local disk leaves a staging file beside
+/// where the object would be; `reap --once` removes it with the row, so "nothing left
+/// behind" holds on local disk as on S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_upload_on_local_disk_leaves_nothing_after_a_reap() {
+    use tokio::io::AsyncWriteExt;
+    let dir = helpers::TempDir::new();
+    let settings = helpers::test_settings(Backend::Embedded, &dir).await;
+    let objects = std::path::PathBuf::from(settings.storage.url.strip_prefix("file://").unwrap());
+    let env = helpers::process_env(&settings);
+    let mut server = helpers::ServiceProcess::start(&dir.0, &env);
+    server.wait_ready().await;
+    let token = media_node::auth::Authenticator::from_settings(&settings.auth, false)
+        .unwrap()
+        .mint("acct", Duration::from_secs(600), None)
+        .unwrap();
+
+    // 12 MiB declared, 7 MiB sent: the first 5 MiB part is in a staging file.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         X-Gr-File-Extension: mp4\r\nContent-Length: {}\r\n\r\n",
+        12 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(&content(7 * 1024 * 1024, 8))
+        .await
+        .unwrap();
+    let mut staged = Vec::new();
+    for _ in 0..200 {
+        staged = files_under(&objects);
+        if !staged.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert!(staged[0].to_string_lossy().contains('#'), "{staged:?}");
+    server.signal("KILL");
+    let _ = server.wait_exit(Duration::from_secs(10));
+    drop(stream);
+
+    // Once the crashed upload's heartbeat is older than the threshold, one pass cleans it.
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let out = helpers::media_node_command(&dir.0)
+        .args(["reap", "--once"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "4s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["deleted"], 1);
+    assert_eq!(files_under(&objects), Vec::<std::path::PathBuf>::new());
 }

@@ -44,6 +44,81 @@ async fn s3_multipart_uploads_are_listed_and_aborted() {
     assert!(!storage.exists(id).await.unwrap());
 }
 
+#[tokio::test]
+async fn s3_multipart_uploads_by_id_complete_and_abort_without_listing() {
+    let dir = TempDir::new();
+    let storage = storage(Backend::Production, &dir).await;
+    assert!(storage.uploads_by_id());
+    // Completed from parts sent out of order.
+    let id = MediaId::new_random();
+    let upload = storage.create_multipart(id).await.unwrap();
+    let second = storage
+        .put_part(id, &upload, 1, PutPayload::from(vec![2u8; 10]))
+        .await
+        .unwrap();
+    let first = storage
+        .put_part(id, &upload, 0, PutPayload::from(vec![1u8; 5 * 1024 * 1024]))
+        .await
+        .unwrap();
+    storage
+        .complete_multipart(id, &upload, vec![first, second])
+        .await
+        .unwrap();
+    let body = storage
+        .store()
+        .get(&storage.key(id))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), 5 * 1024 * 1024 + 10);
+    assert_eq!(&body[body.len() - 10..], &[2u8; 10]);
+
+    // Aborted by the id saved in a row, twice without harm.
+    let other = MediaId::new_random();
+    let upload = storage.create_multipart(other).await.unwrap();
+    assert_eq!(storage.pending_uploads(other).await.unwrap().len(), 1);
+    storage
+        .abort_unfinished(other, Some(&upload))
+        .await
+        .unwrap();
+    assert!(storage.pending_uploads(other).await.unwrap().is_empty());
+    storage
+        .abort_unfinished(other, Some(&upload))
+        .await
+        .unwrap();
+    // A row that says "being created" is looked for by listing.
+    storage.create_multipart(other).await.unwrap();
+    storage.abort_unfinished(other, Some("")).await.unwrap();
+    assert!(storage.pending_uploads(other).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn local_staging_files_are_found_and_removed() {
+    let dir = TempDir::new();
+    let storage = storage(Backend::Embedded, &dir).await;
+    assert!(!storage.uploads_by_id());
+    let id = MediaId::new_random();
+    let mut upload = storage
+        .store()
+        .put_multipart(&storage.key(id))
+        .await
+        .unwrap();
+    upload
+        .put_part(PutPayload::from(vec![7u8; 1024]))
+        .await
+        .unwrap();
+    // A crash: the writer is neither completed nor aborted.
+    std::mem::forget(upload);
+    let pending = storage.pending_uploads(id).await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(pending[0].key.ends_with(&format!("{id}#1")), "{pending:?}");
+    assert_eq!(storage.all_pending_uploads().await.unwrap(), pending);
+    storage.abort_unfinished(id, None).await.unwrap();
+    assert!(storage.all_pending_uploads().await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($($name:ident),+ $(,)?) => {
         $(

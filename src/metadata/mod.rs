@@ -110,6 +110,9 @@ impl Due {
 pub struct Claimed {
     pub id: MediaId,
     pub status: MediaStatus,
+    /// For an upload that never finished: its multipart upload (`Some("")` while it was
+    /// being created), see `set_multipart_upload`.
+    pub multipart_upload_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -380,6 +383,22 @@ impl Metadata {
             "mark_ready",
             |pool| postgres::mark_ready(pool, id, size_bytes, sha256, stale_before).await,
             sqlite::mark_ready(pool, id, size_bytes, sha256, stale_before).await
+        )
+    }
+
+    /// Records the multipart upload of a live upload: `""` before it is created, then its
+    /// id. False, and nothing changes, when the upload may no longer commit (`mark_ready`).
+    pub async fn set_multipart_upload(
+        &self,
+        id: MediaId,
+        upload_id: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        on_pool!(
+            self,
+            "set_multipart_upload",
+            |pool| postgres::set_multipart_upload(pool, id, upload_id, stale_before).await,
+            sqlite::set_multipart_upload(pool, id, upload_id, stale_before).await
         )
     }
 

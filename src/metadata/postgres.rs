@@ -57,12 +57,30 @@ pub(super) async fn mark_ready(
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
     let done = sqlx::query(&format!(
-        "UPDATE media SET status = 'ready', size_bytes = $3, sha256 = $4 WHERE {LIVE_UPLOAD}"
+        "UPDATE media SET status = 'ready', size_bytes = $3, sha256 = $4, \
+         multipart_upload_id = NULL WHERE {LIVE_UPLOAD}"
     ))
     .bind(id.as_uuid())
     .bind(stale_before)
     .bind(size)
     .bind(sha256)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn set_multipart_upload(
+    pool: &PgPool,
+    id: MediaId,
+    upload_id: &str,
+    stale_before: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(&format!(
+        "UPDATE media SET multipart_upload_id = $3 WHERE {LIVE_UPLOAD}"
+    ))
+    .bind(id.as_uuid())
+    .bind(stale_before)
+    .bind(upload_id)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -133,6 +151,7 @@ fn claimed(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Claimed>> {
             Ok(Claimed {
                 id: MediaId::from(row.try_get::<Uuid, _>("id")?),
                 status: MediaStatus::parse(&status)?,
+                multipart_upload_id: row.try_get("multipart_upload_id")?,
             })
         })
         .collect()
@@ -158,7 +177,7 @@ pub(super) async fn claim(
              FOR UPDATE SKIP LOCKED) \
          UPDATE media SET reap_claim = $3, reap_claimed_until = $4 \
          FROM due WHERE media.id = due.id \
-         RETURNING media.id, media.status",
+         RETURNING media.id, media.status, media.multipart_upload_id",
         condition = condition.replace("{since}", "$5"),
     );
     let rows = sqlx::query(&sql)

@@ -68,12 +68,30 @@ pub(super) async fn mark_ready(
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
     let done = sqlx::query(&format!(
-        "UPDATE media SET status = 'ready', size_bytes = ?3, sha256 = ?4 WHERE {LIVE_UPLOAD}"
+        "UPDATE media SET status = 'ready', size_bytes = ?3, sha256 = ?4, \
+         multipart_upload_id = NULL WHERE {LIVE_UPLOAD}"
     ))
     .bind(id.to_string())
     .bind(millis(stale_before))
     .bind(size)
     .bind(sha256)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn set_multipart_upload(
+    pool: &SqlitePool,
+    id: MediaId,
+    upload_id: &str,
+    stale_before: DateTime<Utc>,
+) -> Result<bool> {
+    let done = sqlx::query(&format!(
+        "UPDATE media SET multipart_upload_id = ?3 WHERE {LIVE_UPLOAD}"
+    ))
+    .bind(id.to_string())
+    .bind(millis(stale_before))
+    .bind(upload_id)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -148,6 +166,7 @@ fn claimed(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Claimed>> {
                 id: MediaId::parse(&id)
                     .ok_or_else(|| MetadataError::Corrupt(format!("id {id:?}")))?,
                 status: MediaStatus::parse(&status)?,
+                multipart_upload_id: row.try_get("multipart_upload_id")?,
             })
         })
         .collect()
@@ -168,7 +187,7 @@ pub(super) async fn claim(
                AND (reap_claimed_until IS NULL OR reap_claimed_until <= ?3) \
              ORDER BY {order} \
              LIMIT ?4) \
-         RETURNING id, status",
+         RETURNING id, status, multipart_upload_id",
         condition = condition.replace("{since}", "?5"),
     );
     let rows = sqlx::query(&sql)

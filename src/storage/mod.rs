@@ -14,6 +14,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, GetResult, GetResultPayload, ObjectStore,
@@ -117,12 +118,32 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     prefix: Option<Path>,
-    /// Present for S3: the bucket-level calls object_store does not offer.
-    s3: Option<Arc<s3_uploads::S3Uploads>>,
+    kind: Kind,
     description: String,
     /// Durations of calls by operation, once metrics are attached.
     timings: Option<prometheus::HistogramVec>,
 }
+
+/// What differs between the two stores for unfinished uploads.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Local disk: an unfinished upload is a staging file `<object path>#<n>` beside the
+    /// object, found by its name.
+    Local { root: std::path::PathBuf },
+    /// S3: multipart uploads by id (object_store's `MultipartStore`), and the listing that
+    /// finds an upload whose id was never saved.
+    S3 {
+        store: Arc<AmazonS3>,
+        lister: Arc<s3_uploads::UploadLister>,
+    },
+}
+
+/// A multipart upload's id, as S3 knows it.
+pub type UploadId = object_store::MultipartId;
+
+/// Staging files of one object tried on local disk: object_store numbers them from 1, and
+/// an id is only ever uploaded once.
+const LOCAL_STAGING_SUFFIXES: std::ops::RangeInclusive<u32> = 1..=8;
 
 impl Storage {
     /// Builds the store from `storage.url`: `file://DIR` or `s3://BUCKET[/PREFIX]`.
@@ -134,10 +155,11 @@ impl Storage {
             let store = LocalFileSystem::new_with_prefix(dir)
                 .with_context(|| format!("opening {dir}"))?
                 .with_automatic_cleanup(true);
+            let root = std::fs::canonicalize(dir).with_context(|| format!("opening {dir}"))?;
             Ok(Self {
                 store: Arc::new(store),
                 prefix: None,
-                s3: None,
+                kind: Kind::Local { root },
                 description: format!("file://{dir}"),
                 timings: None,
             })
@@ -147,12 +169,16 @@ impl Storage {
                 None => (rest, ""),
             };
             anyhow::ensure!(!bucket.is_empty(), "storage.url s3:// needs a bucket");
-            let s3 = build_s3(bucket, settings)?;
-            let uploads = s3_uploads::S3Uploads::new(&s3, bucket, settings)?;
+            let (s3, client) = build_s3(bucket, settings)?;
+            let lister = s3_uploads::UploadLister::new(&s3, bucket, settings, &client)?;
+            let s3 = Arc::new(s3);
             Ok(Self {
-                store: Arc::new(s3),
+                store: s3.clone(),
                 prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
-                s3: Some(Arc::new(uploads)),
+                kind: Kind::S3 {
+                    store: s3,
+                    lister: Arc::new(lister),
+                },
                 description: format!("s3://{bucket}/{prefix}"),
                 timings: None,
             })
@@ -274,42 +300,200 @@ impl Storage {
         Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
     }
 
-    /// Unfinished multipart uploads under a media id's key (S3 only; local disk has none
-    /// that outlive the process).
-    pub async fn pending_uploads(&self, id: MediaId) -> anyhow::Result<Vec<PendingUpload>> {
-        let _timer = self.timer("list_multipart");
-        match &self.s3 {
-            Some(s3) => s3.list(self.key(id).as_ref()).await,
-            None => Ok(Vec::new()),
+    /// Whether multipart uploads are made by id (S3), so that the id can be saved in the
+    /// row first; otherwise (local disk) object_store's own writer is used.
+    pub fn uploads_by_id(&self) -> bool {
+        matches!(self.kind, Kind::S3 { .. })
+    }
+
+    fn multipart_store(&self) -> Result<&AmazonS3> {
+        match &self.kind {
+            Kind::S3 { store, .. } => Ok(store),
+            Kind::Local { .. } => Err(StorageError(object_store::Error::NotSupported {
+                source: "multipart uploads by id need S3".into(),
+            })),
         }
     }
 
-    /// Every unfinished multipart upload under the storage prefix.
+    /// Starts a multipart upload for `id`'s object; its id is what aborts it later.
+    pub async fn create_multipart(&self, id: MediaId) -> Result<UploadId> {
+        let store = self.multipart_store()?;
+        let _timer = self.timer("create_multipart");
+        Ok(store.create_multipart(&self.key(id)).await?)
+    }
+
+    /// Uploads part `index` (from 0) of a multipart upload.
+    pub async fn put_part(
+        &self,
+        id: MediaId,
+        upload: &UploadId,
+        index: usize,
+        data: object_store::PutPayload,
+    ) -> Result<object_store::multipart::PartId> {
+        let store = self.multipart_store()?;
+        let _timer = self.timer("put_part");
+        Ok(store.put_part(&self.key(id), upload, index, data).await?)
+    }
+
+    /// Completes a multipart upload from its parts in order.
+    pub async fn complete_multipart(
+        &self,
+        id: MediaId,
+        upload: &UploadId,
+        parts: Vec<object_store::multipart::PartId>,
+    ) -> Result<()> {
+        let store = self.multipart_store()?;
+        let _timer = self.timer("complete_multipart");
+        store
+            .complete_multipart(&self.key(id), upload, parts)
+            .await?;
+        Ok(())
+    }
+
+    /// Aborts a multipart upload by id; one already gone counts as aborted.
+    pub async fn abort_multipart(&self, id: MediaId, upload: &UploadId) -> Result<()> {
+        let store = self.multipart_store()?;
+        let _timer = self.timer("abort_multipart");
+        match store.abort_multipart(&self.key(id), upload).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Removes whatever an upload of `id` that never finished may have left besides the
+    /// object: on S3 its multipart upload, by the id saved in the row (`recorded`), or found
+    /// by listing when the row says one was being created (`Some("")`); on local disk its
+    /// staging files.
+    pub async fn abort_unfinished(
+        &self,
+        id: MediaId,
+        recorded: Option<&str>,
+    ) -> anyhow::Result<()> {
+        match (&self.kind, recorded) {
+            (Kind::S3 { .. }, None) => Ok(()),
+            (Kind::S3 { .. }, Some("")) => {
+                for upload in self.pending_uploads(id).await? {
+                    self.abort_pending(&upload).await?;
+                }
+                Ok(())
+            }
+            (Kind::S3 { .. }, Some(upload)) => {
+                Ok(self.abort_multipart(id, &upload.to_owned()).await?)
+            }
+            (Kind::Local { .. }, _) => {
+                for upload in self.pending_uploads(id).await? {
+                    self.abort_pending(&upload).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The staging file paths an unfinished local upload of `id` may have left.
+    fn local_staging_paths(root: &std::path::Path, key: &Path) -> Vec<std::path::PathBuf> {
+        let object = root.join(key.as_ref());
+        LOCAL_STAGING_SUFFIXES
+            .map(|n| {
+                let mut name = object.clone().into_os_string();
+                name.push(format!("#{n}"));
+                std::path::PathBuf::from(name)
+            })
+            .collect()
+    }
+
+    /// Unfinished uploads of `id`: on S3 by listing its key, on local disk its staging files
+    /// (as a key relative to the storage root, with an empty upload id).
+    pub async fn pending_uploads(&self, id: MediaId) -> anyhow::Result<Vec<PendingUpload>> {
+        match &self.kind {
+            Kind::S3 { lister, .. } => {
+                let _timer = self.timer("list_multipart");
+                lister.list(self.key(id).as_ref()).await
+            }
+            Kind::Local { root } => {
+                let mut found = Vec::new();
+                for path in Self::local_staging_paths(root, &self.key(id)) {
+                    if tokio::fs::try_exists(&path).await? {
+                        found.push(local_pending(root, &path));
+                    }
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    /// Every unfinished upload under the storage prefix (tests and operations; a listing
+    /// of the bucket, or a walk of the directory).
     pub async fn all_pending_uploads(&self) -> anyhow::Result<Vec<PendingUpload>> {
-        match &self.s3 {
-            Some(s3) => {
+        match &self.kind {
+            Kind::S3 { lister, .. } => {
                 let prefix = self
                     .prefix
                     .as_ref()
                     .map(|p| format!("{p}/"))
                     .unwrap_or_default();
-                s3.list(&prefix).await
+                lister.list(&prefix).await
             }
-            None => Ok(Vec::new()),
+            Kind::Local { root } => {
+                let root = root.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut found = Vec::new();
+                    let mut dirs = vec![root.clone()];
+                    while let Some(dir) = dirs.pop() {
+                        for entry in std::fs::read_dir(&dir)? {
+                            let path = entry?.path();
+                            if path.is_dir() {
+                                dirs.push(path);
+                            } else if path
+                                .file_name()
+                                .is_some_and(|n| n.to_string_lossy().contains('#'))
+                            {
+                                found.push(local_pending(&root, &path));
+                            }
+                        }
+                    }
+                    Ok(found)
+                })
+                .await?
+            }
         }
     }
 
-    /// Aborts an unfinished multipart upload; one already gone counts as aborted.
+    /// Aborts an unfinished upload found by `pending_uploads`; one already gone counts as
+    /// aborted.
     pub async fn abort_pending(&self, upload: &PendingUpload) -> anyhow::Result<()> {
         let _timer = self.timer("abort_multipart");
-        match &self.s3 {
-            Some(s3) => s3.abort(upload).await,
-            None => Ok(()),
+        match &self.kind {
+            Kind::S3 { store, .. } => {
+                match store
+                    .abort_multipart(&Path::from(upload.key.as_str()), &upload.upload_id)
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(err) => Err(err.into()),
+                }
+            }
+            Kind::Local { root } => match tokio::fs::remove_file(root.join(&upload.key)).await {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+                _ => Ok(()),
+            },
         }
     }
 }
 
-fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<AmazonS3> {
+/// A local staging file as a pending upload: its path relative to the root.
+fn local_pending(root: &std::path::Path, path: &std::path::Path) -> PendingUpload {
+    PendingUpload {
+        key: path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned(),
+        upload_id: String::new(),
+    }
+}
+
+/// The S3 store and the client options it was built with.
+fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<(AmazonS3, ClientOptions)> {
     let s3 = &settings.s3;
     // AWS_* variables first; the service's own keys override them.
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -341,10 +525,11 @@ fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<AmazonS3
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(60))
         .with_allow_http(allow_http);
-    Ok(builder
+    let store = builder
         .with_retry(retry)
-        .with_client_options(client)
-        .build()?)
+        .with_client_options(client.clone())
+        .build()?;
+    Ok((store, client))
 }
 
 fn env_flag(name: &str) -> bool {

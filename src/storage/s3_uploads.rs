@@ -1,11 +1,13 @@
-//! The two S3 calls object_store does not offer: ListMultipartUploads and
-//! AbortMultipartUpload for an upload id found that way. They let the service (and its
-//! tests) prove that no unfinished multipart upload outlives a failed or crashed upload.
-//! Requests are signed with object_store's own SigV4 authorizer and credentials.
+//! ListMultipartUploads, the one S3 call object_store does not offer. It is needed only
+//! where nothing else can find an upload: a crash between creating a multipart upload and
+//! saving its id in the row (the row then says "being created"), and the tests' checks that
+//! nothing was left behind. Requests go through object_store's own HTTP client and SigV4
+//! signer, with the store's credentials; the answer is read with an XML parser.
 
 use anyhow::Context;
 use object_store::aws::{AmazonS3, AmazonS3ConfigKey, AwsAuthorizer};
-use object_store::client::HttpRequestBody;
+use object_store::client::{HttpClient, HttpConnector, HttpRequest, HttpRequestBody};
+use serde::Deserialize;
 
 use crate::settings::StorageSettings;
 
@@ -17,19 +19,39 @@ pub struct PendingUpload {
 }
 
 #[derive(Debug)]
-pub(super) struct S3Uploads {
-    client: reqwest::Client,
+pub(super) struct UploadLister {
+    client: HttpClient,
     credentials: object_store::aws::AwsCredentialProvider,
     /// `https://host[:port]/bucket` (path-style) or the virtual-hosted bucket URL.
     bucket_url: url::Url,
     region: String,
 }
 
-impl S3Uploads {
+/// The parts of a ListMultipartUploads answer that are used.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListMultipartUploadsResult {
+    #[serde(default)]
+    upload: Vec<Upload>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Upload {
+    key: String,
+    upload_id: String,
+}
+
+impl UploadLister {
     pub(super) fn new(
         s3: &AmazonS3,
         bucket: &str,
         settings: &StorageSettings,
+        options: &object_store::ClientOptions,
     ) -> anyhow::Result<Self> {
         let from_env = object_store::aws::AmazonS3Builder::from_env();
         let endpoint = settings
@@ -48,36 +70,11 @@ impl S3Uploads {
             None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         };
         Ok(Self {
-            client: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
+            client: object_store::client::ReqwestConnector::default().connect(options)?,
             credentials: s3.credentials().clone(),
             bucket_url: url::Url::parse(&base).context("S3 endpoint URL")?,
             region,
         })
-    }
-
-    async fn send(&self, method: reqwest::Method, url: url::Url) -> anyhow::Result<String> {
-        let credential = self.credentials.get_credential().await?;
-        let mut request = object_store::client::HttpRequest::new(HttpRequestBody::empty());
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = url.as_str().parse()?;
-        AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)?;
-
-        let mut builder = self.client.request(method, url);
-        for (name, value) in request.headers() {
-            builder = builder.header(name, value);
-        }
-        let response = builder.send().await?;
-        let status = response.status();
-        let body = response.text().await?;
-        anyhow::ensure!(
-            status.is_success() || status == reqwest::StatusCode::NOT_FOUND,
-            "S3 answered {status}: {}",
-            body.chars().take(300).collect::<String>()
-        );
-        Ok(body)
     }
 
     /// Unfinished multipart uploads whose key starts with `prefix`.
@@ -95,54 +92,39 @@ impl S3Uploads {
                     query.append_pair("upload-id-marker", upload);
                 }
             }
-            let body = self.send(reqwest::Method::GET, url).await?;
-            for upload in xml_blocks(&body, "Upload") {
-                if let (Some(key), Some(upload_id)) =
-                    (xml_text(upload, "Key"), xml_text(upload, "UploadId"))
-                {
-                    found.push(PendingUpload { key, upload_id });
-                }
-            }
-            let truncated = xml_text(&body, "IsTruncated").is_some_and(|v| v == "true");
-            let next = xml_text(&body, "NextKeyMarker").zip(xml_text(&body, "NextUploadIdMarker"));
-            match (truncated, next) {
+            let page = parse_listing(&self.get(url).await?)?;
+            found.extend(page.upload.into_iter().map(|u| PendingUpload {
+                key: u.key,
+                upload_id: u.upload_id,
+            }));
+            let next = page.next_key_marker.zip(page.next_upload_id_marker);
+            match (page.is_truncated, next) {
                 (true, Some(next)) if markers.as_ref() != Some(&next) => markers = Some(next),
                 _ => return Ok(found),
             }
         }
     }
 
-    pub(super) async fn abort(&self, upload: &PendingUpload) -> anyhow::Result<()> {
-        let mut url = self.bucket_url.clone();
-        url.path_segments_mut()
-            .map_err(|_| anyhow::anyhow!("S3 endpoint cannot be a base URL"))?
-            .extend(upload.key.split('/'));
-        url.query_pairs_mut()
-            .append_pair("uploadId", &upload.upload_id);
-        self.send(reqwest::Method::DELETE, url).await?;
-        Ok(())
+    async fn get(&self, url: url::Url) -> anyhow::Result<String> {
+        let credential = self.credentials.get_credential().await?;
+        let mut request = HttpRequest::new(HttpRequestBody::empty());
+        *request.uri_mut() = url.as_str().parse()?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)?;
+        let response = self.client.execute(request).await?;
+        let status = response.status();
+        let body = response.into_body().bytes().await?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        anyhow::ensure!(
+            status.is_success(),
+            "S3 answered {status}: {}",
+            body.chars().take(300).collect::<String>()
+        );
+        Ok(body)
     }
 }
 
-/// The inner texts of every `<tag>…</tag>` element. The ListMultipartUploads answer is flat
-/// and small, so a scan is enough; no XML entity in a key of ours needs decoding since keys
-/// are `<prefix>/<uuid>`.
-fn xml_blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let mut blocks = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        blocks.push(&after[..end]);
-        rest = &after[end + close.len()..];
-    }
-    blocks
-}
-
-fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    xml_blocks(xml, tag).first().map(|s| s.trim().to_owned())
+fn parse_listing(xml: &str) -> anyhow::Result<ListMultipartUploadsResult> {
+    quick_xml::de::from_str(xml).context("reading the ListMultipartUploads answer")
 }
 
 #[cfg(test)]
@@ -155,23 +137,25 @@ mod tests {
 <ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
   <Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
   <NextKeyMarker>m/2</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>
-  <IsTruncated>false</IsTruncated>
+  <IsTruncated>true</IsTruncated>
   <Upload><Key>m/1</Key><UploadId>u1</UploadId><Initiated>x</Initiated></Upload>
-  <Upload><Key>m/2</Key><UploadId>u2</UploadId></Upload>
+  <Prefix>m/</Prefix>
+  <Upload><Key>m/&amp;2</Key><UploadId>u2</UploadId></Upload>
 </ListMultipartUploadsResult>"#;
-        let uploads: Vec<_> = xml_blocks(body, "Upload")
-            .into_iter()
-            .map(|u| {
-                (
-                    xml_text(u, "Key").unwrap(),
-                    xml_text(u, "UploadId").unwrap(),
-                )
-            })
+        let page = parse_listing(body).unwrap();
+        let uploads: Vec<_> = page
+            .upload
+            .iter()
+            .map(|u| (u.key.as_str(), u.upload_id.as_str()))
             .collect();
-        assert_eq!(
-            uploads,
-            vec![("m/1".into(), "u1".into()), ("m/2".into(), "u2".into())]
-        );
-        assert_eq!(xml_text(body, "IsTruncated").as_deref(), Some("false"));
+        assert_eq!(uploads, vec![("m/1", "u1"), ("m/&2", "u2")]);
+        assert!(page.is_truncated);
+        assert_eq!(page.next_key_marker.as_deref(), Some("m/2"));
+
+        let empty = parse_listing(
+            "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
+        )
+        .unwrap();
+        assert!(empty.upload.is_empty() && !empty.is_truncated);
     }
 }
