@@ -142,26 +142,28 @@ impl MetadataError {
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    // PostgreSQL: connection exceptions (08), insufficient resources (53),
-                    // operator intervention (57: statement timeout or cancellation 57014,
-                    // shutdown 57P*), transaction rollbacks such as serialization failures
-                    // and deadlocks (40), lock not available (55P03), read-only standby
-                    // (25006). SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
-                    code.starts_with("08")
-                        || code.starts_with("53")
-                        || code.starts_with("57")
-                        || code.starts_with("40")
-                        || code == "55P03"
-                        || code == "25006"
-                        || code == "5"
-                        || code == "6"
-                }),
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| passes(&code)),
                 _ => false,
             },
             _ => false,
         }
     }
+}
+
+/// Whether a database error code names a failure that passes on a retry: PostgreSQL's
+/// connection exceptions (08), insufficient resources (53), operator intervention (57:
+/// statement timeout or cancellation 57014, shutdown 57P*), transaction rollbacks such as
+/// serialization failures and deadlocks (40), lock not available (55P03) and a read-only
+/// standby (25006); SQLite's SQLITE_BUSY (5) and SQLITE_LOCKED (6).
+fn passes(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code.starts_with("40")
+        || code == "55P03"
+        || code == "25006"
+        || code == "5"
+        || code == "6"
 }
 
 pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
@@ -542,4 +544,21 @@ fn size_from_db(value: Option<i64>) -> Result<Option<u64>> {
     value
         .map(|v| u64::try_from(v).map_err(|_| MetadataError::Corrupt(format!("size {v}"))))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passes;
+
+    #[test]
+    fn retryable_database_errors() {
+        for code in [
+            "40001", "40P01", "57014", "57P01", "08006", "53300", "55P03", "5",
+        ] {
+            assert!(passes(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22001", "42703", "19"] {
+            assert!(!passes(code), "{code}");
+        }
+    }
 }
