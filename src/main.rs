@@ -84,12 +84,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Command::Migrate => {
-            let metadata = migrated_metadata(&settings).await?;
+            let metadata = connect(&settings)?;
+            metadata.migrate().await.context("applying migrations")?;
             tracing::info!(database = metadata.backend_name(), "migrations applied");
             Ok(())
         }
         Command::Reap { once: _ } => {
-            let metadata = migrated_metadata(&settings).await?;
+            let metadata = connect(&settings)?;
+            media_node::startup::prepare_schema(&metadata, &settings).await?;
             let storage = Storage::from_settings(&settings.storage)?;
             let metrics = Metrics::new()?;
             let reaper = Reaper::new(metadata, storage, settings.reaper.clone(), metrics.reaper);
@@ -114,12 +116,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The metadata database, connected and migrated.
-async fn migrated_metadata(settings: &Settings) -> anyhow::Result<Metadata> {
+/// The metadata database, connected lazily, with the time a migration may need.
+fn connect(settings: &Settings) -> anyhow::Result<Metadata> {
     let mut options = settings.database.pool_options();
     // Migrations may rewrite large tables: more time than a request's statement gets.
     options.statement_timeout = options.statement_timeout.max(Duration::from_secs(3600));
-    let metadata = Metadata::connect_with(settings.database.url.expose(), &options)?;
-    metadata.migrate().await.context("applying migrations")?;
-    Ok(metadata)
+    Ok(Metadata::connect_with(
+        settings.database.url.expose(),
+        &options,
+    )?)
 }

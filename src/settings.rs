@@ -79,6 +79,11 @@ pub struct DatabaseSettings {
     /// PostgreSQL `statement_timeout`; also bounds each call on the client side.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// Whether `serve` and `reap` apply migrations at start-up. Unset: yes in development
+    /// (zero setup), no in production, where only `media-node migrate` (the migration Job)
+    /// changes the schema and the others check that it is new enough.
+    #[serde(default)]
+    pub migrate_on_start: Option<bool>,
 }
 
 impl DatabaseSettings {
@@ -98,6 +103,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }
 }
@@ -363,6 +369,13 @@ impl Settings {
             .try_deserialize()?)
     }
 
+    /// Whether `serve` and `reap` migrate at start-up (see `DatabaseSettings`).
+    pub fn migrate_on_start(&self) -> bool {
+        self.database
+            .migrate_on_start
+            .unwrap_or(!self.is_production())
+    }
+
     /// How often a live upload refreshes the heartbeat on its row: often enough that it
     /// never looks crashed to the reaper (`reaper.stale_upload_after`).
     pub fn upload_heartbeat(&self) -> Duration {
@@ -493,6 +506,7 @@ mod tests {
             max_connections: 1,
             acquire_timeout: Duration::from_secs(1),
             statement_timeout: Duration::from_secs(1),
+            migrate_on_start: None,
         };
         let printed = format!("{db:?}");
         assert!(!printed.contains("s3cret"), "{printed}");

@@ -96,10 +96,7 @@ impl Application {
             .pool
             .max_connections
             .set(i64::from(settings.database.max_connections));
-        metadata
-            .migrate()
-            .await
-            .with_context(|| format!("migrating {}", redact_url(settings.database.url.expose())))?;
+        prepare_schema(&metadata, settings).await?;
         let storage = Storage::from_settings(&settings.storage)?
             .with_timings(metrics.backend.storage.clone());
         let retention = chrono::Duration::from_std(settings.media.retention)
@@ -303,6 +300,30 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Migrates (development) or checks that the schema is new enough (production; the
+/// migration Job migrates), per `database.migrate_on_start`.
+pub async fn prepare_schema(metadata: &Metadata, settings: &Settings) -> anyhow::Result<()> {
+    let database = redact_url(settings.database.url.expose());
+    if settings.migrate_on_start() {
+        metadata
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {database}"))?;
+    } else {
+        let newer = metadata
+            .check_schema()
+            .await
+            .with_context(|| format!("checking the schema of {database}"))?;
+        if !newer.is_empty() {
+            tracing::info!(
+                ?newer,
+                "the schema has migrations of a newer release; they are additive and left alone"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The plan of the stop, once one has begun.

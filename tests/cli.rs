@@ -333,3 +333,101 @@ fn production_never_falls_back_to_the_embedded_backends() {
         assert!(!dir.0.join("data").exists(), "{command} created data/");
     }
 }
+
+/// Roll-back: a database migrated by a newer release carries a migration this binary does
+/// not know. In production (`serve` only checks the schema) and in development (`serve`
+/// migrates), the older binary starts on it and serves.
+#[tokio::test]
+async fn a_release_serves_on_a_schema_with_an_unknown_newer_migration() {
+    for environment in ["production", "development"] {
+        let dir = TempDir::new();
+        let settings = helpers::test_settings(helpers::Backend::Production, &dir).await;
+        let mut envs = helpers::process_env(&settings);
+        envs.push(("APP_ENV", environment.to_owned()));
+        let migrated = output(
+            media_node(&dir.0)
+                .arg("migrate")
+                .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))),
+        );
+        assert!(migrated.status.success(), "{migrated:?}");
+        let pool = sqlx::PgPool::connect(settings.database.url.expose())
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (29991231000000, 'a later release', true, '\\x00', 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let mut server = ServiceProcess::start(&dir.0, &envs);
+        server.wait_ready().await;
+        let token = media_node::auth::Authenticator::from_settings(&settings.auth, false)
+            .unwrap()
+            .mint("acct", std::time::Duration::from_secs(60), None)
+            .unwrap();
+        let response = reqwest::Client::new()
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "txt")
+            .body("served on a newer schema")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{environment}");
+        let (status, logs) = server.terminate();
+        assert!(status.success(), "{environment}: {logs}");
+        // `migrate` itself (the next migration Job of this release) tolerates it too.
+        let again = output(
+            media_node(&dir.0)
+                .arg("migrate")
+                .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))),
+        );
+        assert!(again.status.success(), "{again:?}");
+    }
+}
+
+/// In production `serve` never changes the schema: on a database the migration Job has not
+/// prepared it refuses to start, saying what to run; after `migrate` it serves.
+#[tokio::test]
+async fn production_serve_checks_the_schema_and_leaves_migrating_to_the_job() {
+    let dir = TempDir::new();
+    let settings = helpers::test_settings(helpers::Backend::Production, &dir).await;
+    let mut envs = helpers::process_env(&settings);
+    envs.push(("APP_ENV", "production".to_owned()));
+    let mut server = ServiceProcess::start(&dir.0, &envs);
+    let (status, logs) = server_exit(&mut server);
+    assert!(!status.success());
+    assert!(logs.contains("media-node migrate"), "{logs}");
+    let pool = sqlx::PgPool::connect(settings.database.url.expose())
+        .await
+        .unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'media'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "serve created no table");
+
+    let migrated = output(
+        media_node(&dir.0)
+            .arg("migrate")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str()))),
+    );
+    assert!(migrated.status.success(), "{migrated:?}");
+    let mut server = ServiceProcess::start(&dir.0, &envs);
+    server.wait_ready().await;
+}
+
+fn server_exit(server: &mut ServiceProcess) -> (std::process::ExitStatus, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return (status, server.logs());
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -127,6 +127,11 @@ pub enum MetadataError {
     UnsupportedUrl(String),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "the database schema is older than this release (migrations {0:?} are not applied): \
+         run `media-node migrate` (the migration Job) before rolling it out"
+    )]
+    SchemaTooOld(Vec<i64>),
 }
 
 impl MetadataError {
@@ -338,13 +343,62 @@ impl Metadata {
         }
     }
 
-    /// Applies the embedded migrations of this backend.
+    /// The migrations this release knows, for its backend.
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        let mut migrator = match &self.pool {
+            Pool::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+            Pool::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+        };
+        // Migrations are additive (expand, then contract in a later release once no running
+        // release needs the old shape), so a database migrated by a newer release is one
+        // this release runs on: what it does not know it leaves alone. That is what makes
+        // a roll-back after a migration work.
+        migrator.set_ignore_missing(true);
+        migrator
+    }
+
+    /// Applies the migrations of this release that the database lacks.
     pub async fn migrate(&self) -> Result<()> {
+        let migrator = self.migrator();
         match &self.pool {
-            Pool::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
-            Pool::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Pool::Postgres(pool) => migrator.run(pool).await?,
+            Pool::Sqlite(pool) => migrator.run(pool).await?,
         }
         Ok(())
+    }
+
+    /// Checks, without changing anything, that every migration of this release has been
+    /// applied (by `media-node migrate`, the migration Job). Newer migrations this release
+    /// does not know are tolerated; their versions are returned.
+    pub async fn check_schema(&self) -> Result<Vec<i64>> {
+        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+        let applied: Vec<i64> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_scalar(APPLIED).fetch_all(pool).await,
+            Pool::Sqlite(pool) => sqlx::query_scalar(APPLIED).fetch_all(pool).await,
+        }
+        .or_else(|err| match &err {
+            // No migration table yet: nothing applied.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("42P01")
+                    || db.message().contains("no such table") =>
+            {
+                Ok(Vec::new())
+            }
+            _ => Err(err),
+        })?;
+        let migrator = self.migrator();
+        let missing: Vec<i64> = migrator
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect();
+        if !missing.is_empty() {
+            return Err(MetadataError::SchemaTooOld(missing));
+        }
+        Ok(applied
+            .into_iter()
+            .filter(|v| !migrator.version_exists(*v))
+            .collect())
     }
 
     /// A round trip to the database, for readiness.
