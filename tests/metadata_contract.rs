@@ -6,7 +6,7 @@ mod helpers;
 use chrono::{Duration, DurationRound, Utc};
 use helpers::{Backend, Services, TempDir};
 use media_node::domain::{AccountId, FileExtension, MediaId};
-use media_node::metadata::{DueQuery, MediaStatus, Metadata, NewMedia};
+use media_node::metadata::{DueQuery, MediaStatus, Metadata, NewMedia, Pool};
 
 async fn repo(backend: Backend, dir: &TempDir) -> Metadata {
     let url = match backend {
@@ -460,4 +460,80 @@ async fn the_multipart_upload_of_a_row_reaches_the_reaper(backend: Backend) {
     assert_eq!(upload_of(recorded.id), Some(Some("upload-1".to_owned())));
     assert_eq!(upload_of(being_created.id), Some(Some(String::new())));
     assert_eq!(upload_of(stale.id), Some(None));
+}
+
+/// PostgreSQL over TLS (`scripts/postgres-tls`: a server that refuses unencrypted
+/// connections, with a certificate for "localhost" signed by a CA of its own):
+/// `sslmode=require` and `verify-full` with `sslrootcert` work; `verify-full` refuses a
+/// server whose certificate does not match the host or was signed by another CA.
+#[tokio::test]
+async fn postgres_over_tls() {
+    let base = std::env::var("MEDIA_NODE_TEST_TLS_DATABASE_URL")
+        .expect("MEDIA_NODE_TEST_TLS_DATABASE_URL: run the tests with scripts/test");
+    let ca = std::env::var("MEDIA_NODE_TEST_TLS_CA").unwrap();
+    let other_ca = std::env::var("MEDIA_NODE_TEST_TLS_OTHER_CA").unwrap();
+    let with = |host: &str, query: &str| {
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_host(Some(host)).unwrap();
+        url.set_query(Some(query));
+        url.to_string()
+    };
+    let encrypted = |metadata: Metadata| async move {
+        let Pool::Postgres(pool) = metadata.pool() else {
+            unreachable!()
+        };
+        sqlx::query_scalar::<_, bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+    };
+
+    // The server takes no unencrypted connection at all.
+    let plain = Metadata::connect(&with("localhost", "sslmode=disable"), 1).unwrap();
+    assert!(
+        plain.ping().await.is_err(),
+        "an unencrypted connection was accepted"
+    );
+
+    for query in [
+        "sslmode=require".to_owned(),
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+    ] {
+        let metadata = Metadata::connect(&with("localhost", &query), 2).unwrap();
+        metadata.migrate().await.unwrap();
+        let media = new_media("acct", now_ms());
+        metadata.insert_uploading(&media).await.unwrap();
+        assert!(metadata
+            .mark_ready(media.id, 1, "00", LONG_AGO)
+            .await
+            .unwrap());
+        assert!(metadata
+            .find_readable(media.id, &media.owner, now_ms())
+            .await
+            .unwrap()
+            .is_some());
+        assert!(encrypted(metadata.clone()).await.unwrap(), "{query}");
+        assert!(metadata.delete(media.id).await.unwrap());
+    }
+
+    // verify-full: the certificate names "localhost", not 127.0.0.1 ...
+    let wrong_name = Metadata::connect(
+        &with(
+            "127.0.0.1",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        1,
+    )
+    .unwrap();
+    let refused = wrong_name.ping().await.unwrap_err();
+    assert!(refused.is_unavailable(), "{refused:?}");
+    // ... and was not signed by this CA.
+    let wrong_ca = Metadata::connect(
+        &with(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={other_ca}"),
+        ),
+        1,
+    )
+    .unwrap();
+    assert!(wrong_ca.ping().await.is_err());
 }
