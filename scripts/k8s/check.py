@@ -160,6 +160,26 @@ def image_uid():
     return int(user[0]), int(user[1]) if len(user) > 1 else None
 
 
+def check_dockerfile():
+    """The image's build stays in step with Cargo.toml."""
+    import tomllib
+
+    print("deploy/Dockerfile: checks")
+    text = DOCKERFILE.read_text()
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    for bench in cargo.get("bench", []):
+        path = bench.get("path", f"benches/{bench['name']}.rs")
+        check(f"> {path}" in text, f"the dependency layer has a stub for the bench {path}")
+    check(re.search(r"^COPY src \./src$", text, re.M) and re.search(r"^COPY migrations ", text, re.M)
+          and re.search(r"^COPY config ", text, re.M), "the build copies src, migrations and config")
+    check(not re.search(r"^COPY (tests|target|data|\.)\b", text, re.M), "the build copies no tests, target or data")
+    builds = re.findall(r"cargo build [^\n]*", text)
+    check(len(builds) == 2 and all("--locked" in b and "--bin media-node" in b for b in builds),
+          "both builds are --locked --bin media-node (dependencies, then the crate)")
+    check(text.index("COPY Cargo.toml Cargo.lock") < text.index(builds[0]) < text.index("COPY src"),
+          "dependencies build before the sources are copied")
+
+
 def check_rendered(label, objs, overlay):
     print(f"{label}: cross-object checks")
     deploy = one(objs, "Deployment", "media-node")
@@ -378,6 +398,7 @@ def main():
     check(RULE.read_text() == rule,
           f"{RULE.relative_to(ROOT)} is generated from alerts.yaml (run scripts/k8s-check --write)")
 
+    check_dockerfile()
     crd_results = []
     for label, path in RENDERS.items():
         objs = render(path)
