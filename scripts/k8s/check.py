@@ -121,13 +121,17 @@ def validate_core(label, objs):
     for obj in objs:
         if group_of(obj) in CRD_GROUPS:
             continue
+        ok = []
         for version in KUBERNETES_VERSIONS:
             name = f"{label}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}, strict)"
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
                 check(True, name)
+                ok.append(version)
             except Exception as err:  # ValidationError, SchemaNotFoundError
                 check(False, f"{name}: {getattr(err, 'message', err)}")
+        if ok:
+            print(f"  valid {obj['apiVersion']} {obj['kind']}/{obj['metadata']['name']}: Kubernetes {', '.join(ok)} (strict)")
 
 
 def validate_crds(label, objs, node_modules):
@@ -144,6 +148,8 @@ def validate_crds(label, objs, node_modules):
         sys.exit(f"validate-crds.mjs failed:\n{out.stderr}")
     results = json.loads(out.stdout)
     for res in results:
+        if not res["errors"]:
+            print(f"  valid {res['kind']}/{res['name']}: {res['schema']} (+ field names)")
         check(not res["errors"], f"{label}: {res['kind']}/{res['name']} against {res['schema']}"
               + (f": {res['errors']}" if res["errors"] else ""))
     return results
