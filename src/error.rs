@@ -170,6 +170,12 @@ impl ResponseError for ApiError {
     }
 }
 
+impl From<actix_web::error::PayloadError> for ApiError {
+    fn from(err: actix_web::error::PayloadError) -> Self {
+        ApiError::BodyIncomplete(err.to_string())
+    }
+}
+
 impl From<crate::metadata::MetadataError> for ApiError {
     fn from(err: crate::metadata::MetadataError) -> Self {
         if err.is_unavailable() {

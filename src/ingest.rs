@@ -4,8 +4,8 @@
 //! first, the row last. If storage cannot be cleaned (it is down), the `uploading` row stays
 //! behind on purpose, so the reaper finds the key and finishes the job later.
 //!
-//! Memory per upload is bounded by the part size: one part being filled plus at most
-//! `MAX_PARTS_IN_FLIGHT` being sent.
+//! Memory per upload is bounded by the part size, in bytes whatever the client's chunking:
+//! one part-sized buffer being filled plus at most `MAX_PARTS_IN_FLIGHT` parts being sent.
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -14,6 +14,7 @@ use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
+use crate::body::PartBuffer;
 use crate::domain::{AccountId, FileExtension, MediaId};
 use crate::error::ApiError;
 use crate::metadata::{Metadata, NewMedia};
@@ -84,7 +85,7 @@ impl Ingest {
     ) -> Result<Stored, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<ApiError>,
     {
         let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
@@ -127,11 +128,11 @@ struct Multipart {
 }
 
 impl Multipart {
-    async fn send(&mut self, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+    async fn send(&mut self, part: Bytes) -> Result<(), StorageError> {
         while self.parts.len() >= MAX_PARTS_IN_FLIGHT {
             self.join_one().await?;
         }
-        let part = self.upload.put_part(PutPayload::from_iter(chunks));
+        let part = self.upload.put_part(PutPayload::from(part));
         let timer = self.storage.timer("put_part");
         self.parts.spawn(async move {
             let _timer = timer;
@@ -173,28 +174,26 @@ impl Session {
     async fn stream<S, E>(&mut self, body: &mut S) -> Result<Stored, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<ApiError>,
     {
         let limit = self.ingest.max_upload_bytes;
         let part_size = self.ingest.part_size;
         let key = self.ingest.storage.key(self.id);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        let mut pending: Vec<Bytes> = Vec::new();
-        let mut pending_len = 0usize;
+        // One part-sized buffer the body is copied into: memory is bounded by bytes, whatever
+        // the client's chunking (a body of 1-byte chunks must not keep a million `Bytes`).
+        let mut pending = PartBuffer::new(part_size);
 
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BodyIncomplete(e.to_string()))?;
+            let chunk = chunk.map_err(Into::into)?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
             hasher.update(&chunk);
-            pending_len += chunk.len();
-            pending.push(chunk);
-            if pending_len >= part_size {
-                let part = std::mem::take(&mut pending);
-                pending_len = 0;
+            let mut rest = &chunk[..];
+            while let Some(part) = pending.fill(&mut rest) {
                 if self.multipart.is_none() {
                     let storage = &self.ingest.storage;
                     let timer = storage.timer("create_multipart");
@@ -226,8 +225,9 @@ impl Session {
         self.object_written = true;
         match self.multipart.as_mut() {
             Some(multipart) => {
-                if !pending.is_empty() {
-                    multipart.send(pending).await?;
+                let last = pending.take();
+                if !last.is_empty() {
+                    multipart.send(last).await?;
                 }
                 multipart.finish().await?;
             }
@@ -236,7 +236,7 @@ impl Session {
                 let _timer = storage.timer("put");
                 storage
                     .store()
-                    .put(&key, PutPayload::from_iter(pending))
+                    .put(&key, PutPayload::from(pending.take()))
                     .await
                     .map_err(StorageError::from)?;
             }

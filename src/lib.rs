@@ -7,6 +7,7 @@
 //! HTTP servers from `settings`.
 
 pub mod auth;
+pub mod body;
 pub mod domain;
 pub mod error;
 pub mod ingest;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderValue, CONTENT_LENGTH};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage};
 use tracing::Instrument;
@@ -52,7 +53,8 @@ pub async fn middleware(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
     req.extensions_mut().insert(id.clone());
-    let method = req.method().clone();
+    let method = method_label(req.method());
+    let method_shown = bounded_method(req.method());
     // The template (`/v1/media/{id}`), never the raw path: ids must not become labels.
     let route = req
         .match_pattern()
@@ -65,7 +67,8 @@ pub async fn middleware(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.http.clone());
-    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %method_shown, route = %route);
     let started = Instant::now();
 
     let mut response =
@@ -77,10 +80,10 @@ pub async fn middleware(
     let elapsed = started.elapsed();
     if let Some(http) = metrics {
         http.requests
-            .with_label_values(&[method.as_str(), &route, &status.to_string()])
+            .with_label_values(&[method, &route, &status.to_string()])
             .inc();
         http.duration
-            .with_label_values(&[method.as_str(), &route])
+            .with_label_values(&[method, &route])
             .observe(elapsed.as_secs_f64());
     }
     let response_bytes = match response.response().body().size() {
@@ -97,4 +100,53 @@ pub async fn middleware(
         )
     });
     Ok(response)
+}
+
+/// The `method` label: the methods of HTTP itself (RFC 9110, PATCH) as they are, any other
+/// token a client made up as `OTHER`, so no client can add label values.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// Longest method name written to the log as it is; longer ones are cut.
+const LOGGED_METHOD_MAX: usize = 24;
+
+/// The method for the log: at most `LOGGED_METHOD_MAX` bytes (methods are ASCII tokens),
+/// with `...` when cut.
+fn bounded_method(method: &Method) -> String {
+    let raw = method.as_str();
+    match raw.get(..LOGGED_METHOD_MAX) {
+        Some(head) if raw.len() > LOGGED_METHOD_MAX => format!("{head}..."),
+        _ => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label_and_are_cut_in_the_log() {
+        let long = Method::from_bytes("X".repeat(5000).as_bytes()).unwrap();
+        assert_eq!(method_label(&long), "OTHER");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PURGE").unwrap()),
+            "OTHER"
+        );
+        assert_eq!(method_label(&Method::GET), "GET");
+        let shown = bounded_method(&long);
+        assert_eq!(shown.len(), LOGGED_METHOD_MAX + 3);
+        assert_eq!(bounded_method(&Method::DELETE), "DELETE");
+    }
 }
