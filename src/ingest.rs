@@ -34,6 +34,8 @@ pub struct Ingest {
     pub retention: chrono::Duration,
     pub metrics: MediaMetrics,
     pub cleanups: Cleanups,
+    /// How slow a body may be before the upload is answered 408 and rolled back.
+    pub body_limits: crate::body::BodyLimits,
 }
 
 /// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker

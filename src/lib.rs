@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod ingest;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod ops;
 pub mod reaper;
 pub mod request_id;
+pub mod response_body;
 pub mod routes;
 pub mod settings;
 pub mod startup;

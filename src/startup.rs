@@ -63,6 +63,11 @@ impl Application {
             retention,
             metrics: metrics.media.clone(),
             cleanups: Cleanups::on_current_runtime(),
+            body_limits: crate::body::BodyLimits {
+                idle_timeout: settings.limits.body_idle_timeout,
+                min_rate_bytes_per_sec: settings.limits.min_body_rate_bytes_per_sec,
+                min_rate_grace: settings.limits.min_body_rate_grace,
+            },
         };
         let state = web::Data::new(AppState {
             auth,
@@ -98,8 +103,18 @@ impl Application {
         let admin_port = admin.local_addr()?.port();
 
         let shutdown_secs = settings.server.shutdown_timeout.as_secs();
+        let workers = settings
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cap = crate::connections::cap(
+            settings.server.max_connections,
+            crate::connections::raise_fd_limit(),
+            workers,
+            settings.database.max_connections,
+        );
         let api_state = state.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(api_state.clone())
                 .app_data(
@@ -111,13 +126,14 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .shutdown_timeout(shutdown_secs)
+        .workers(workers)
+        .max_connections(cap.per_worker)
+        .client_request_timeout(settings.server.request_header_timeout)
+        .keep_alive(settings.server.keep_alive)
         // Small answers (errors, short files) go out at once instead of waiting for the
         // client's delayed ACK.
         .tcp_nodelay(true)
         .disable_signals();
-        if let Some(workers) = settings.server.workers {
-            server = server.workers(workers);
-        }
         let server = server.listen(public)?.run();
 
         let admin = HttpServer::new(move || {
@@ -136,6 +152,8 @@ impl Application {
             admin_port,
             database = metadata.backend_name(),
             storage = storage.describe(),
+            max_connections = cap.total,
+            fd_limit = cap.fd_limit,
             "media-node listening"
         );
         Ok(Self {

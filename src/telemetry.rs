@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use actix_web::body::{BodySize, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderValue, CONTENT_LENGTH};
 use actix_web::http::Method;
@@ -14,6 +14,7 @@ use tracing::Instrument;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::request_id::{self, RequestId};
+use crate::response_body::{Finish, ObservedBody};
 use crate::routes::AppState;
 use crate::settings::{LogFormat, LogSettings};
 
@@ -45,10 +46,12 @@ pub fn init(settings: &LogSettings, to_stderr: bool) {
 }
 
 /// Middleware: assigns the request id, runs the request inside a span that carries it,
-/// counts and times it by route template, and writes one log line when it is answered.
-/// Headers (and so tokens) are never logged.
+/// counts and times it by route template, and writes one log line when the response body
+/// has been sent (or cut off). Headers (and so tokens) are never logged. The request's body
+/// is held until the answer is sent, so an answer to an unread body closes the connection
+/// (see `body::hold_payload`).
 pub async fn middleware(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
@@ -67,6 +70,7 @@ pub async fn middleware(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.http.clone());
+    let payload = crate::body::hold_payload(&mut req);
     let span =
         tracing::info_span!("request", request_id = %id, method = %method_shown, route = %route);
     let started = Instant::now();
@@ -77,29 +81,15 @@ pub async fn middleware(
         response.headers_mut().insert(request_id::HEADER, value);
     }
     let status = response.status().as_u16();
-    let elapsed = started.elapsed();
+    let mut finish = Finish::new(span, started, status);
+    finish.request_bytes = request_bytes;
     if let Some(http) = metrics {
         http.requests
             .with_label_values(&[method, &route, &status.to_string()])
             .inc();
-        http.duration
-            .with_label_values(&[method, &route])
-            .observe(elapsed.as_secs_f64());
+        finish.duration = Some(http.duration.with_label_values(&[method, &route]));
     }
-    let response_bytes = match response.response().body().size() {
-        BodySize::Sized(n) => Some(n),
-        _ => None,
-    };
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            request_bytes,
-            response_bytes,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        )
-    });
-    Ok(response)
+    Ok(response.map_body(|_, body| ObservedBody::new(body, finish, payload)))
 }
 
 /// The `method` label: the methods of HTTP itself (RFC 9110, PATCH) as they are, any other

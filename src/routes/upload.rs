@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::auth::SCOPE_WRITE;
+use crate::body::BodyGuard;
 use crate::domain::FileExtension;
 use crate::error::{meta, ApiError};
 
@@ -62,6 +63,7 @@ async fn store(
         _ => {}
     }
 
+    let body = BodyGuard::new(body, state.ingest.body_limits);
     let stored = state.ingest.upload(caller.account, extension, body).await?;
     let id = stored.id.to_string();
     Ok(HttpResponse::Created()

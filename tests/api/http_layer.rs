@@ -13,6 +13,7 @@ use crate::helpers::{self, content, sha256_hex, Backend, ServiceProcess, TempDir
 pub struct Process {
     pub server: ServiceProcess,
     pub token: String,
+    pub settings: media_node::settings::Settings,
     _dir: TempDir,
 }
 
@@ -31,6 +32,7 @@ impl Process {
         Self {
             server,
             token,
+            settings,
             _dir: dir,
         }
     }
@@ -160,4 +162,300 @@ async fn the_range_unit_is_case_insensitive() {
         assert_eq!(response.headers()["content-range"], "bytes 0-1/1000");
         assert_eq!(response.bytes().await.unwrap(), data[..2]);
     }
+}
+
+/// Waits (bounded) for the server to close `stream`: true when it did within `within`.
+/// Anything it still sends is read and dropped.
+pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut sink = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The head of an upload of `length` bytes (chunked when `None`), with `token` if any.
+fn upload_head(token: Option<&str>, length: Option<usize>) -> String {
+    let mut head = "POST /v1/media HTTP/1.1\r\nHost: x\r\nX-Gr-File-Extension: bin\r\n".to_owned();
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    match length {
+        Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        None => head.push_str("Transfer-Encoding: chunked\r\n"),
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Whether nothing of any upload stayed behind: no row, no object, no multipart upload.
+async fn nothing_stored(settings: &media_node::settings::Settings) -> bool {
+    let metadata =
+        media_node::metadata::Metadata::connect(settings.database.url.expose(), 1).unwrap();
+    let storage = media_node::storage::Storage::from_settings(&settings.storage).unwrap();
+    metadata.count().await.unwrap() == 0
+        && storage.object_keys().await.unwrap().is_empty()
+        && storage.all_pending_uploads().await.unwrap().is_empty()
+}
+
+crate::on_both_backends!(a_stalled_body_is_answered_408_and_rolled_back);
+
+async fn a_stalled_body_is_answered_408_and_rolled_back(backend: Backend) {
+    let process = Process::start(backend, &[("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "2s")]).await;
+    let data = content(6 * 1024 * 1024, 62);
+    let mut stream = TcpStream::connect(("127.0.0.1", process.server.port))
+        .await
+        .unwrap();
+    let head = upload_head(Some(&process.token), Some(12 * 1024 * 1024));
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // More than a part (5 MiB in tests): a multipart upload is under way when it stalls.
+    stream.write_all(&data).await.unwrap();
+    let stalled = std::time::Instant::now();
+    let (status, head, body) =
+        tokio::time::timeout(Duration::from_secs(4), read_answer(&mut stream))
+            .await
+            .expect("no answer within twice the body idle timeout");
+    println!(
+        "stalled body answered {status} after {:?}",
+        stalled.elapsed()
+    );
+    assert_eq!(status, 408, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id:"), "{head}");
+    assert!(lower.contains("connection: close"), "{head}");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errors"][0]["code"], 1009, "{json}");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(4)).await,
+        "the connection stays open after the 408"
+    );
+    assert!(nothing_stored(&process.settings).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_below_the_minimum_rate_is_answered_408() {
+    let process = Process::start(
+        Backend::Embedded,
+        &[
+            ("MEDIA_NODE__LIMITS__MIN_BODY_RATE_BYTES_PER_SEC", "1000"),
+            ("MEDIA_NODE__LIMITS__MIN_BODY_RATE_GRACE", "1s"),
+        ],
+    )
+    .await;
+    let mut stream = TcpStream::connect(("127.0.0.1", process.server.port))
+        .await
+        .unwrap();
+    let head = upload_head(Some(&process.token), Some(1000));
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Three bytes a second, never idle for long: only the rate can end it.
+    let started = std::time::Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..200 {
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(read.is_ok(), "still open after {:?}", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("1009"), "{answer}");
+    assert!(nothing_stored(&process.settings).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_chunked_body_does_not_keep_the_connection() {
+    let process = Process::start(Backend::Embedded, &[]).await;
+    let stream = TcpStream::connect(("127.0.0.1", process.server.port))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(upload_head(None, None).as_bytes())
+        .await
+        .unwrap();
+    // The client keeps sending chunks slowly, as if it had not noticed the answer.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..300 {
+            if writer.write_all(b"4\r\nabcd\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(closed.is_ok(), "the connection stayed open after the 401");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_on_time_while_the_service_answers() {
+    const IDLE: usize = 300;
+    let process = Process::start(
+        Backend::Embedded,
+        &[
+            ("MEDIA_NODE__SERVER__REQUEST_HEADER_TIMEOUT", "1s"),
+            ("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let port = process.server.port;
+    let mut idle = Vec::new();
+    for i in 0..IDLE {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        match i % 3 {
+            // Nothing at all.
+            0 => {}
+            // Half a request head.
+            1 => stream
+                .write_all(b"POST /v1/media HTTP/1.1\r\nHo")
+                .await
+                .unwrap(),
+            // A chunked body without a token that then stalls.
+            _ => {
+                let head = upload_head(None, None) + "4\r\nabcd\r\n";
+                stream.write_all(head.as_bytes()).await.unwrap();
+            }
+        }
+        idle.push(stream);
+    }
+    let opened = std::time::Instant::now();
+
+    // The service keeps answering meanwhile.
+    let client = reqwest::Client::new();
+    let data = content(100_000, 63);
+    let response = client
+        .post(process.server.url("/v1/media"))
+        .bearer_auth(&process.token)
+        .header("X-Gr-File-Extension", "bin")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let ready = client
+        .get(process.server.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Every idle connection is closed within twice the timeouts (plus the linger after an
+    // answer), counted from when they were opened.
+    let mut open = 0;
+    for stream in &mut idle {
+        let left = Duration::from_secs(4).saturating_sub(opened.elapsed());
+        if !closed_within(stream, left.max(Duration::from_millis(10))).await {
+            open += 1;
+        }
+    }
+    println!(
+        "{IDLE} idle connections: {open} still open after {:?}",
+        opened.elapsed()
+    );
+    assert_eq!(open, 0, "idle connections outlived the timeouts");
+    let ready = client
+        .get(process.server.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+/// Connects with a small receive buffer, so the kernel cannot absorb a whole download and
+/// the client's reading pace is what the server sees.
+async fn connect_small_window(port: u16) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+}
+
+async fn upload_through(process: &Process, data: Vec<u8>) -> String {
+    let response = reqwest::Client::new()
+        .post(process.server.url("/v1/media"))
+        .bearer_auth(&process.token)
+        .header("X-Gr-File-Extension", "bin")
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let json: serde_json::Value = response.json().await.unwrap();
+    json["media"][0]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_measures_the_streamed_body_to_its_end() {
+    let process = Process::start(Backend::Embedded, &[]).await;
+    let data = content(8 * 1024 * 1024, 66);
+    let id = upload_through(&process, data.clone()).await;
+    let mut stream = connect_small_window(process.server.port).await;
+    let request = format!(
+        "GET /v1/media/{id} HTTP/1.1\r\nHost: x\r\nX-Request-Id: slow-reader-1\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        process.token
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // About 4 MiB/s: the body takes a couple of seconds to go out.
+    let started = std::time::Instant::now();
+    let mut received = 0usize;
+    let mut bite = vec![0u8; 64 * 1024];
+    while received < data.len() {
+        let n = stream.read(&mut bite).await.unwrap();
+        assert!(n > 0);
+        received += n;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let elapsed = started.elapsed();
+    // The line is written when the body has been handed over; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = process.server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("slow-reader-1") && l.contains("request finished"))
+        .unwrap_or_else(|| panic!("no log line for the download\n{logs}"));
+    let json: serde_json::Value = serde_json::from_str(line).unwrap();
+    let duration_ms = json["duration_ms"].as_f64().unwrap();
+    println!("download read in {elapsed:?}; logged {duration_ms} ms");
+    assert!(
+        duration_ms >= elapsed.as_secs_f64() * 1000.0 / 2.0,
+        "logged {duration_ms} ms for a body that took {elapsed:?}: {line}"
+    );
+    assert_eq!(
+        json["response_bytes"].as_u64(),
+        Some(data.len() as u64),
+        "{line}"
+    );
 }
