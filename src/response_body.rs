@@ -15,7 +15,9 @@ use crate::body::HeldPayload;
 pub struct Finish {
     pub span: tracing::Span,
     pub started: Instant,
-    pub status: u16,
+    /// `None` while the handler runs: a request cancelled then (the client went away, the
+    /// connection broke) is logged without a status.
+    pub status: Option<u16>,
     pub request_bytes: Option<u64>,
     /// `http_request_duration_seconds`, already labelled.
     pub duration: Option<prometheus::Histogram>,
@@ -24,11 +26,11 @@ pub struct Finish {
 }
 
 impl Finish {
-    pub fn new(span: tracing::Span, started: Instant, status: u16) -> Self {
+    pub fn new(span: tracing::Span, started: Instant) -> Self {
         Self {
             span,
             started,
-            status,
+            status: None,
             request_bytes: None,
             duration: None,
             sent: 0,

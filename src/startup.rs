@@ -139,6 +139,7 @@ impl Application {
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(ops.clone())
+                .wrap(middleware::from_fn(crate::telemetry::request_id_only))
                 .configure(crate::ops::configure)
         })
         .workers(1)

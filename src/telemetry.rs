@@ -11,36 +11,80 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage};
 use tracing::Instrument;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::layer::{self, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Registry};
 
 use crate::request_id::{self, RequestId};
 use crate::response_body::{Finish, ObservedBody};
 use crate::routes::AppState;
 use crate::settings::{LogFormat, LogSettings};
 
+/// Errors that actix-http raises and logs itself, below the application: malformed
+/// requests (bad `Content-Length`, `Content-Length` with `Transfer-Encoding`, a bad chunk
+/// size), heads too large (431), header timeouts (408), broken connections. Any client can
+/// cause them, so they are not logged (see `DEFAULT_DIRECTIVES`) but counted.
+const PROTOCOL_TARGET: &str = "actix_http::h1";
+
+/// Directives added to the configured level unless `RUST_LOG` says otherwise: actix-http
+/// logs client mistakes at ERROR, which would let any client fill the log.
+const DEFAULT_DIRECTIVES: &str = "actix_http::h1=off";
+
+static PROTOCOL_ERRORS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+
+/// `http_protocol_errors_total`: the process-wide count of what actix-http logged as an
+/// error (see `PROTOCOL_TARGET`).
+pub fn protocol_errors() -> prometheus::IntCounter {
+    PROTOCOL_ERRORS
+        .get_or_init(|| {
+            prometheus::IntCounter::new(
+                "http_protocol_errors_total",
+                "Connections the HTTP layer ended with an error before or outside the API \
+                 (malformed requests, header timeouts, oversized heads, broken streams)",
+            )
+            .expect("valid metric")
+        })
+        .clone()
+}
+
+/// Counts actix-http's error events, whatever the log filter lets through.
+struct CountProtocolErrors;
+
+impl<S: tracing::Subscriber> Layer<S> for CountProtocolErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::ERROR && meta.target().starts_with(PROTOCOL_TARGET) {
+            protocol_errors().inc();
+        }
+    }
+}
+
 /// Installs the global subscriber. `to_stderr` keeps stdout clean for subcommands whose
 /// output is data (such as `token`).
 pub fn init(settings: &LogSettings, to_stderr: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(settings.level.as_str()));
-    let builder = fmt().with_env_filter(filter);
-    let result = match (settings.format, to_stderr) {
-        (LogFormat::Json, false) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        (LogFormat::Json, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
-        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).try_init(),
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},{DEFAULT_DIRECTIVES}", settings.level)));
+    let writer = move || -> Box<dyn std::io::Write> {
+        if to_stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        }
     };
+    let output: Box<dyn Layer<Registry> + Send + Sync> = match settings.format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+    };
+    let result = tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(CountProtocolErrors)
+        .try_init();
     // A second init (tests start many applications in one process) keeps the first.
     let _ = result;
 }
@@ -73,16 +117,16 @@ pub async fn middleware(
     let payload = crate::body::hold_payload(&mut req);
     let span =
         tracing::info_span!("request", request_id = %id, method = %method_shown, route = %route);
-    let started = Instant::now();
+    // Logs on drop: if this future is dropped before an answer, the line says so.
+    let mut finish = Finish::new(span.clone(), Instant::now());
+    finish.request_bytes = request_bytes;
 
-    let mut response =
-        request_id::scope(id.clone(), next.call(req).instrument(span.clone())).await?;
+    let mut response = request_id::scope(id.clone(), next.call(req).instrument(span)).await?;
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
     let status = response.status().as_u16();
-    let mut finish = Finish::new(span, started, status);
-    finish.request_bytes = request_bytes;
+    finish.status = Some(status);
     if let Some(http) = metrics {
         http.requests
             .with_label_values(&[method, &route, &status.to_string()])
@@ -90,6 +134,20 @@ pub async fn middleware(
         finish.duration = Some(http.duration.with_label_values(&[method, &route]));
     }
     Ok(response.map_body(|_, body| ObservedBody::new(body, finish, payload)))
+}
+
+/// Middleware of the admin listener: every answer carries `X-Request-Id` too, without a
+/// log line per probe or scrape.
+pub async fn request_id_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
+    let mut response = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    Ok(response)
 }
 
 /// The `method` label: the methods of HTTP itself (RFC 9110, PATCH) as they are, any other

@@ -459,3 +459,88 @@ async fn the_request_log_measures_the_streamed_body_to_its_end() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_answers_carry_a_request_id() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let client = reqwest::Client::new();
+    for path in ["/livez", "/readyz", "/metrics", "/nowhere"] {
+        let url = format!("{}{path}", app.admin_address);
+        let response = client.get(&url).send().await.unwrap();
+        assert!(response.headers().contains_key("x-request-id"), "{path}");
+        let response = client
+            .get(&url)
+            .header("X-Request-Id", "probe-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-request-id"], "probe-1", "{path}");
+    }
+}
+
+/// Sends `request` on a new connection and returns what comes back until the server closes
+/// (or a second passes).
+async fn exchange(port: u16, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_counted_not_logged_as_errors() {
+    let process = Process::start(Backend::Embedded, &[]).await;
+    let port = process.server.port;
+    let token = &process.token;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let requests: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "malformed Content-Length",
+            b"POST /v1/media HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST /v1/media HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "too many headers",
+            format!("GET /v1/media/x HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+        ),
+        (
+            "over-long URI",
+            format!(
+                "GET /v1/media/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 X-Gr-File-Extension: bin\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (what, request) in &requests {
+        let answer = exchange(port, request).await;
+        let first = answer.lines().next().unwrap_or("(no answer)");
+        println!("{what}: {first}");
+        assert!(!answer.starts_with("HTTP/1.1 2"), "{what}: {answer}");
+    }
+    let logs = process.server.logs();
+    let errors: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "client mistakes logged as errors: {errors:#?}"
+    );
+    let counted = process.server.metric("http_protocol_errors_total").await;
+    assert!(counted >= 3.0, "{counted} protocol errors counted");
+}
