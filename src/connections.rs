@@ -12,6 +12,24 @@ const PER_CONNECTION: u64 = 3;
 /// Above this per worker, more connections only add scheduling latency.
 const MAX_PER_WORKER: u64 = 25_000;
 
+/// Set up of every accepted public connection: a client that accepts no bytes of an
+/// answer for `send_timeout` (it stopped reading, so its receive window stays closed, or it
+/// vanished, so nothing is acknowledged) is disconnected by the kernel
+/// (`TCP_USER_TIMEOUT`). actix-http has no write timeout, and stops polling a response body
+/// whose socket is full, so without this a stalled reader would hold its connection, its
+/// storage read and their buffers forever. A slow reader keeps acknowledging and is not
+/// affected.
+pub fn on_connect(connection: &dyn std::any::Any, send_timeout: std::time::Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(err) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(send_timeout)) {
+            tracing::debug!(error = %err, "TCP_USER_TIMEOUT not set");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (connection, send_timeout);
+}
+
 /// The cap of the public listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionCap {

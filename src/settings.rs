@@ -68,6 +68,10 @@ pub struct ServerSettings {
     /// Open connections of the public listener, for the whole replica; unset means as many
     /// as the file descriptor limit allows after a reserve for everything else.
     pub max_connections: Option<usize>,
+    /// A connection whose client accepts no bytes of the answer for this long is closed
+    /// (TCP_USER_TIMEOUT on Linux: unacknowledged data or a closed receive window).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +112,13 @@ pub fn redact_url(raw: &str) -> String {
 pub struct StorageSettings {
     pub url: String,
     pub part_size_bytes: usize,
+    /// Whole-request limit of control calls to object storage (put, part, complete,
+    /// delete, head); streamed reads have none.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A streamed read from object storage that delivers nothing for this long fails.
+    #[serde(with = "humantime_serde")]
+    pub read_idle_timeout: Duration,
     pub s3: S3Settings,
 }
 
@@ -219,6 +230,14 @@ impl Settings {
         anyhow::ensure!(
             !self.server.request_header_timeout.is_zero(),
             "server.request_header_timeout must be positive"
+        );
+        anyhow::ensure!(
+            !self.storage.request_timeout.is_zero() && !self.storage.read_idle_timeout.is_zero(),
+            "storage.request_timeout and storage.read_idle_timeout must be positive"
+        );
+        anyhow::ensure!(
+            !self.server.send_timeout.is_zero(),
+            "server.send_timeout must be positive"
         );
         anyhow::ensure!(
             self.server.max_connections != Some(0),

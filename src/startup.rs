@@ -114,6 +114,7 @@ impl Application {
             settings.database.max_connections,
         );
         let api_state = state.clone();
+        let send_timeout = settings.server.send_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(api_state.clone())
@@ -126,6 +127,7 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .shutdown_timeout(shutdown_secs)
+        .on_connect(move |connection, _| crate::connections::on_connect(connection, send_timeout))
         .workers(workers)
         .max_connections(cap.per_worker)
         .client_request_timeout(settings.server.request_header_timeout)

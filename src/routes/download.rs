@@ -15,7 +15,6 @@ use crate::auth::{Caller, SCOPE_READ};
 use crate::domain::MediaId;
 use crate::error::ApiError;
 use crate::metadata::MediaRecord;
-use crate::storage::Storage;
 
 pub async fn download(
     req: HttpRequest,
@@ -108,7 +107,9 @@ async fn serve(
     let object = state.storage.get(id, range).await?;
     let media = state.metrics.media.clone();
     media.downloads.inc();
-    let stream = Storage::body(object)
+    let stream = state
+        .storage
+        .stream(object)
         .map_ok(move |chunk| {
             media.download_bytes.inc_by(chunk.len() as u64);
             chunk

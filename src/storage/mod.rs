@@ -4,6 +4,7 @@
 //! Keys are `<prefix>/<media id>`: nothing the client sends ever reaches a key.
 
 mod s3_uploads;
+mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,9 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The store for streamed GETs (S3: a client with no whole-request deadline).
+    reads: Arc<dyn ObjectStore>,
+    read_idle_timeout: Duration,
     prefix: Option<Path>,
     /// Present for S3: the bucket-level calls object_store does not offer.
     s3: Option<Arc<s3_uploads::S3Uploads>>,
@@ -72,8 +76,11 @@ impl Storage {
             let store = LocalFileSystem::new_with_prefix(dir)
                 .with_context(|| format!("opening {dir}"))?
                 .with_automatic_cleanup(true);
+            let store: Arc<dyn ObjectStore> = Arc::new(store);
             Ok(Self {
-                store: Arc::new(store),
+                reads: store.clone(),
+                read_idle_timeout: settings.read_idle_timeout,
+                store,
                 prefix: None,
                 s3: None,
                 description: format!("file://{dir}"),
@@ -85,10 +92,22 @@ impl Storage {
                 None => (rest, ""),
             };
             anyhow::ensure!(!bucket.is_empty(), "storage.url s3:// needs a bucket");
-            let s3 = build_s3(bucket, settings)?;
+            let allow_http = settings.s3.allow_http || env_flag("AWS_ALLOW_HTTP");
+            // Control calls must fail within seconds when storage is down (503 to the
+            // client, the row rolled back), not hang for minutes.
+            let control = ClientOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(settings.request_timeout)
+                .with_allow_http(allow_http);
+            let s3 = build_s3(bucket, settings, control)?;
+            let reads =
+                streaming::read_client(CONNECT_TIMEOUT, settings.read_idle_timeout, allow_http);
+            let reads = build_s3(bucket, settings, reads)?;
             let uploads = s3_uploads::S3Uploads::new(&s3, bucket, settings)?;
             Ok(Self {
                 store: Arc::new(s3),
+                reads: Arc::new(reads),
+                read_idle_timeout: settings.read_idle_timeout,
                 prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
                 s3: Some(Arc::new(uploads)),
                 description: format!("s3://{bucket}/{prefix}"),
@@ -135,7 +154,13 @@ impl Storage {
             ..GetOptions::default()
         };
         let _timer = self.timer("get");
-        Ok(self.store.get_opts(&self.key(id), options).await?)
+        Ok(self.reads.get_opts(&self.key(id), options).await?)
+    }
+
+    /// The bytes of a `get` as a stream that fails when storage stalls longer than
+    /// `storage.read_idle_timeout` (downloads use this).
+    pub fn stream(&self, result: GetResult) -> BoxStream<'static, Result<Bytes>> {
+        streaming::ReadIdle::new(Self::body(result), self.read_idle_timeout).boxed()
     }
 
     /// The bytes of a `get`, as a stream. Local files are read in large chunks: the
@@ -247,7 +272,14 @@ impl Storage {
     }
 }
 
-fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<AmazonS3> {
+/// Time to open a connection to object storage.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn build_s3(
+    bucket: &str,
+    settings: &StorageSettings,
+    client: ClientOptions,
+) -> anyhow::Result<AmazonS3> {
     let s3 = &settings.s3;
     // AWS_* variables first; the service's own keys override them.
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -263,9 +295,7 @@ fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<AmazonS3
     if let Some(secret) = &s3.secret_access_key {
         builder = builder.with_secret_access_key(secret.expose());
     }
-    let allow_http = s3.allow_http || env_flag("AWS_ALLOW_HTTP");
-    // A request must fail within seconds when storage is down (503 to the client, the row
-    // rolled back), not hang on retries for minutes.
+    // Retries stay within seconds too.
     let retry = RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
@@ -275,10 +305,6 @@ fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<AmazonS3
         max_retries: 3,
         retry_timeout: Duration::from_secs(15),
     };
-    let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(60))
-        .with_allow_http(allow_http);
     Ok(builder
         .with_retry(retry)
         .with_client_options(client)

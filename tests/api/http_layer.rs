@@ -544,3 +544,101 @@ async fn malformed_requests_are_counted_not_logged_as_errors() {
     let counted = process.server.metric("http_protocol_errors_total").await;
     assert!(counted >= 3.0, "{counted} protocol errors counted");
 }
+
+/// Sends a download request and reads the answer's head; the stream is left at the body.
+async fn start_download(stream: &mut TcpStream, id: &str, token: &str) -> (String, usize) {
+    let request =
+        format!("GET /v1/media/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the head"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap();
+    (head, length)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_the_whole_download_past_the_storage_request_timeout() {
+    let process = Process::start(
+        Backend::Production,
+        &[("MEDIA_NODE__STORAGE__REQUEST_TIMEOUT", "2s")],
+    )
+    .await;
+    let data = content(16 * 1024 * 1024, 64);
+    let id = upload_through(&process, data.clone()).await;
+
+    let mut stream = connect_small_window(process.server.port).await;
+    let started = std::time::Instant::now();
+    let (_, length) = start_download(&mut stream, &id, &process.token).await;
+    assert_eq!(length, data.len());
+    // Small bites with pauses: about 1.2 MiB/s, so storage is read for over ten seconds:
+    // longer than the request timeout together with object_store's retries (3 resumed
+    // GETs, within 15 s), which used to hide a whole-request timeout on short downloads.
+    let mut body = Vec::with_capacity(length);
+    let mut bite = vec![0u8; 64 * 1024];
+    while body.len() < length {
+        let n = stream.read(&mut bite).await.unwrap();
+        assert!(n > 0, "cut off after {} of {length} bytes", body.len());
+        body.extend_from_slice(&bite[..n]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    println!("slow download of {length} bytes took {elapsed:?}");
+    assert!(
+        elapsed > Duration::from_secs(10),
+        "the download must outlast the storage request timeout and its retries"
+    );
+    assert_eq!(sha256_hex(&body), sha256_hex(&data));
+}
+
+crate::on_both_backends!(a_client_that_stops_reading_is_disconnected);
+
+async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
+    let process = Process::start(backend, &[("MEDIA_NODE__SERVER__SEND_TIMEOUT", "2s")]).await;
+    let data = content(16 * 1024 * 1024, 65);
+    let id = upload_through(&process, data.clone()).await;
+
+    let mut stream = connect_small_window(process.server.port).await;
+    let (_, length) = start_download(&mut stream, &id, &process.token).await;
+    // The client stops reading for twice the timeout ...
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // ... then drains what reached it: the server has dropped the connection meanwhile.
+    let mut received = 0usize;
+    let mut bite = vec![0u8; 256 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut bite).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    println!("a stalled reader got {received} of {length} bytes");
+    assert!(ended.is_ok(), "the connection is still open");
+    assert!(
+        received < length,
+        "the whole body was still sent after the client stalled"
+    );
+    // The service is fine afterwards.
+    let ready = reqwest::get(process.server.admin_url("/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
