@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod ops;
+pub mod public_server;
 pub mod reaper;
 pub mod request_id;
 pub mod response_body;

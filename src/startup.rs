@@ -11,13 +11,12 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::error::ApiError;
 use crate::ingest::{Cleanups, Ingest};
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::ops::OpsState;
 use crate::reaper::Reaper;
-use crate::routes::{self, AppState};
+use crate::routes::AppState;
 use crate::settings::{redact_url, Settings};
 use crate::storage::Storage;
 
@@ -102,7 +101,6 @@ impl Application {
         let port = public.local_addr()?.port();
         let admin_port = admin.local_addr()?.port();
 
-        let shutdown_secs = settings.server.shutdown_timeout.as_secs();
         let workers = settings
             .server
             .workers
@@ -113,30 +111,18 @@ impl Application {
             workers,
             settings.database.max_connections,
         );
-        let api_state = state.clone();
-        let send_timeout = settings.server.send_timeout;
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(api_state.clone())
-                .app_data(
-                    web::PathConfig::default()
-                        .error_handler(|_, _| ApiError::media_not_found().into()),
-                )
-                .wrap(middleware::from_fn(crate::telemetry::middleware))
-                .configure(routes::configure)
-                .default_service(web::to(routes::not_found))
-        })
-        .shutdown_timeout(shutdown_secs)
-        .on_connect(move |connection, _| crate::connections::on_connect(connection, send_timeout))
-        .workers(workers)
-        .max_connections(cap.per_worker)
-        .client_request_timeout(settings.server.request_header_timeout)
-        .keep_alive(settings.server.keep_alive)
-        // Small answers (errors, short files) go out at once instead of waiting for the
-        // client's delayed ACK.
-        .tcp_nodelay(true)
-        .disable_signals();
-        let server = server.listen(public)?.run();
+        let server = crate::public_server::start(
+            public,
+            crate::public_server::Options {
+                workers,
+                max_connections_per_worker: cap.per_worker,
+                shutdown_timeout: settings.server.shutdown_timeout,
+                request_header_timeout: settings.server.request_header_timeout,
+                keep_alive: settings.server.keep_alive,
+                send_timeout: settings.server.send_timeout,
+            },
+            state.clone(),
+        )?;
 
         let admin = HttpServer::new(move || {
             App::new()

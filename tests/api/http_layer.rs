@@ -642,3 +642,73 @@ async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// Sends an upload head with `Expect: 100-continue` and returns the first answer's status
+/// line and head, without sending any of the body.
+async fn expect_continue(port: u16, token: Option<&str>, length: u64) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nX-Gr-File-Extension: bin\r\n\
+         Content-Length: {length}\r\nExpect: 100-continue\r\nX-Request-Id: expect-1\r\n"
+    );
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("no answer to the head")
+            .unwrap();
+        assert_eq!(n, 1, "closed without an answer: {answer:?}");
+        answer.push(byte[0]);
+    }
+    (stream, String::from_utf8(answer).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_refused_before_the_body_when_the_upload_would_be() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let port = app.port();
+    let token = app.token("acct");
+
+    // No token: 401 at once, no 100 Continue.
+    let (mut stream, head) = expect_continue(port, None, 10).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: expect-1"),
+        "{head}"
+    );
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["errors"][0]["code"], 1005);
+
+    // Over the limit: 413 at once.
+    let (_, head) = expect_continue(port, Some(&token), helpers::MAX_UPLOAD + 1).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // A read-only token: 403.
+    let reader = app.token_with_scope("acct", "media:read");
+    let (_, head) = expect_continue(port, Some(&reader), 10).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
+    // A good upload continues and is stored.
+    let (mut stream, head) = expect_continue(port, Some(&token), 10).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream.write_all(b"0123456789").await.unwrap();
+    let (status, head, _) = read_answer(&mut stream).await;
+    assert_eq!(status, 201, "{head}");
+    assert_eq!(app.row_count().await, 1);
+}
