@@ -49,6 +49,8 @@ pub fn start(
     let server = builder
         .workers(options.workers)
         .max_concurrent_connections(options.max_connections_per_worker)
+        // HttpServer's default.
+        .backlog(1024)
         .shutdown_timeout(options.shutdown_timeout.as_secs())
         .disable_signals()
         .listen("media-node-public", listener, move || {
