@@ -31,6 +31,10 @@ pub enum ApiError {
     /// 400, code 1009: the body ended early or broke (the client went away).
     #[error("the request body could not be read: {0}")]
     BodyIncomplete(String),
+    /// 408, code 1009: the body stalled longer than the idle timeout or came in slower
+    /// than the minimum rate.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// 401: no usable token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -89,6 +93,7 @@ impl ApiError {
             ApiError::MissingParameter(_) => (1008, "Required parameter is missing"),
             ApiError::InvalidParameter(_)
             | ApiError::BodyIncomplete(_)
+            | ApiError::BodyTimeout(_)
             | ApiError::PayloadTooLarge { .. }
             | ApiError::RangeNotSatisfiable { .. } => (1009, "Parameter value is not valid"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
@@ -117,7 +122,7 @@ impl ApiError {
         match self {
             ApiError::MissingParameter(_) | ApiError::InvalidParameter(_) => "rejected",
             ApiError::PayloadTooLarge { .. } => "too_large",
-            ApiError::BodyIncomplete(_) => "aborted",
+            ApiError::BodyIncomplete(_) | ApiError::BodyTimeout(_) => "aborted",
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "denied",
             ApiError::Unavailable(_) | ApiError::ShuttingDown => "unavailable",
             _ => "failed",
@@ -137,6 +142,7 @@ impl ResponseError for ApiError {
             ApiError::MissingParameter(_)
             | ApiError::InvalidParameter(_)
             | ApiError::BodyIncomplete(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -190,7 +196,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
             }
-            ApiError::PayloadTooLarge { .. } => {
+            ApiError::PayloadTooLarge { .. } | ApiError::BodyTimeout(_) => {
                 // The rest of the body is not read; the connection cannot be reused.
                 response.insert_header((header::CONNECTION, "close"));
             }

@@ -4,8 +4,8 @@
 //! first, the row last. If storage cannot be cleaned (it is down), the `uploading` row stays
 //! behind on purpose, so the reaper finds the key and finishes the job later.
 //!
-//! Memory per upload is bounded by the part size: one part being filled plus at most
-//! `MAX_PARTS_IN_FLIGHT` being sent.
+//! Memory per upload is bounded by the part size, in bytes whatever the client's chunking:
+//! one part-sized buffer being filled plus at most `MAX_PARTS_IN_FLIGHT` parts being sent.
 //!
 //! The same rule holds for multipart uploads: on S3 the row says a multipart upload is
 //! being created before it is, and then names it, so every multipart upload is found
@@ -19,6 +19,7 @@ use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
+use crate::body::PartBuffer;
 use crate::domain::{AccountId, FileExtension, MediaId};
 use crate::error::ApiError;
 use crate::metadata::{Metadata, NewMedia};
@@ -41,6 +42,8 @@ pub struct Ingest {
     pub stale_upload_after: std::time::Duration,
     pub metrics: MediaMetrics,
     pub cleanups: Cleanups,
+    /// How slow a body may be before the upload is answered 408 and rolled back.
+    pub body_limits: crate::body::BodyLimits,
 }
 
 /// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker
@@ -328,8 +331,9 @@ impl Session {
         let key = self.ingest.storage.key(self.id);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        let mut pending: Vec<Bytes> = Vec::new();
-        let mut pending_len = 0usize;
+        // One part-sized buffer the body is copied into: memory is bounded by bytes, whatever
+        // the client's chunking (a body of 1-byte chunks must not keep a million `Bytes`).
+        let mut pending = PartBuffer::new(part_size);
 
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Into::into)?;
@@ -338,18 +342,15 @@ impl Session {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
             hasher.update(&chunk);
-            pending_len += chunk.len();
-            pending.push(chunk);
-            if pending_len >= part_size {
-                let part = std::mem::take(&mut pending);
-                pending_len = 0;
+            let mut rest = &chunk[..];
+            while let Some(part) = pending.fill(&mut rest) {
                 if self.multipart.is_none() {
                     // From here a multipart upload may exist, even if starting it fails.
                     self.multipart_begun = true;
                     self.multipart = Some(Multipart::start(&self.ingest, self.id).await?);
                 }
                 if let Some(multipart) = self.multipart.as_mut() {
-                    multipart.send(PutPayload::from_iter(part)).await?;
+                    multipart.send(PutPayload::from(part)).await?;
                 }
             }
         }
@@ -364,8 +365,9 @@ impl Session {
         self.object_written = true;
         match self.multipart.as_mut() {
             Some(multipart) => {
-                if !pending.is_empty() {
-                    multipart.send(PutPayload::from_iter(pending)).await?;
+                let last = pending.take();
+                if !last.is_empty() {
+                    multipart.send(PutPayload::from(last)).await?;
                 }
                 multipart.finish().await?;
             }
@@ -374,7 +376,7 @@ impl Session {
                 let _timer = storage.timer("put");
                 storage
                     .store()
-                    .put(&key, PutPayload::from_iter(pending))
+                    .put(&key, PutPayload::from(pending.take()))
                     .await
                     .map_err(StorageError::from)?;
             }

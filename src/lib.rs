@@ -7,14 +7,18 @@
 //! HTTP servers from `settings`.
 
 pub mod auth;
+pub mod body;
+pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod metadata;
 pub mod metrics;
 pub mod ops;
+pub mod public_server;
 pub mod reaper;
 pub mod request_id;
+pub mod response_body;
 pub mod routes;
 pub mod settings;
 pub mod startup;

@@ -271,6 +271,7 @@ impl Metrics {
         let http = HttpMetrics::new();
         registry.register(Box::new(http.requests.clone()))?;
         registry.register(Box::new(http.duration.clone()))?;
+        registry.register(Box::new(crate::telemetry::protocol_errors()))?;
         let media = MediaMetrics::new();
         registry.register(Box::new(media.uploads.clone()))?;
         registry.register(Box::new(media.upload_bytes.clone()))?;

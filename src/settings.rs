@@ -60,6 +60,19 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// HTTP worker threads; unset means one per CPU core.
     pub workers: Option<usize>,
+    /// Time a client has to send a request's head once connected.
+    #[serde(with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+    /// How long an idle connection is kept open between requests.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Open connections of the public listener, for the whole replica; unset means as many
+    /// as the file descriptor limit allows after a reserve for everything else.
+    pub max_connections: Option<usize>,
+    /// A connection whose client accepts no bytes of the answer for this long is closed
+    /// (TCP_USER_TIMEOUT on Linux: unacknowledged data or a closed receive window).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +152,13 @@ pub fn redact_url(raw: &str) -> String {
 pub struct StorageSettings {
     pub url: String,
     pub part_size_bytes: usize,
+    /// Whole-request limit of control calls to object storage (put, part, complete,
+    /// delete, head); streamed reads have none.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A streamed read from object storage that delivers nothing for this long fails.
+    #[serde(with = "humantime_serde")]
+    pub read_idle_timeout: Duration,
     pub s3: S3Settings,
 }
 
@@ -183,6 +203,13 @@ pub struct MediaSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitSettings {
     pub max_upload_bytes: u64,
+    /// Longest wait for the next bytes of an upload's body before it is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Lowest average body rate after the grace period (0 turns it off).
+    pub min_body_rate_bytes_per_sec: u64,
+    #[serde(with = "humantime_serde")]
+    pub min_body_rate_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +289,26 @@ impl Settings {
         anyhow::ensure!(
             self.limits.max_upload_bytes > 0,
             "limits.max_upload_bytes must be positive"
+        );
+        anyhow::ensure!(
+            !self.limits.body_idle_timeout.is_zero(),
+            "limits.body_idle_timeout must be positive"
+        );
+        anyhow::ensure!(
+            !self.server.request_header_timeout.is_zero(),
+            "server.request_header_timeout must be positive"
+        );
+        anyhow::ensure!(
+            !self.storage.request_timeout.is_zero() && !self.storage.read_idle_timeout.is_zero(),
+            "storage.request_timeout and storage.read_idle_timeout must be positive"
+        );
+        anyhow::ensure!(
+            !self.server.send_timeout.is_zero(),
+            "server.send_timeout must be positive"
+        );
+        anyhow::ensure!(
+            self.server.max_connections != Some(0),
+            "server.max_connections must be positive"
         );
         anyhow::ensure!(
             self.storage.part_size_bytes >= 5 * 1024 * 1024,

@@ -20,7 +20,7 @@ use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::ops::OpsState;
 use crate::reaper::Reaper;
-use crate::routes::{self, AppState};
+use crate::routes::AppState;
 use crate::settings::{redact_url, Settings};
 use crate::storage::Storage;
 
@@ -113,6 +113,11 @@ impl Application {
             cleanups: Cleanups::on_current_runtime(
                 (settings.database.max_connections / 4).max(1) as usize
             ),
+            body_limits: crate::body::BodyLimits {
+                idle_timeout: settings.limits.body_idle_timeout,
+                min_rate_bytes_per_sec: settings.limits.min_body_rate_bytes_per_sec,
+                min_rate_grace: settings.limits.min_body_rate_grace,
+            },
         };
         let (stop_plan, stop_signal) = watch::channel(None);
         let state = web::Data::new(AppState {
@@ -153,34 +158,36 @@ impl Application {
             settings.server.drain_delay,
             settings.server.shutdown_timeout,
         );
-        // actix counts whole seconds; the upload bodies are cut at the exact instant
-        // (`routes::upload`), and the whole stop is bounded by `run_until_stopped`.
-        let shutdown_secs = stop.requests.as_secs_f64().ceil() as u64;
-        let api_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(api_state.clone())
-                .app_data(
-                    web::PathConfig::default()
-                        .error_handler(|_, _| ApiError::media_not_found().into()),
-                )
-                .wrap(middleware::from_fn(crate::telemetry::middleware))
-                .configure(routes::configure)
-                .default_service(web::to(routes::not_found))
-        })
-        .shutdown_timeout(shutdown_secs)
-        // Small answers (errors, short files) go out at once instead of waiting for the
-        // client's delayed ACK.
-        .tcp_nodelay(true)
-        .disable_signals();
-        if let Some(workers) = settings.server.workers {
-            server = server.workers(workers);
-        }
-        let server = server.listen(public)?.run();
+        let workers = settings
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cap = crate::connections::cap(
+            settings.server.max_connections,
+            crate::connections::raise_fd_limit(),
+            workers,
+            settings.database.max_connections,
+        );
+        let server = crate::public_server::start(
+            public,
+            crate::public_server::Options {
+                workers,
+                max_connections_per_worker: cap.per_worker,
+                // actix counts whole seconds (rounded up); upload bodies are cut at the
+                // exact instant (`cut_off_at_stop`), and `run_until_stopped` bounds the
+                // whole stop.
+                shutdown_timeout: stop.requests,
+                request_header_timeout: settings.server.request_header_timeout,
+                keep_alive: settings.server.keep_alive,
+                send_timeout: settings.server.send_timeout,
+            },
+            state.clone(),
+        )?;
 
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(ops.clone())
+                .wrap(middleware::from_fn(crate::telemetry::request_id_only))
                 .configure(crate::ops::configure)
         })
         .workers(1)
@@ -196,6 +203,8 @@ impl Application {
             admin_port,
             database = metadata.backend_name(),
             storage = storage.describe(),
+            max_connections = cap.total,
+            fd_limit = cap.fd_limit,
             "media-node listening"
         );
         Ok(Self {

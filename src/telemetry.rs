@@ -4,55 +4,104 @@
 
 use std::time::Instant;
 
-use actix_web::body::{BodySize, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderValue, CONTENT_LENGTH};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage};
 use tracing::Instrument;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::layer::{self, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Registry};
 
 use crate::request_id::{self, RequestId};
+use crate::response_body::{Finish, ObservedBody};
 use crate::routes::AppState;
 use crate::settings::{LogFormat, LogSettings};
+
+/// Errors that actix-http raises and logs itself, below the application: malformed
+/// requests (bad `Content-Length`, `Content-Length` with `Transfer-Encoding`, a bad chunk
+/// size), heads too large (431), header timeouts (408), broken connections. Any client can
+/// cause them, so they are not logged (see `DEFAULT_DIRECTIVES`) but counted.
+const PROTOCOL_TARGET: &str = "actix_http::h1";
+
+/// Directives added to the configured level unless `RUST_LOG` says otherwise: actix-http
+/// logs client mistakes at ERROR, which would let any client fill the log.
+const DEFAULT_DIRECTIVES: &str = "actix_http::h1=off";
+
+static PROTOCOL_ERRORS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+
+/// `http_protocol_errors_total`: the process-wide count of what actix-http logged as an
+/// error (see `PROTOCOL_TARGET`).
+pub fn protocol_errors() -> prometheus::IntCounter {
+    PROTOCOL_ERRORS
+        .get_or_init(|| {
+            prometheus::IntCounter::new(
+                "http_protocol_errors_total",
+                "Connections the HTTP layer ended with an error before or outside the API \
+                 (malformed requests, header timeouts, oversized heads, broken streams)",
+            )
+            .expect("valid metric")
+        })
+        .clone()
+}
+
+/// Counts actix-http's error events, whatever the log filter lets through.
+struct CountProtocolErrors;
+
+impl<S: tracing::Subscriber> Layer<S> for CountProtocolErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::ERROR && meta.target().starts_with(PROTOCOL_TARGET) {
+            protocol_errors().inc();
+        }
+    }
+}
 
 /// Installs the global subscriber. `to_stderr` keeps stdout clean for subcommands whose
 /// output is data (such as `token`).
 pub fn init(settings: &LogSettings, to_stderr: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(settings.level.as_str()));
-    let builder = fmt().with_env_filter(filter);
-    let result = match (settings.format, to_stderr) {
-        (LogFormat::Json, false) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-        (LogFormat::Json, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
-        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).try_init(),
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},{DEFAULT_DIRECTIVES}", settings.level)));
+    let writer = move || -> Box<dyn std::io::Write> {
+        if to_stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        }
     };
+    let output: Box<dyn Layer<Registry> + Send + Sync> = match settings.format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+    };
+    let result = tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(CountProtocolErrors)
+        .try_init();
     // A second init (tests start many applications in one process) keeps the first.
     let _ = result;
 }
 
 /// Middleware: assigns the request id, runs the request inside a span that carries it,
-/// counts and times it by route template, and writes one log line when it is answered.
-/// Headers (and so tokens) are never logged.
+/// counts and times it by route template, and writes one log line when the response body
+/// has been sent (or cut off). Headers (and so tokens) are never logged. The request's body
+/// is held until the answer is sent, so an answer to an unread body closes the connection
+/// (see `body::hold_payload`).
 pub async fn middleware(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let id = RequestId::from_header(req.headers().get_all(&request_id::HEADER));
     req.extensions_mut().insert(id.clone());
-    let method = req.method().clone();
+    let method = method_label(req.method());
+    let method_shown = bounded_method(req.method());
     // The template (`/v1/media/{id}`), never the raw path: ids must not become labels.
     let route = req
         .match_pattern()
@@ -65,36 +114,87 @@ pub async fn middleware(
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.http.clone());
-    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
-    let started = Instant::now();
+    let payload = crate::body::hold_payload(&mut req);
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %method_shown, route = %route);
+    // Logs on drop: if this future is dropped before an answer, the line says so.
+    let mut finish = Finish::new(span.clone(), Instant::now());
+    finish.request_bytes = request_bytes;
 
-    let mut response =
-        request_id::scope(id.clone(), next.call(req).instrument(span.clone())).await?;
+    let mut response = request_id::scope(id.clone(), next.call(req).instrument(span)).await?;
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
     let status = response.status().as_u16();
-    let elapsed = started.elapsed();
+    finish.status = Some(status);
     if let Some(http) = metrics {
         http.requests
-            .with_label_values(&[method.as_str(), &route, &status.to_string()])
+            .with_label_values(&[method, &route, &status.to_string()])
             .inc();
-        http.duration
-            .with_label_values(&[method.as_str(), &route])
-            .observe(elapsed.as_secs_f64());
+        finish.duration = Some(http.duration.with_label_values(&[method, &route]));
     }
-    let response_bytes = match response.response().body().size() {
-        BodySize::Sized(n) => Some(n),
-        _ => None,
-    };
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            request_bytes,
-            response_bytes,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request finished"
-        )
-    });
+    Ok(response.map_body(|_, body| ObservedBody::new(body, finish, payload)))
+}
+
+/// Middleware of the admin listener: every answer carries `X-Request-Id` too, without a
+/// log line per probe or scrape.
+pub async fn request_id_only(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
+    let mut response = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
     Ok(response)
+}
+
+/// The `method` label: the methods of HTTP itself (RFC 9110, PATCH) as they are, any other
+/// token a client made up as `OTHER`, so no client can add label values.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// Longest method name written to the log as it is; longer ones are cut.
+const LOGGED_METHOD_MAX: usize = 24;
+
+/// The method for the log: at most `LOGGED_METHOD_MAX` bytes (methods are ASCII tokens),
+/// with `...` when cut.
+fn bounded_method(method: &Method) -> String {
+    let raw = method.as_str();
+    match raw.get(..LOGGED_METHOD_MAX) {
+        Some(head) if raw.len() > LOGGED_METHOD_MAX => format!("{head}..."),
+        _ => raw.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label_and_are_cut_in_the_log() {
+        let long = Method::from_bytes("X".repeat(5000).as_bytes()).unwrap();
+        assert_eq!(method_label(&long), "OTHER");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PURGE").unwrap()),
+            "OTHER"
+        );
+        assert_eq!(method_label(&Method::GET), "GET");
+        let shown = bounded_method(&long);
+        assert_eq!(shown.len(), LOGGED_METHOD_MAX + 3);
+        assert_eq!(bounded_method(&Method::DELETE), "DELETE");
+    }
 }

@@ -15,7 +15,6 @@ use crate::auth::{Caller, SCOPE_READ};
 use crate::domain::MediaId;
 use crate::error::ApiError;
 use crate::metadata::MediaRecord;
-use crate::storage::Storage;
 
 pub async fn download(
     req: HttpRequest,
@@ -108,7 +107,9 @@ async fn serve(
     let object = state.storage.get(id, range).await?;
     let media = state.metrics.media.clone();
     media.downloads.inc();
-    let stream = Storage::body(object)
+    let stream = state
+        .storage
+        .stream(object)
         .map_ok(move |chunk| {
             media.download_bytes.inc_by(chunk.len() as u64);
             chunk
@@ -165,7 +166,13 @@ enum Resolved {
 
 /// Resolves a `Range` header value against an object of `size` bytes (RFC 9110 14.1.2).
 fn resolve(spec: &str, size: u64) -> Resolved {
-    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+    // The range unit is case-insensitive (RFC 9110 14.1): `BYTES=0-1` is a byte range.
+    let spec = spec.trim();
+    let Some(set) = spec
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &spec[6..])
+    else {
         return Resolved::Whole;
     };
     let mut ranges = set.split(',').map(str::trim);
@@ -229,6 +236,9 @@ mod tests {
         assert_eq!(resolve("items=0-1", 1000), Resolved::Whole);
         assert_eq!(resolve("bytes=abc", 1000), Resolved::Whole);
         assert_eq!(resolve("bytes=+1-2", 1000), Resolved::Whole);
+        // The unit is case-insensitive (RFC 9110 14.1).
+        assert_eq!(resolve("BYTES=0-1", 1000), Resolved::Part(0..2));
+        assert_eq!(resolve("Bytes=0-1", 1000), Resolved::Part(0..2));
     }
 
     #[test]

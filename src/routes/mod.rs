@@ -3,7 +3,7 @@
 
 mod delete;
 mod download;
-mod upload;
+pub mod upload;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 

@@ -1,11 +1,12 @@
 //! `POST /v1/media`: raw bytes in, an id out.
 
-use actix_web::http::header::{self, HeaderName};
+use actix_web::http::header::{self, HeaderMap, HeaderName};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
 use crate::auth::SCOPE_WRITE;
+use crate::body::BodyGuard;
 use crate::domain::FileExtension;
 use crate::error::{meta, ApiError};
 
@@ -48,20 +49,11 @@ async fn store(
 ) -> Result<HttpResponse, ApiError> {
     let req = req.clone();
     let caller = state.caller(&req, SCOPE_WRITE).await?;
-    let extension = extension(&req)?;
-
+    let extension = extension(req.headers())?;
     // Refuse by the declared length before reading a byte of the body.
-    let limit = state.ingest.max_upload_bytes;
-    match declared_length(&req)? {
-        Some(len) if len > limit => return Err(ApiError::PayloadTooLarge { limit }),
-        Some(0) => {
-            return Err(ApiError::MissingParameter(
-                "the request body is empty: send the file's bytes".to_owned(),
-            ))
-        }
-        _ => {}
-    }
+    declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?;
 
+    let body = BodyGuard::new(body, state.ingest.body_limits);
     let body = crate::startup::cut_off_at_stop(body, state.stop.clone());
     let stored = state.ingest.upload(caller.account, extension, body).await?;
     let id = stored.id.to_string();
@@ -70,8 +62,25 @@ async fn store(
         .json(json!({ "media": [{ "id": id }], "meta": meta() })))
 }
 
-fn extension(req: &HttpRequest) -> Result<FileExtension, ApiError> {
-    let mut values = req.headers().get_all(EXTENSION_HEADER);
+/// The checks of an upload's headers that come after the token: the extension and the
+/// declared length. `Expect: 100-continue` runs them too, before the body is sent.
+pub fn check_headers(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    extension(headers)?;
+    declared_length_allowed(headers, limit)
+}
+
+fn declared_length_allowed(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    match declared_length(headers)? {
+        Some(len) if len > limit => Err(ApiError::PayloadTooLarge { limit }),
+        Some(0) => Err(ApiError::MissingParameter(
+            "the request body is empty: send the file's bytes".to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn extension(headers: &HeaderMap) -> Result<FileExtension, ApiError> {
+    let mut values = headers.get_all(EXTENSION_HEADER);
     let raw = values.next().ok_or_else(|| {
         ApiError::MissingParameter("the X-Gr-File-Extension header is required".to_owned())
     })?;
@@ -86,8 +95,8 @@ fn extension(req: &HttpRequest) -> Result<FileExtension, ApiError> {
     FileExtension::parse(raw).map_err(|msg| ApiError::InvalidParameter(msg.to_owned()))
 }
 
-fn declared_length(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
-    match req.headers().get(header::CONTENT_LENGTH) {
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(value) => value
             .to_str()

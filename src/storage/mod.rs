@@ -4,6 +4,7 @@
 //! Keys are `<prefix>/<media id>`: nothing the client sends ever reaches a key.
 
 mod s3_uploads;
+mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,9 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The store for streamed GETs (S3: a client with no whole-request deadline).
+    reads: Arc<dyn ObjectStore>,
+    read_idle_timeout: Duration,
     prefix: Option<Path>,
     kind: Kind,
     description: String,
@@ -156,8 +160,11 @@ impl Storage {
                 .with_context(|| format!("opening {dir}"))?
                 .with_automatic_cleanup(true);
             let root = std::fs::canonicalize(dir).with_context(|| format!("opening {dir}"))?;
+            let store: Arc<dyn ObjectStore> = Arc::new(store);
             Ok(Self {
-                store: Arc::new(store),
+                reads: store.clone(),
+                read_idle_timeout: settings.read_idle_timeout,
+                store,
                 prefix: None,
                 kind: Kind::Local { root },
                 description: format!("file://{dir}"),
@@ -169,11 +176,23 @@ impl Storage {
                 None => (rest, ""),
             };
             anyhow::ensure!(!bucket.is_empty(), "storage.url s3:// needs a bucket");
-            let (s3, client) = build_s3(bucket, settings)?;
-            let lister = s3_uploads::UploadLister::new(&s3, bucket, settings, &client)?;
+            let allow_http = settings.s3.allow_http || env_flag("AWS_ALLOW_HTTP");
+            // Control calls must fail within seconds when storage is down (503 to the
+            // client, the row rolled back), not hang for minutes.
+            let control = ClientOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(settings.request_timeout)
+                .with_allow_http(allow_http);
+            let s3 = build_s3(bucket, settings, control.clone())?;
+            let lister = s3_uploads::UploadLister::new(&s3, bucket, settings, &control)?;
+            let reads =
+                streaming::read_client(CONNECT_TIMEOUT, settings.read_idle_timeout, allow_http);
+            let reads = build_s3(bucket, settings, reads)?;
             let s3 = Arc::new(s3);
             Ok(Self {
                 store: s3.clone(),
+                reads: Arc::new(reads),
+                read_idle_timeout: settings.read_idle_timeout,
                 prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
                 kind: Kind::S3 {
                     store: s3,
@@ -223,7 +242,13 @@ impl Storage {
             ..GetOptions::default()
         };
         let _timer = self.timer("get");
-        Ok(self.store.get_opts(&self.key(id), options).await?)
+        Ok(self.reads.get_opts(&self.key(id), options).await?)
+    }
+
+    /// The bytes of a `get` as a stream that fails when storage stalls longer than
+    /// `storage.read_idle_timeout` (downloads use this).
+    pub fn stream(&self, result: GetResult) -> BoxStream<'static, Result<Bytes>> {
+        streaming::ReadIdle::new(Self::body(result), self.read_idle_timeout).boxed()
     }
 
     /// The bytes of a `get`, as a stream. Local files are read in large chunks: the
@@ -492,8 +517,14 @@ fn local_pending(root: &std::path::Path, path: &std::path::Path) -> PendingUploa
     }
 }
 
-/// The S3 store and the client options it was built with.
-fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<(AmazonS3, ClientOptions)> {
+/// Time to open a connection to object storage.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn build_s3(
+    bucket: &str,
+    settings: &StorageSettings,
+    client: ClientOptions,
+) -> anyhow::Result<AmazonS3> {
     let s3 = &settings.s3;
     // AWS_* variables first; the service's own keys override them.
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -509,9 +540,7 @@ fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<(AmazonS
     if let Some(secret) = &s3.secret_access_key {
         builder = builder.with_secret_access_key(secret.expose());
     }
-    let allow_http = s3.allow_http || env_flag("AWS_ALLOW_HTTP");
-    // A request must fail within seconds when storage is down (503 to the client, the row
-    // rolled back), not hang on retries for minutes.
+    // Retries stay within seconds too.
     let retry = RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
@@ -521,15 +550,10 @@ fn build_s3(bucket: &str, settings: &StorageSettings) -> anyhow::Result<(AmazonS
         max_retries: 3,
         retry_timeout: Duration::from_secs(15),
     };
-    let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(60))
-        .with_allow_http(allow_http);
-    let store = builder
+    Ok(builder
         .with_retry(retry)
-        .with_client_options(client.clone())
-        .build()?;
-    Ok((store, client))
+        .with_client_options(client)
+        .build()?)
 }
 
 fn env_flag(name: &str) -> bool {

@@ -6,5 +6,6 @@ mod auth;
 mod delete;
 mod download;
 mod errors;
+mod http_layer;
 mod ops;
 mod upload;

@@ -1,0 +1,289 @@
+//! Request bodies as the upload reads them: copied into part-sized buffers (memory bounded
+//! by bytes, whatever the chunking), and guarded against clients that stall or trickle.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::dev::{Payload, ServiceRequest};
+use actix_web::error::PayloadError;
+use actix_web::HttpMessage;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ApiError;
+
+/// The part being filled: bytes are copied in until it holds `part_size`, then handed out
+/// whole. It grows by doubling up to `part_size`, so a small upload allocates little.
+pub struct PartBuffer {
+    buffer: BytesMut,
+    part_size: usize,
+}
+
+impl PartBuffer {
+    pub fn new(part_size: usize) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            part_size,
+        }
+    }
+
+    /// Copies from the front of `rest` until the part is full; then returns the full part
+    /// (and `rest` keeps what did not fit).
+    pub fn fill(&mut self, rest: &mut &[u8]) -> Option<Bytes> {
+        let room = self.part_size - self.buffer.len();
+        let take = room.min(rest.len());
+        let wanted = self.buffer.len() + take;
+        if wanted > self.buffer.capacity() {
+            // Grown by hand: `reserve` may round up past the part size.
+            let target = (self.buffer.capacity() * 2)
+                .max(wanted)
+                .max(64 * 1024)
+                .min(self.part_size);
+            let mut bigger = BytesMut::with_capacity(target);
+            bigger.extend_from_slice(&self.buffer);
+            self.buffer = bigger;
+        }
+        self.buffer.extend_from_slice(&rest[..take]);
+        *rest = &rest[take..];
+        (self.buffer.len() == self.part_size).then(|| self.take())
+    }
+
+    /// What the buffer holds, leaving it empty.
+    pub fn take(&mut self) -> Bytes {
+        std::mem::take(&mut self.buffer).freeze()
+    }
+}
+
+/// How slow a request body may be.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Longest wait for the next bytes of the body.
+    pub idle_timeout: Duration,
+    /// Lowest average rate, in bytes a second of time spent waiting for the client; 0 turns
+    /// the check off.
+    pub min_rate_bytes_per_sec: u64,
+    /// Waiting time granted before the rate is checked (a slow start, a mobile radio waking).
+    pub min_rate_grace: Duration,
+}
+
+/// A request body that ends with `ApiError::BodyTimeout` when the client stalls longer than
+/// the idle timeout or falls below the minimum rate. Only time spent waiting for the client
+/// counts: while the upload is busy with storage the body is not read, and that is not the
+/// client's fault.
+pub struct BodyGuard<S> {
+    inner: S,
+    limits: BodyLimits,
+    received: u64,
+    /// Time spent waiting for the client in completed waits.
+    waited: Duration,
+    /// When the current wait started, and why it will end if nothing arrives.
+    waiting: Option<(Instant, &'static str)>,
+    timer: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+impl<S> BodyGuard<S> {
+    pub fn new(inner: S, limits: BodyLimits) -> Self {
+        Self {
+            inner,
+            limits,
+            received: 0,
+            waited: Duration::ZERO,
+            waiting: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            ended: false,
+        }
+    }
+
+    /// How long the next wait may last, and the answer's explanation when it runs out.
+    fn allowed_wait(&self) -> (Duration, &'static str) {
+        let idle = (
+            self.limits.idle_timeout,
+            "no bytes of the body arrived within the idle timeout",
+        );
+        if self.limits.min_rate_bytes_per_sec == 0 {
+            return idle;
+        }
+        // The client has earned the grace period plus the time its bytes are worth at the
+        // minimum rate; what it already waited is spent.
+        let earned = self.limits.min_rate_grace
+            + Duration::from_secs_f64(
+                self.received as f64 / self.limits.min_rate_bytes_per_sec as f64,
+            );
+        let left = earned.saturating_sub(self.waited);
+        if left < idle.0 {
+            (left, "the body arrived slower than the minimum rate")
+        } else {
+            idle
+        }
+    }
+}
+
+impl<S, E> Stream for BodyGuard<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<ApiError>,
+{
+    type Item = Result<Bytes, ApiError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.waiting.is_none() {
+            let (allowed, reason) = this.allowed_wait();
+            let now = Instant::now();
+            this.waiting = Some((now, reason));
+            this.timer.as_mut().reset(now + allowed);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some((since, _)) = this.waiting.take() {
+                    this.waited += since.elapsed();
+                }
+                this.received += chunk.len() as u64;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.ended = true;
+                    let reason = this.waiting.map_or("the body stalled", |(_, r)| r);
+                    Poll::Ready(Some(Err(ApiError::BodyTimeout(reason.to_owned()))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// The request's payload, held by the response until it is sent. actix-http closes the
+/// connection after an answer whose request body is unread and still held; a payload the
+/// handler dropped it would instead drain for as long as the client keeps sending (a
+/// chunked body has no end in sight), holding the connection. So every answer to a request
+/// whose body was not read to the end closes its connection, after a short linger.
+pub struct HeldPayload(#[allow(dead_code)] Rc<RefCell<Payload>>);
+
+/// The handler's view of a held payload.
+struct SharedPayload(Rc<RefCell<Payload>>);
+
+impl Stream for SharedPayload {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_next(cx)
+    }
+}
+
+/// Takes the request's payload (if it has one) and gives the handler a view of it; the
+/// returned hold keeps it alive for the response.
+pub fn hold_payload(req: &mut ServiceRequest) -> Option<HeldPayload> {
+    let payload = req.take_payload();
+    if matches!(payload, Payload::None) {
+        return None;
+    }
+    let shared = Rc::new(RefCell::new(payload));
+    req.set_payload(Payload::Stream {
+        payload: Box::pin(SharedPayload(shared.clone())),
+    });
+    Some(HeldPayload(shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[test]
+    fn parts_are_whole_whatever_the_chunking() {
+        let mut buffer = PartBuffer::new(10);
+        let mut parts = Vec::new();
+        for chunk in [&b"abc"[..], b"defghijklmnop", b"q", b"rstuvwxyz0123"] {
+            let mut rest = chunk;
+            while let Some(part) = buffer.fill(&mut rest) {
+                parts.push(part);
+            }
+            assert!(rest.is_empty());
+        }
+        assert_eq!(
+            parts,
+            vec![&b"abcdefghij"[..], b"klmnopqrst", b"uvwxyz0123"]
+        );
+        assert!(buffer.take().is_empty());
+    }
+
+    fn limits(idle_ms: u64, rate: u64, grace_ms: u64) -> BodyLimits {
+        BodyLimits {
+            idle_timeout: Duration::from_millis(idle_ms),
+            min_rate_bytes_per_sec: rate,
+            min_rate_grace: Duration::from_millis(grace_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out() {
+        let body = futures_util::stream::iter([Ok::<_, ApiError>(Bytes::from_static(b"x"))])
+            .chain(futures_util::stream::pending());
+        let mut guarded = BodyGuard::new(Box::pin(body), limits(200, 0, 0));
+        assert!(guarded.next().await.unwrap().is_ok());
+        let started = Instant::now();
+        let err = guarded.next().await.unwrap().unwrap_err();
+        assert!(matches!(err, ApiError::BodyTimeout(_)), "{err:?}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        assert!(guarded.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_trickle_below_the_rate_times_out_after_the_grace() {
+        // One byte every 10 ms is 100 bytes a second, under the 1000 required.
+        let body = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((Ok::<_, ApiError>(Bytes::from_static(b"x")), ()))
+        });
+        let mut guarded = BodyGuard::new(Box::pin(body), limits(30_000, 1000, 300));
+        let started = Instant::now();
+        let mut received = 0;
+        let err = loop {
+            match guarded.next().await.unwrap() {
+                Ok(chunk) => received += chunk.len(),
+                Err(err) => break err,
+            }
+        };
+        assert!(matches!(err, ApiError::BodyTimeout(_)), "{err:?}");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(300),
+            "{elapsed:?} {received}"
+        );
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?} {received}");
+    }
+
+    #[tokio::test]
+    async fn time_the_upload_spends_elsewhere_is_not_the_clients() {
+        let body = futures_util::stream::iter([
+            Ok::<_, ApiError>(Bytes::from_static(b"x")),
+            Ok(Bytes::from_static(b"y")),
+        ]);
+        let mut guarded = BodyGuard::new(body, limits(100, 0, 0));
+        assert!(guarded.next().await.unwrap().is_ok());
+        // Storage is slow: the body is not read for longer than the idle timeout.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(&guarded.next().await.unwrap().unwrap()[..], b"y");
+        assert!(guarded.next().await.is_none());
+    }
+}
