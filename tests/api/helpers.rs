@@ -355,6 +355,88 @@ impl TestApp {
     }
 }
 
+/// An answer read from the raw socket by `TestApp::raw_request`.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The header fields as sent, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Every byte the server sent after the blank line that ends the header block.
+    pub after_head: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The value of the one field `name` (lower case); panics when it is repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name);
+        let value = values.next().map(|(_, v)| v.as_str());
+        assert!(values.next().is_none(), "{name} repeated: {self:?}");
+        value
+    }
+}
+
+impl TestApp {
+    /// `method path` on a fresh connection with `Connection: close`, reading everything the
+    /// server writes until it closes the connection. For checks that an answer has no body,
+    /// which an HTTP client cannot make: it reads only what the framing announces, and
+    /// nothing of a HEAD or 304 answer.
+    pub async fn raw_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> RawResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port()))
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        assert!(
+            matches!(closed, Ok(Ok(_))),
+            "the server did not close the connection after its answer ({closed:?}): {text:?}"
+        );
+        let end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete header block: {text:?}"));
+        let block = String::from_utf8(answer[..end].to_vec()).unwrap();
+        let mut lines = block.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers = lines
+            .map(|line| {
+                let (name, value) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header line {line:?}"));
+                (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        RawResponse {
+            status,
+            headers,
+            after_head: answer[end + 4..].to_vec(),
+        }
+    }
+}
+
 /// Deterministic, non-repeating test content.
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
     let mut state = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
