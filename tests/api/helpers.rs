@@ -293,8 +293,14 @@ impl TestApp {
         self.state.metadata.count().await.unwrap()
     }
 
+    /// Every object. On local disk, every file under the storage root, read from the
+    /// directory itself: the store's listing skips the `<id>#n` staging files of unfinished
+    /// multipart uploads, and hidden files, which are leftovers all the same.
     pub async fn object_keys(&self) -> Vec<String> {
-        self.state.storage.object_keys().await.unwrap()
+        match self.settings.storage.url.strip_prefix("file://") {
+            Some(root) => files_under(std::path::Path::new(root)),
+            None => self.state.storage.object_keys().await.unwrap(),
+        }
     }
 
     pub async fn pending_multipart_uploads(&self) -> usize {
@@ -435,6 +441,40 @@ impl TestApp {
             after_head: answer[end + 4..].to_vec(),
         }
     }
+}
+
+/// Every file under `root` (any kind but a directory, hidden ones included), as sorted
+/// paths relative to it with `/` between components. A root that does not exist is empty.
+pub fn files_under(root: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => panic!("reading {}: {err}", dir.display()),
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            // A directory may vanish between listing and looking (clean-ups run meanwhile).
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => dirs.push(path),
+                Ok(_) => {
+                    let relative = path.strip_prefix(root).unwrap();
+                    let parts: Vec<_> = relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    files.push(parts.join("/"));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => panic!("reading {}: {err}", path.display()),
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// Deterministic, non-repeating test content.
