@@ -361,41 +361,34 @@ async fn database_errors_are_counted_and_survived() {
     assert_eq!(app.object_keys().await.len(), 3, "storage untouched");
 }
 
-/// At a million rows, mostly not yet expired, the claim finds its batch through the
-/// `expires_at` index instead of reading the table.
+/// At a million rows, mostly not yet expired and a few uploads in progress or crashed, both
+/// claims the reaper runs find their batch through an index instead of reading the table:
+/// the plans are those of the production statements (`Metadata::explain_claim`), with the
+/// same parameters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claim_query_uses_the_expiry_index_at_a_million_rows() {
+async fn both_claims_use_an_index_at_a_million_rows() {
     let services = helpers::Services::from_env();
     let database = helpers::create_database(&services).await;
     let metadata = media_node::metadata::Metadata::connect(&database, 2).unwrap();
     metadata.migrate().await.unwrap();
     let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    // 1 000 expired; 100 uploads that crashed two hours ago and 100 in progress, whose
+    // heartbeat is recent; the rest ready and live.
     sqlx::query(
         "INSERT INTO media (id, owner, extension, content_type, size_bytes, sha256, status, \
-                            created_at, expires_at) \
-         SELECT gen_random_uuid(), 'acct', 'jpg', 'image/jpeg', 1, '00', 'ready', \
-                now() - interval '1 hour', \
+                            created_at, expires_at, heartbeat_at) \
+         SELECT gen_random_uuid(), 'acct', 'jpg', 'image/jpeg', 1, '00', \
+                CASE WHEN g % 10000 IN (5, 7) THEN 'uploading' ELSE 'ready' END, \
+                now() - CASE WHEN g % 10000 = 5 THEN interval '2 hours' ELSE interval '1 hour' END, \
                 now() + interval '1 hour' + (g % 86400) * interval '1 second' - CASE WHEN g % 1000 = 0 \
-                    THEN interval '3 days' ELSE interval '0' END \
+                    THEN interval '3 days' ELSE interval '0' END, \
+                CASE WHEN g % 10000 = 7 THEN now() - interval '1 minute' END \
          FROM generate_series(1, 1000000) AS g",
     )
     .execute(&pool)
     .await
     .unwrap();
     sqlx::query("ANALYZE media").execute(&pool).await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN SELECT id FROM media \
-         WHERE expires_at <= now() \
-           AND (reap_claimed_until IS NULL OR reap_claimed_until <= now()) \
-         ORDER BY expires_at LIMIT 500 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
-    assert!(plan.contains("media_expires_at_idx"), "{plan}");
-    assert!(!plan.contains("Seq Scan"), "{plan}");
-    // And the real claim takes the 1 000 expired rows in two batches.
     let now = chrono::Utc::now();
     let due = |claim| media_node::metadata::DueQuery {
         now,
@@ -404,19 +397,35 @@ async fn claim_query_uses_the_expiry_index_at_a_million_rows() {
         claim,
         lease_until: now + chrono::Duration::minutes(5),
     };
-    let first = metadata
-        .claim_due(&due(uuid::Uuid::new_v4()))
+    let plans = metadata
+        .explain_claim(&due(uuid::Uuid::new_v4()))
         .await
         .unwrap();
-    let second = metadata
-        .claim_due(&due(uuid::Uuid::new_v4()))
-        .await
-        .unwrap();
-    let third = metadata
-        .claim_due(&due(uuid::Uuid::new_v4()))
-        .await
-        .unwrap();
-    assert_eq!((first.len(), second.len(), third.len()), (500, 500, 0));
+    let [expired, stale] = plans.as_slice() else {
+        panic!("one plan per claim: {plans:?}")
+    };
+    // The index bounds the scan, not merely orders it.
+    assert!(
+        expired.contains("Index Scan using media_expires_at_idx")
+            && expired.contains("Index Cond: (expires_at <="),
+        "{expired}"
+    );
+    assert!(!expired.contains("Seq Scan"), "{expired}");
+    assert!(stale.contains("media_uploading_created_at_idx"), "{stale}");
+    assert!(!stale.contains("Seq Scan"), "{stale}");
+    // And the real claims take the 1 000 expired rows in two batches, then the crashed
+    // uploads, and leave the live ones.
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        taken.push(
+            metadata
+                .claim_due(&due(uuid::Uuid::new_v4()))
+                .await
+                .unwrap()
+                .len(),
+        );
+    }
+    assert_eq!(taken, [500, 500, 100, 0]);
 }
 
 /// Every file under `dir`, staging files of unfinished uploads included.

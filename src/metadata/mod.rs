@@ -543,6 +543,28 @@ impl Metadata {
         Ok(claimed)
     }
 
+    /// The PostgreSQL plans of the statements `claim_due` runs for `due`, with the same
+    /// parameters and without running them: the expired claim's plan, then the stale-upload
+    /// claim's (each its `EXPLAIN` lines joined by newlines). Tests and operations; SQLite
+    /// answers an error.
+    pub async fn explain_claim(&self, due: &DueQuery) -> Result<Vec<String>> {
+        let mut plans = Vec::new();
+        for kind in [Due::Expired, Due::StaleUpload] {
+            plans.push(on_pool!(
+                self,
+                "explain_claim",
+                |pool| postgres::explain_claim(pool, due, kind, due.limit).await,
+                {
+                    let _ = pool;
+                    Err(MetadataError::Database(sqlx::Error::Configuration(
+                        "explain_claim is implemented for PostgreSQL only".into(),
+                    )))
+                }
+            )?);
+        }
+        Ok(plans)
+    }
+
     /// Deletes the rows of `ids` that `claim` still holds and that are still due at `now`
     /// (expired, or an upload that never completed); returns how many went.
     pub async fn delete_claimed(

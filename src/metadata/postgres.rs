@@ -160,14 +160,25 @@ fn claimed(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Claimed>> {
 // Each claim is one statement: the row locks of FOR UPDATE SKIP LOCKED last only while it
 // runs, so no replica waits on another and none holds a lock across a call to storage.
 
-pub(super) async fn claim(
-    pool: &PgPool,
+/// The claim statement of `kind` and its binds: the one `claim` runs and `explain_claim`
+/// explains, so a plan test sees the production statement.
+fn claim_query<'q>(
+    sql: &'q str,
     due: &DueQuery,
     kind: Due,
     limit: u32,
-) -> Result<Vec<Claimed>> {
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(due.now)
+        .bind(i64::from(limit))
+        .bind(due.claim)
+        .bind(due.lease_until)
+        .bind(kind.since(due))
+}
+
+fn claim_sql(kind: Due) -> String {
     let (condition, order) = kind.condition_and_order();
-    let sql = format!(
+    format!(
         "WITH due AS ( \
              SELECT id FROM media \
              WHERE {condition} \
@@ -179,16 +190,35 @@ pub(super) async fn claim(
          FROM due WHERE media.id = due.id \
          RETURNING media.id, media.status, media.multipart_upload_id",
         condition = condition.replace("{since}", "$5"),
-    );
-    let rows = sqlx::query(&sql)
-        .bind(due.now)
-        .bind(i64::from(limit))
-        .bind(due.claim)
-        .bind(due.lease_until)
-        .bind(kind.since(due))
-        .fetch_all(pool)
-        .await?;
+    )
+}
+
+pub(super) async fn claim(
+    pool: &PgPool,
+    due: &DueQuery,
+    kind: Due,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    let sql = claim_sql(kind);
+    let rows = claim_query(&sql, due, kind, limit).fetch_all(pool).await?;
     claimed(rows)
+}
+
+/// The plan of `claim` (its `EXPLAIN`, one line a row), without running it.
+pub(super) async fn explain_claim(
+    pool: &PgPool,
+    due: &DueQuery,
+    kind: Due,
+    limit: u32,
+) -> Result<String> {
+    let sql = format!("EXPLAIN {}", claim_sql(kind));
+    let lines: Vec<String> = claim_query(&sql, due, kind, limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok(lines.join("\n"))
 }
 
 fn uuids(ids: &[MediaId]) -> Vec<Uuid> {

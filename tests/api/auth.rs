@@ -94,11 +94,7 @@ async fn missing_and_bad_tokens_are_401(backend: Backend) {
             assert_error(response, 401, 1005).await;
         }
     }
-    assert_eq!(
-        app.row_count().await,
-        1,
-        "nothing stored by refused uploads"
-    );
+    assert_only_stored(&app, &id, "nothing stored by refused uploads").await;
     // Sanity: the same token shape with the right key works.
     let fine = sign(
         secret,
@@ -106,6 +102,24 @@ async fn missing_and_bad_tokens_are_401(backend: Backend) {
         json!({"sub": "acct", "exp": now() + 600}),
     );
     assert_eq!(app.get(&fine, &id).await.status(), 200);
+    assert_eq!(app.delete(&fine, &id).await.status(), 200);
+    app.assert_eventually_empty().await;
+}
+
+/// Exactly the media `id` is stored: its row and its object, and no other row, object,
+/// staging file or multipart upload.
+async fn assert_only_stored(app: &TestApp, id: &str, what: &str) {
+    assert_eq!(app.row_count().await, 1, "{what}: rows");
+    let objects = app.object_keys().await;
+    assert!(
+        objects.len() == 1 && objects[0].rsplit('/').next() == Some(id),
+        "{what}: objects {objects:?}"
+    );
+    assert_eq!(
+        app.pending_multipart_uploads().await,
+        0,
+        "{what}: multipart uploads"
+    );
 }
 
 async fn scopes_are_enforced_and_403_comes_before_404(backend: Backend) {
@@ -174,8 +188,10 @@ async fn repeated_authorization_headers_are_401(backend: Backend) {
             assert_error(response, 401, 1005).await;
         }
     }
-    assert_eq!(app.row_count().await, 1, "nothing stored, nothing deleted");
+    assert_only_stored(&app, &id, "nothing stored, nothing deleted").await;
     assert_eq!(app.get(&token, &id).await.status(), 200);
+    assert_eq!(app.delete(&token, &id).await.status(), 200);
+    app.assert_eventually_empty().await;
 }
 
 // Public keys that change without a restart. The backend plays no part in them, so these run

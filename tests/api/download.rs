@@ -48,31 +48,37 @@ async fn head_has_the_headers_and_no_body(backend: Backend) {
     let token = app.token("acct");
     let data = content(5000, 11);
     let id = app.upload_ok(&token, "ogg", data.clone()).await;
-    let response = app
-        .request(Method::HEAD, &format!("/v1/media/{id}"), Some(&token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-length"], "5000");
-    assert_eq!(response.headers()["content-type"], "audio/ogg");
+    // Read from the socket: nothing may follow the header block.
+    let head = app
+        .raw_request("HEAD", &format!("/v1/media/{id}"), Some(&token), &[])
+        .await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("content-length"), Some("5000"), "{head:?}");
+    assert_eq!(head.header("content-type"), Some("audio/ogg"), "{head:?}");
     assert_eq!(
-        response.headers()["etag"],
-        format!("\"{}\"", sha256_hex(&data)).as_str()
+        head.header("etag"),
+        Some(format!("\"{}\"", sha256_hex(&data)).as_str())
     );
-    assert!(response.bytes().await.unwrap().is_empty());
+    assert!(
+        head.after_head.is_empty(),
+        "HEAD sent a body: {:?}",
+        String::from_utf8_lossy(&head.after_head)
+    );
 
     let missing = app
-        .request(
-            Method::HEAD,
+        .raw_request(
+            "HEAD",
             &format!("/v1/media/{}", uuid::Uuid::new_v4()),
             Some(&token),
+            &[],
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
-    assert!(missing.bytes().await.unwrap().is_empty());
+        .await;
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert!(
+        missing.after_head.is_empty(),
+        "HEAD sent a body: {:?}",
+        String::from_utf8_lossy(&missing.after_head)
+    );
 }
 
 async fn single_ranges_are_served(backend: Backend) {
@@ -135,15 +141,28 @@ async fn if_none_match_is_304(backend: Backend) {
     let id = app.upload_ok(&token, "bin", data.clone()).await;
     let etag = format!("\"{}\"", sha256_hex(&data));
     for value in [etag.clone(), format!("\"other\", {etag}"), "*".to_owned()] {
-        let response = app.get_with(&token, &id, "If-None-Match", value).await;
-        assert_eq!(response.status(), 304);
-        assert_eq!(response.headers()["etag"], etag.as_str());
-        assert!(response.bytes().await.unwrap().is_empty());
+        // Read from the socket: nothing may follow the header block.
+        let response = app
+            .raw_request(
+                "GET",
+                &format!("/v1/media/{id}"),
+                Some(&token),
+                &[("If-None-Match", &value)],
+            )
+            .await;
+        assert_eq!(response.status, 304, "{response:?}");
+        assert_eq!(response.header("etag"), Some(etag.as_str()));
+        assert!(
+            response.after_head.is_empty(),
+            "304 sent a body: {:?}",
+            String::from_utf8_lossy(&response.after_head)
+        );
     }
     let response = app
         .get_with(&token, &id, "If-None-Match", "\"stale\"")
         .await;
     assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), data);
 }
 
 async fn account_form_of_the_path(backend: Backend) {
@@ -177,11 +196,14 @@ async fn other_accounts_get_404(backend: Backend) {
     let id = app.upload_ok(&owner, "jpg", content(10, 17)).await;
     assert_error(app.get(&other, &id).await, 404, 1006).await;
     let head = app
-        .request(Method::HEAD, &format!("/v1/media/{id}"), Some(&other))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), 404);
+        .raw_request("HEAD", &format!("/v1/media/{id}"), Some(&other), &[])
+        .await;
+    assert_eq!(head.status, 404, "{head:?}");
+    assert!(
+        head.after_head.is_empty(),
+        "HEAD sent a body: {:?}",
+        String::from_utf8_lossy(&head.after_head)
+    );
     assert_error(app.delete(&other, &id).await, 404, 1006).await;
     assert_eq!(app.get(&owner, &id).await.status(), 200, "still there");
 }

@@ -293,8 +293,14 @@ impl TestApp {
         self.state.metadata.count().await.unwrap()
     }
 
+    /// Every object. On local disk, every file under the storage root, read from the
+    /// directory itself: the store's listing skips the `<id>#n` staging files of unfinished
+    /// multipart uploads, and hidden files, which are leftovers all the same.
     pub async fn object_keys(&self) -> Vec<String> {
-        self.state.storage.object_keys().await.unwrap()
+        match self.settings.storage.url.strip_prefix("file://") {
+            Some(root) => files_under(std::path::Path::new(root)),
+            None => self.state.storage.object_keys().await.unwrap(),
+        }
     }
 
     pub async fn pending_multipart_uploads(&self) -> usize {
@@ -353,6 +359,122 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// An answer read from the raw socket by `TestApp::raw_request`.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The header fields as sent, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Every byte the server sent after the blank line that ends the header block.
+    pub after_head: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The value of the one field `name` (lower case); panics when it is repeated.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name);
+        let value = values.next().map(|(_, v)| v.as_str());
+        assert!(values.next().is_none(), "{name} repeated: {self:?}");
+        value
+    }
+}
+
+impl TestApp {
+    /// `method path` on a fresh connection with `Connection: close`, reading everything the
+    /// server writes until it closes the connection. For checks that an answer has no body,
+    /// which an HTTP client cannot make: it reads only what the framing announces, and
+    /// nothing of a HEAD or 304 answer.
+    pub async fn raw_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> RawResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port()))
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        assert!(
+            matches!(closed, Ok(Ok(_))),
+            "the server did not close the connection after its answer ({closed:?}): {text:?}"
+        );
+        let end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete header block: {text:?}"));
+        let block = String::from_utf8(answer[..end].to_vec()).unwrap();
+        let mut lines = block.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers = lines
+            .map(|line| {
+                let (name, value) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header line {line:?}"));
+                (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+            })
+            .collect();
+        RawResponse {
+            status,
+            headers,
+            after_head: answer[end + 4..].to_vec(),
+        }
+    }
+}
+
+/// Every file under `root` (any kind but a directory, hidden ones included), as sorted
+/// paths relative to it with `/` between components. A root that does not exist is empty.
+pub fn files_under(root: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => panic!("reading {}: {err}", dir.display()),
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            // A directory may vanish between listing and looking (clean-ups run meanwhile).
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => dirs.push(path),
+                Ok(_) => {
+                    let relative = path.strip_prefix(root).unwrap();
+                    let parts: Vec<_> = relative
+                        .components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    files.push(parts.join("/"));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => panic!("reading {}: {err}", path.display()),
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// Deterministic, non-repeating test content.
