@@ -76,10 +76,13 @@ impl Cleanups {
         }
     }
 
-    fn spawn(&self, cleanup: Cleanup) {
+    /// Queues `cleanup` on the runtime that outlives the HTTP workers. It runs to its end
+    /// even if whoever waits for it is dropped (a request cut off at the shutdown deadline
+    /// in the middle of its own roll-back).
+    fn spawn(&self, cleanup: Cleanup) -> tokio::task::JoinHandle<()> {
         let queue = self.clone();
         self.tracker
-            .spawn_on(async move { queue.run(cleanup).await }, &self.runtime);
+            .spawn_on(async move { queue.run(cleanup).await }, &self.runtime)
     }
 
     /// Runs `cleanup` when its turn in the queue comes.
@@ -411,7 +414,9 @@ impl Session {
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
         };
-        self.ingest.cleanups.run(cleanup).await;
+        // Awaited, so the error answer comes after the roll-back; spawned, so dropping this
+        // request does not abandon it half-way.
+        let _ = self.ingest.cleanups.spawn(cleanup).await;
         err
     }
 }
@@ -430,7 +435,7 @@ impl Drop for Session {
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
         };
-        self.ingest.cleanups.spawn(cleanup);
+        drop(self.ingest.cleanups.spawn(cleanup));
     }
 }
 

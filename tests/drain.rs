@@ -159,7 +159,8 @@ async fn the_shutdown_deadline_aborts_uploads_without_leftovers() {
     let metadata = Metadata::connect(settings.database.url.expose(), 2).unwrap();
     let storage = Storage::from_settings(&settings.storage).unwrap();
 
-    // 20 MiB over twenty seconds: far past the one-second deadline.
+    // 20 MiB over twenty seconds: far past the stop deadline (1 s: the upload is cut off at
+    // 750 ms and rolled back in the quarter second that is left).
     let upload = tokio::spawn(
         reqwest::Client::new()
             .post(server.url("/v1/media"))
