@@ -21,6 +21,7 @@ use crate::auth::SCOPE_WRITE;
 use crate::error::ApiError;
 use crate::request_id::{self, RequestId};
 use crate::routes::{self, AppState};
+use crate::stamped_io::StampedIo;
 
 /// How the public listener runs.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +73,7 @@ pub fn start(
                 .into_factory()
                 .map_err(|err: actix_web::Error| err.error_response());
             let send_timeout = options.send_timeout;
-            HttpService::build()
+            let service = HttpService::build()
                 .graceful_shutdown_signal(move || {
                     let shutdown = shutdown.clone();
                     async move { shutdown.notified().await }
@@ -85,15 +86,28 @@ pub fn start(
                 // the client's delayed ACK.
                 .tcp_nodelay(true)
                 .local_addr(addr)
-                .on_connect_ext(move |io: &actix_web::rt::net::TcpStream, _: &mut _| {
-                    crate::connections::on_connect(io, send_timeout)
-                })
+                .on_connect_ext(
+                    move |io: &StampedIo<actix_web::rt::net::TcpStream>, _: &mut _| {
+                        crate::connections::on_connect(io.get_ref(), send_timeout)
+                    },
+                )
                 .expect(fn_service(move |req: Request| {
                     let state = expect_state.clone();
                     async move { expect_continue(&state, req) }
                 }))
-                .finish(map_config(app, move |()| AppConfig::default()))
-                .tcp()
+                .finish(map_config(app, move |()| AppConfig::default()));
+            // What `HttpService::tcp` does, with the stream wrapped so that actix-http's
+            // own answers get a request id too.
+            fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    StampedIo::new(io),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            })
+            .and_then(service)
         })?
         .run();
     Ok(server)

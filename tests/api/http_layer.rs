@@ -712,3 +712,57 @@ async fn expect_continue_is_refused_before_the_body_when_the_upload_would_be() {
     assert_eq!(status, 201, "{head}");
     assert_eq!(app.row_count().await, 1);
 }
+
+/// Answers that actix-http writes itself, before the application sees a request (a
+/// malformed head, too many headers, an over-long URI, a header timeout), carry an
+/// `X-Request-Id` like every other answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_error_answers_carry_a_request_id() {
+    let process = Process::start(
+        Backend::Embedded,
+        &[("MEDIA_NODE__SERVER__REQUEST_HEADER_TIMEOUT", "1s")],
+    )
+    .await;
+    let port = process.server.port;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let requests: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "malformed Content-Length",
+            b"POST /v1/media HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "too many headers",
+            format!("GET /v1/media/x HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            "HTTP/1.1 431",
+        ),
+        (
+            "over-long URI",
+            format!(
+                "GET /v1/media/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(70_000)
+            )
+            .into_bytes(),
+            "HTTP/1.1 4",
+        ),
+    ];
+    for (what, request, status) in &requests {
+        let answer = exchange(port, request).await;
+        assert!(answer.starts_with(status), "{what}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("\r\nx-request-id: "),
+            "{what}: {answer}"
+        );
+    }
+    // A head that never ends: actix-http's own 408 after the header timeout.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(b"GET /v1/media/x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("\r\nx-request-id: "), "{answer}");
+}
