@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod ops;
 pub mod public_server;
+pub mod purge;
 pub mod reaper;
 pub mod request_id;
 pub mod response_body;

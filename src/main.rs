@@ -50,6 +50,14 @@ enum Command {
         #[arg(long)]
         scope: Option<String>,
     },
+    /// Remove all media of one account, rows and objects (also on the admin listener:
+    /// POST /admin/accounts/{account}/purge). Uploads of the account still streaming roll
+    /// back at their commit.
+    Purge {
+        /// The account (a token's `sub`).
+        #[arg(long)]
+        account: String,
+    },
     /// Remove expired media and crashed uploads, as the background reaper does.
     Reap {
         /// Run one full pass and exit (for a CronJob or an operator). Required: the
@@ -106,6 +114,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the pass had {} errors; the rows stay for the next pass",
                 report.errors
             );
+            Ok(())
+        }
+        Command::Purge { account } => {
+            let owner = media_node::domain::AccountId::parse(&account)
+                .context("--account is not a valid account")?;
+            let metadata = connect(&settings)?;
+            media_node::startup::prepare_schema(&metadata, &settings).await?;
+            let storage = Storage::from_settings(&settings.storage)?;
+            let purge = media_node::purge::Purge::from_settings(metadata, storage, &settings);
+            let report = purge.account(&owner).await?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Token { sub, ttl, scope } => {

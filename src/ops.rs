@@ -28,12 +28,32 @@ pub struct OpsState {
     pub draining: Arc<AtomicBool>,
     /// The last backend check: when, database reachable, storage reachable.
     pub last_check: Arc<tokio::sync::Mutex<Option<(Instant, bool, bool)>>>,
+    /// Removes an account's media (`POST /admin/accounts/{account}/purge`).
+    pub purge: Arc<crate::purge::Purge>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/livez", web::get().to(livez))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/admin/accounts/{account}/purge", web::post().to(purge));
+}
+
+/// Removes all media of an account. Only on the admin listener, which the load balancer
+/// does not expose and the network policy opens to the monitoring namespace alone.
+async fn purge(state: web::Data<OpsState>, account: web::Path<String>) -> HttpResponse {
+    let Some(owner) = crate::domain::AccountId::parse(&account) else {
+        return HttpResponse::BadRequest().json(json!({ "error": "not a valid account" }));
+    };
+    match state.purge.account(&owner).await {
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(err) => {
+            tracing::warn!(error = ?err, "purge failed; run it again");
+            HttpResponse::ServiceUnavailable()
+                .insert_header((actix_web::http::header::RETRY_AFTER, "5"))
+                .json(json!({ "error": "the purge did not finish; run it again" }))
+        }
+    }
 }
 
 async fn livez() -> HttpResponse {

@@ -143,6 +143,11 @@ impl Application {
             metrics: metrics.clone(),
             draining: draining.clone(),
             last_check: Default::default(),
+            purge: Arc::new(crate::purge::Purge::from_settings(
+                metadata.clone(),
+                storage.clone(),
+                settings,
+            )),
         });
 
         let public = TcpListener::bind((settings.server.host.as_str(), settings.server.port))

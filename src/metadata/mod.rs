@@ -65,6 +65,25 @@ pub struct NewMedia {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Where a page of an account's listing starts: after this row (newest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: MediaId,
+}
+
+/// What a purge of one account asks for.
+#[derive(Debug, Clone)]
+pub struct PurgeQuery {
+    pub owner: AccountId,
+    pub now: DateTime<Utc>,
+    /// Uploads whose heartbeat is newer are live: fenced, not removed.
+    pub stale_before: DateTime<Utc>,
+    pub limit: u32,
+    pub claim: uuid::Uuid,
+    pub lease_until: DateTime<Utc>,
+}
+
 /// What the reaper asks `claim_due` for.
 #[derive(Debug, Clone)]
 pub struct DueQuery {
@@ -486,6 +505,62 @@ impl Metadata {
             "find_readable",
             |pool| postgres::find_readable(pool, id, owner, now).await,
             sqlite::find_readable(pool, id, owner, now).await
+        )
+    }
+
+    /// A page of `owner`'s readable media, newest first, starting after `after`.
+    pub async fn list_readable(
+        &self,
+        owner: &AccountId,
+        now: DateTime<Utc>,
+        after: Option<ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<MediaRecord>> {
+        on_pool!(
+            self,
+            "list_readable",
+            |pool| postgres::list_readable(pool, owner, now, after, limit).await,
+            sqlite::list_readable(pool, owner, now, after, limit).await
+        )
+    }
+
+    /// For a purge: fences `owner`'s live uploads (claimed, so none can commit any more;
+    /// each rolls itself back at its commit), then claims up to `limit` of the account's
+    /// other rows (ready, or uploads that crashed) that no other claim holds.
+    pub async fn claim_owned(&self, purge: &PurgeQuery) -> Result<(u64, Vec<Claimed>)> {
+        on_pool!(
+            self,
+            "claim_owned",
+            |pool| postgres::claim_owned(pool, purge).await,
+            sqlite::claim_owned(pool, purge).await
+        )
+    }
+
+    /// Deletes the rows of `ids` that `claim` holds for a purge of `owner`.
+    pub async fn delete_claimed_owned(
+        &self,
+        ids: &[MediaId],
+        claim: uuid::Uuid,
+        owner: &AccountId,
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        on_pool!(
+            self,
+            "delete_claimed_owned",
+            |pool| postgres::delete_claimed_owned(pool, ids, claim, owner).await,
+            sqlite::delete_claimed_owned(pool, ids, claim, owner).await
+        )
+    }
+
+    /// How many rows `owner` has, whatever their state.
+    pub async fn count_owned(&self, owner: &AccountId) -> Result<u64> {
+        on_pool!(
+            self,
+            "count_owned",
+            |pool| postgres::count_owned(pool, owner).await,
+            sqlite::count_owned(pool, owner).await
         )
     }
 

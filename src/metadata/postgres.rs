@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{size_from_db, Claimed, Due, DueQuery, MediaRecord, MediaStatus, NewMedia, Result};
+use super::{
+    size_from_db, Claimed, Due, DueQuery, ListCursor, MediaRecord, MediaStatus, NewMedia,
+    PurgeQuery, Result,
+};
 use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
@@ -258,6 +261,93 @@ pub(super) async fn release(pool: &PgPool, ids: &[MediaId], claim: Uuid) -> Resu
 pub(super) async fn expired_backlog(pool: &PgPool, now: DateTime<Utc>) -> Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE expires_at <= $1")
         .bind(now)
+        .fetch_one(pool)
+        .await?;
+    Ok(n as u64)
+}
+
+pub(super) async fn list_readable(
+    pool: &PgPool,
+    owner: &AccountId,
+    now: DateTime<Utc>,
+    after: Option<ListCursor>,
+    limit: u32,
+) -> Result<Vec<MediaRecord>> {
+    // Keyset pagination: (created_at, id) below the cursor, newest first.
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM media \
+         WHERE owner = $1 AND status = 'ready' AND expires_at > $2 \
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(owner.as_str())
+    .bind(now)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.id.as_uuid()))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(record).collect()
+}
+
+pub(super) async fn claim_owned(pool: &PgPool, purge: &PurgeQuery) -> Result<(u64, Vec<Claimed>)> {
+    // A fenced upload's lease is over at once: once it is stale (it rolled back or its
+    // process died), the reaper takes it like any crashed upload.
+    let fenced = sqlx::query(
+        "UPDATE media SET reap_claim = $2, reap_claimed_until = $3 \
+         WHERE owner = $1 AND status = 'uploading' AND reap_claim IS NULL \
+           AND COALESCE(heartbeat_at, created_at) > $4",
+    )
+    .bind(purge.owner.as_str())
+    .bind(purge.claim)
+    .bind(purge.now)
+    .bind(purge.stale_before)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let rows = sqlx::query(
+        "WITH due AS ( \
+             SELECT id FROM media \
+             WHERE owner = $1 \
+               AND (status = 'ready' OR COALESCE(heartbeat_at, created_at) <= $2) \
+               AND (reap_claimed_until IS NULL OR reap_claimed_until <= $3) \
+             ORDER BY created_at DESC, id DESC \
+             LIMIT $4 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE media SET reap_claim = $5, reap_claimed_until = $6 \
+         FROM due WHERE media.id = due.id \
+         RETURNING media.id, media.status, media.multipart_upload_id",
+    )
+    .bind(purge.owner.as_str())
+    .bind(purge.stale_before)
+    .bind(purge.now)
+    .bind(i64::from(purge.limit))
+    .bind(purge.claim)
+    .bind(purge.lease_until)
+    .fetch_all(pool)
+    .await?;
+    Ok((fenced, claimed(rows)?))
+}
+
+pub(super) async fn delete_claimed_owned(
+    pool: &PgPool,
+    ids: &[MediaId],
+    claim: Uuid,
+    owner: &AccountId,
+) -> Result<u64> {
+    let done =
+        sqlx::query("DELETE FROM media WHERE id = ANY($1) AND reap_claim = $2 AND owner = $3")
+            .bind(uuids(ids))
+            .bind(claim)
+            .bind(owner.as_str())
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn count_owned(pool: &PgPool, owner: &AccountId) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE owner = $1")
+        .bind(owner.as_str())
         .fetch_one(pool)
         .await?;
     Ok(n as u64)

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    size_from_db, Claimed, Due, DueQuery, MediaRecord, MediaStatus, MetadataError, NewMedia, Result,
+    size_from_db, Claimed, Due, DueQuery, ListCursor, MediaRecord, MediaStatus, MetadataError,
+    NewMedia, PurgeQuery, Result,
 };
 use crate::domain::{AccountId, FileExtension, MediaId};
 
@@ -240,6 +241,95 @@ pub(super) async fn release(pool: &SqlitePool, ids: &[MediaId], claim: uuid::Uui
 pub(super) async fn expired_backlog(pool: &SqlitePool, now: DateTime<Utc>) -> Result<u64> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE expires_at <= ?1")
         .bind(millis(now))
+        .fetch_one(pool)
+        .await?;
+    Ok(n as u64)
+}
+
+pub(super) async fn list_readable(
+    pool: &SqlitePool,
+    owner: &AccountId,
+    now: DateTime<Utc>,
+    after: Option<ListCursor>,
+    limit: u32,
+) -> Result<Vec<MediaRecord>> {
+    // Keyset pagination: (created_at, id) below the cursor, newest first. Ids are
+    // lower-case hyphenated text, which orders like the UUIDs.
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM media \
+         WHERE owner = ?1 AND status = 'ready' AND expires_at > ?2 \
+           AND (?3 IS NULL OR created_at < ?3 OR (created_at = ?3 AND id < ?4)) \
+         ORDER BY created_at DESC, id DESC LIMIT ?5"
+    ))
+    .bind(owner.as_str())
+    .bind(millis(now))
+    .bind(after.map(|c| millis(c.created_at)))
+    .bind(after.map(|c| c.id.to_string()))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(record).collect()
+}
+
+pub(super) async fn claim_owned(
+    pool: &SqlitePool,
+    purge: &PurgeQuery,
+) -> Result<(u64, Vec<Claimed>)> {
+    let fenced = sqlx::query(
+        "UPDATE media SET reap_claim = ?2, reap_claimed_until = ?3 \
+         WHERE owner = ?1 AND status = 'uploading' AND reap_claim IS NULL \
+           AND COALESCE(heartbeat_at, created_at) > ?4",
+    )
+    .bind(purge.owner.as_str())
+    .bind(purge.claim.to_string())
+    .bind(millis(purge.now))
+    .bind(millis(purge.stale_before))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let rows = sqlx::query(
+        "UPDATE media SET reap_claim = ?5, reap_claimed_until = ?6 \
+         WHERE id IN ( \
+             SELECT id FROM media \
+             WHERE owner = ?1 \
+               AND (status = 'ready' OR COALESCE(heartbeat_at, created_at) <= ?2) \
+               AND (reap_claimed_until IS NULL OR reap_claimed_until <= ?3) \
+             ORDER BY created_at DESC, id DESC \
+             LIMIT ?4) \
+         RETURNING id, status, multipart_upload_id",
+    )
+    .bind(purge.owner.as_str())
+    .bind(millis(purge.stale_before))
+    .bind(millis(purge.now))
+    .bind(i64::from(purge.limit))
+    .bind(purge.claim.to_string())
+    .bind(millis(purge.lease_until))
+    .fetch_all(pool)
+    .await?;
+    Ok((fenced, claimed(rows)?))
+}
+
+pub(super) async fn delete_claimed_owned(
+    pool: &SqlitePool,
+    ids: &[MediaId],
+    claim: uuid::Uuid,
+    owner: &AccountId,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM media WHERE id IN (SELECT value FROM json_each(?1)) \
+           AND reap_claim = ?2 AND owner = ?3",
+    )
+    .bind(id_list(ids))
+    .bind(claim.to_string())
+    .bind(owner.as_str())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn count_owned(pool: &SqlitePool, owner: &AccountId) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE owner = ?1")
+        .bind(owner.as_str())
         .fetch_one(pool)
         .await?;
     Ok(n as u64)

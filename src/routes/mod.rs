@@ -3,6 +3,7 @@
 
 mod delete;
 mod download;
+mod list;
 pub mod upload;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -48,7 +49,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/media")
             .name("media_collection")
             .route(web::post().to(upload::upload))
-            .default_service(web::to(|| method_not_allowed("POST"))),
+            .route(web::get().to(list::list))
+            .route(web::head().to(list::list))
+            .default_service(web::to(|| method_not_allowed("GET, HEAD, POST"))),
     )
     .service(
         web::resource("/v1/media/{id}")

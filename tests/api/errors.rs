@@ -57,7 +57,7 @@ async fn unknown_routes_and_methods_are_json(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(response.headers()["allow"], "GET, HEAD, POST");
     assert_error(response, 405, 1025).await;
     let id = uuid::Uuid::new_v4();
     let response = app

@@ -1,0 +1,115 @@
+//! Removing everything of one account (`media-node purge --account A`, or
+//! `POST /admin/accounts/{A}/purge` on the admin listener): its media, rows and objects,
+//! while the reaper and uploads run. It works like the reaper, in leased batches, objects
+//! first and rows last, so no object ever outlives its row. An upload of the account that
+//! is still streaming is not cut off: its row is fenced, so it can no longer commit and
+//! rolls itself back at its commit (or, if its process dies, the reaper removes it).
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::domain::{AccountId, MediaId};
+use crate::metadata::{MediaStatus, Metadata, PurgeQuery};
+use crate::storage::Storage;
+
+/// What a purge did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    /// Media removed, object and row.
+    pub deleted: u64,
+    /// Uploads still streaming, fenced: each rolls back at its commit.
+    pub fenced_uploads: u64,
+    /// Rows left: held by another claim (the reaper's) or failed; a later purge or the
+    /// reaper finishes them.
+    pub remaining: u64,
+}
+
+#[derive(Debug)]
+pub struct Purge {
+    pub metadata: Metadata,
+    pub storage: Storage,
+    pub batch_size: u32,
+    pub lease: Duration,
+    /// `reaper.stale_upload_after`: uploads with an older heartbeat are crashed ones.
+    pub stale_upload_after: Duration,
+}
+
+impl Purge {
+    pub fn from_settings(
+        metadata: Metadata,
+        storage: Storage,
+        settings: &crate::settings::Settings,
+    ) -> Self {
+        Self {
+            metadata,
+            storage,
+            batch_size: settings.reaper.batch_size,
+            lease: settings.reaper.lease,
+            stale_upload_after: settings.reaper.stale_upload_after,
+        }
+    }
+
+    pub async fn account(&self, owner: &AccountId) -> anyhow::Result<PurgeReport> {
+        let mut report = PurgeReport::default();
+        loop {
+            let now = Utc::now();
+            let query = PurgeQuery {
+                owner: owner.clone(),
+                now,
+                stale_before: now - chrono::Duration::from_std(self.stale_upload_after)?,
+                limit: self.batch_size,
+                claim: uuid::Uuid::new_v4(),
+                lease_until: now + chrono::Duration::from_std(self.lease)?,
+            };
+            let (fenced, claimed) = self.metadata.claim_owned(&query).await?;
+            report.fenced_uploads += fenced;
+            if claimed.is_empty() {
+                break;
+            }
+            let mut failed: Vec<MediaId> = Vec::new();
+            for row in claimed
+                .iter()
+                .filter(|r| r.status == MediaStatus::Uploading)
+            {
+                if let Err(err) = self
+                    .storage
+                    .abort_unfinished(row.id, row.multipart_upload_id.as_deref())
+                    .await
+                {
+                    tracing::warn!(id = %row.id, error = ?err, "purge could not abort an unfinished upload");
+                    failed.push(row.id);
+                }
+            }
+            let candidates: Vec<MediaId> = claimed
+                .iter()
+                .map(|r| r.id)
+                .filter(|id| !failed.contains(id))
+                .collect();
+            failed.extend(self.storage.delete_many(&candidates).await);
+            let removed: Vec<MediaId> = candidates
+                .into_iter()
+                .filter(|id| !failed.contains(id))
+                .collect();
+            report.deleted += self
+                .metadata
+                .delete_claimed_owned(&removed, query.claim, owner)
+                .await?;
+            if !failed.is_empty() {
+                // Storage is failing: stop here rather than spin; the rows keep their
+                // lease and are retried by the next purge or, once expired, the reaper.
+                self.metadata.release(&failed, query.claim).await?;
+                break;
+            }
+        }
+        report.remaining = self.metadata.count_owned(owner).await?;
+        tracing::info!(
+            account = %owner,
+            deleted = report.deleted,
+            fenced_uploads = report.fenced_uploads,
+            remaining = report.remaining,
+            "account purged"
+        );
+        Ok(report)
+    }
+}
