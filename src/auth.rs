@@ -837,6 +837,9 @@ mod tests {
             audience: None,
             leeway: Duration::from_secs(5),
             generated_secret_file: PathBuf::from("/nonexistent/jwt-secret"),
+            url_signing_secret: None,
+            url_signing_secret_previous: None,
+            signed_url_ttl: Duration::from_secs(300),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod request_id;
 pub mod response_body;
 pub mod routes;
 pub mod settings;
+pub mod signed_url;
 pub mod stamped_io;
 pub mod startup;
 pub mod storage;

@@ -52,6 +52,10 @@ pub struct Settings {
 pub struct ServerSettings {
     pub host: String,
     pub port: u16,
+    /// Where clients reach the API (`https://media.example.com`): signed links are made
+    /// absolute with it; unset, they are relative.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// After SIGTERM, how long the listener keeps accepting while readiness already says
@@ -192,6 +196,19 @@ pub struct AuthSettings {
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
     pub generated_secret_file: PathBuf,
+    /// Signs the download links of `/info` (HMAC-SHA256); the same on every replica.
+    #[serde(default)]
+    pub url_signing_secret: Option<Secret>,
+    /// The key before the last rotation: links it signed stay valid until they expire.
+    #[serde(default)]
+    pub url_signing_secret_previous: Option<Secret>,
+    /// How long a signed download link is valid.
+    #[serde(with = "humantime_serde", default = "default_signed_url_ttl")]
+    pub signed_url_ttl: Duration,
+}
+
+fn default_signed_url_ttl() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +335,26 @@ impl Settings {
             self.reaper.batch_size > 0,
             "reaper.batch_size must be positive"
         );
+        for secret in [
+            &self.auth.url_signing_secret,
+            &self.auth.url_signing_secret_previous,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            anyhow::ensure!(
+                secret.expose().len() >= 32,
+                "auth.url_signing_secret must be at least 32 bytes long"
+            );
+        }
+        if let Some(base) = &self.server.public_base_url {
+            let parsed = url::Url::parse(base)
+                .map_err(|e| anyhow::anyhow!("server.public_base_url {base:?}: {e}"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https"),
+                "server.public_base_url must be an http(s) URL"
+            );
+        }
         Ok(())
     }
 
@@ -455,6 +492,8 @@ struct SecretFiles {
 #[serde(default)]
 struct AuthSecretFiles {
     hs256_secret_file: Option<PathBuf>,
+    url_signing_secret_file: Option<PathBuf>,
+    url_signing_secret_previous_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,6 +521,16 @@ impl SecretFiles {
     fn apply(self, settings: &mut Settings) -> anyhow::Result<()> {
         if let Some(path) = &self.auth.hs256_secret_file {
             settings.auth.hs256_secret = Some(read_secret_file(path, "auth.hs256_secret_file")?);
+        }
+        if let Some(path) = &self.auth.url_signing_secret_file {
+            settings.auth.url_signing_secret =
+                Some(read_secret_file(path, "auth.url_signing_secret_file")?);
+        }
+        if let Some(path) = &self.auth.url_signing_secret_previous_file {
+            settings.auth.url_signing_secret_previous = Some(read_secret_file(
+                path,
+                "auth.url_signing_secret_previous_file",
+            )?);
         }
         if let Some(path) = &self.database.url_file {
             settings.database.url = read_secret_file(path, "database.url_file")?;

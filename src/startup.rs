@@ -127,6 +127,7 @@ impl Application {
             ingest,
             metrics: metrics.clone(),
             stop: stop_signal,
+            links: crate::signed_url::UrlSigner::from_settings(settings)?,
         });
         let draining = Arc::new(AtomicBool::new(false));
         let reaper = settings.reaper.enabled.then(|| {

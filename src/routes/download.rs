@@ -11,19 +11,48 @@ use chrono::Utc;
 use futures_util::TryStreamExt;
 
 use super::{media_id, AppState};
-use crate::auth::{Caller, SCOPE_READ};
-use crate::domain::MediaId;
+use crate::auth::SCOPE_READ;
+use crate::domain::{AccountId, MediaId};
 use crate::error::ApiError;
-use crate::metadata::MediaRecord;
+use crate::metadata::{MediaRecord, MediaStatus};
 
 pub async fn download(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // A signed link (from `/info`) stands in for the token: it names this id, and only
+    // the owner's token could have asked for it.
+    if let Some(id) = MediaId::parse(&path) {
+        if state.links.check(id, req.query_string(), Utc::now())? {
+            return serve(&req, &state, None, id).await;
+        }
+    }
     let caller = state.caller(&req, SCOPE_READ).await?;
     let id = media_id(&path)?;
-    serve(&req, &state, &caller, id).await
+    serve(&req, &state, Some(&caller.account), id).await
+}
+
+/// `GET /v1/media/{id}/info`: what is stored, and a short-lived signed link to the bytes.
+pub async fn info(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.caller(&req, SCOPE_READ).await?;
+    let id = media_id(&path)?;
+    let now = Utc::now();
+    let record = state
+        .metadata
+        .find_readable(id, &caller.account, now)
+        .await?
+        .ok_or_else(ApiError::media_not_found)?;
+    let mut body = super::list::media_object(&record);
+    body["url"] = state.links.sign(id, now).into();
+    body["meta"] = crate::error::meta();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "private, no-store"))
+        .json(body))
 }
 
 pub async fn download_for_account(
@@ -37,20 +66,26 @@ pub async fn download_for_account(
         return Err(ApiError::media_not_found());
     }
     let id = media_id(&id)?;
-    serve(&req, &state, &caller, id).await
+    serve(&req, &state, Some(&caller.account), id).await
 }
 
+/// Serves `id` to its `owner`, or to the holder of a valid signed link (`None`).
 async fn serve(
     req: &HttpRequest,
     state: &AppState,
-    caller: &Caller,
+    owner: Option<&AccountId>,
     id: MediaId,
 ) -> Result<HttpResponse, ApiError> {
-    let record = state
-        .metadata
-        .find_readable(id, &caller.account, Utc::now())
-        .await?
-        .ok_or_else(ApiError::media_not_found)?;
+    let now = Utc::now();
+    let record = match owner {
+        Some(owner) => state.metadata.find_readable(id, owner, now).await?,
+        None => state
+            .metadata
+            .get(id)
+            .await?
+            .filter(|r| r.status == MediaStatus::Ready && r.expires_at > now),
+    }
+    .ok_or_else(ApiError::media_not_found)?;
     let size = record.size_bytes.unwrap_or(0);
     let etag = record.sha256.as_deref().map(|sha| format!("\"{sha}\""));
 

@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Set when a stop begins: uploads still streaming at its cut-off end there.
     pub stop: crate::startup::StopSignal,
+    /// Signs and checks the download links of `/info`.
+    pub links: crate::signed_url::UrlSigner,
 }
 
 impl AppState {
@@ -60,6 +62,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(download::download))
             .route(web::delete().to(delete::delete))
             .default_service(web::to(|| method_not_allowed("GET, HEAD, DELETE"))),
+    )
+    .service(
+        web::resource("/v1/media/{id}/info")
+            .name("media_info")
+            .route(web::get().to(download::info))
+            .route(web::head().to(download::info))
+            .default_service(web::to(|| method_not_allowed("GET, HEAD"))),
     )
     .service(
         web::resource("/v1/{account}/media/{id}")

@@ -14,6 +14,7 @@ on_both_backends!(
     listing_refuses_bad_parameters,
     purge_removes_an_account_and_fences_its_streaming_upload,
     purge_from_the_command_line,
+    info_describes_the_media_and_its_signed_link_works_without_a_token,
 );
 
 async fn list(app: &TestApp, token: &str, query: &str) -> Value {
@@ -217,4 +218,87 @@ async fn purge_from_the_command_line(backend: Backend) {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--account"));
+}
+
+async fn info_describes_the_media_and_its_signed_link_works_without_a_token(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.auth.url_signing_secret = Some(media_node::settings::Secret::new("u".repeat(32)));
+        s.auth.signed_url_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let token = app.token("owner");
+    let data = content(3000, 4);
+    let id = app.upload_ok(&token, "png", data.clone()).await;
+
+    let response = app
+        .request(Method::GET, &format!("/v1/media/{id}/info"), Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let info: Value = response.json().await.unwrap();
+    assert_eq!(info["id"], id.as_str());
+    assert_eq!(info["mime_type"], "image/png");
+    assert_eq!(info["extension"], "png");
+    assert_eq!(info["file_size"], 3000);
+    assert_eq!(info["sha256"], crate::helpers::sha256_hex(&data));
+    assert!(info["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(info["meta"]["api_status"], "stable");
+    let url = info["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with(&format!("/v1/media/{id}?")),
+        "relative: {url}"
+    );
+
+    // The link downloads without a token, ranges and all ...
+    let download = app.request(Method::GET, &url, None).send().await.unwrap();
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.bytes().await.unwrap().as_ref(), data.as_slice());
+    let part = app
+        .request(Method::GET, &url, None)
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    // ... for its own id only, unaltered, and not after it expires.
+    let other = app.upload_ok(&token, "png", content(10, 5)).await;
+    let swapped = url.replace(&id, &other);
+    let response = app
+        .request(Method::GET, &swapped, None)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, 1005).await;
+    let tampered = url.replace("signature=", "signature=00");
+    let response = app
+        .request(Method::GET, &tampered, None)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, 1005).await;
+    // A stranger's token does not read /info of someone else's media.
+    let response = app
+        .request(
+            Method::GET,
+            &format!("/v1/media/{id}/info"),
+            Some(&app.token("stranger")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, 1006).await;
+    // A link expires.
+    let info: Value = app
+        .request(Method::GET, &format!("/v1/media/{id}/info"), Some(&token))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = info["url"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = app.request(Method::GET, &fresh, None).send().await.unwrap();
+    assert_error(response, 401, 1005).await;
 }
