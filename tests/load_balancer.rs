@@ -212,7 +212,7 @@ impl Cluster {
             ("APP_ENV", "production".to_owned()),
             ("MEDIA_NODE__SERVER__DRAIN_DELAY", DRAIN_DELAY.to_owned()),
             ("MEDIA_NODE__SERVER__SHUTDOWN_TIMEOUT", "15s".to_owned()),
-            ("MEDIA_NODE__LOG__FORMAT", "text".to_owned()),
+            ("MEDIA_NODE__LOG__FORMAT", "json".to_owned()),
         ]);
         // Production serve only checks the schema: migrate once, as the Job does.
         let migrated = media_node_command(&dir.0)
@@ -598,6 +598,12 @@ async fn a_rolling_restart_fails_no_request() {
             }
             let (status, logs) = cluster.stop(i).await;
             assert!(status.success(), "replica {} exit {status}\n{logs}", i + 1);
+            // A clean stop: nothing cut off at the deadline, no clean-up left over.
+            let complaints: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#))
+                .collect();
+            assert!(complaints.is_empty(), "replica {}: {complaints:#?}", i + 1);
             cluster.start_again(i).await;
             println!(
                 "replica r{} stopped with {in_flight} uploads in flight, restarted; {} \
