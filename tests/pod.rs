@@ -40,6 +40,12 @@ fn render(dir: &str) -> Vec<Value> {
         "{}",
         String::from_utf8_lossy(&yaml.stderr)
     );
+    yaml_to_json(&yaml.stdout)
+}
+
+/// The documents of a YAML stream, converted by PyYAML (serde_yaml is no dependency).
+fn yaml_to_json(yaml: &[u8]) -> Vec<Value> {
+    use std::io::Write;
     let mut python = Command::new("python3")
         .args([
             "-c",
@@ -50,13 +56,7 @@ fn render(dir: &str) -> Vec<Value> {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs");
-    use std::io::Write;
-    python
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&yaml.stdout)
-        .unwrap();
+    python.stdin.take().unwrap().write_all(yaml).unwrap();
     let json = python.wait_with_output().unwrap();
     assert!(
         json.status.success(),
@@ -257,20 +257,24 @@ impl Container {
     }
 }
 
-/// The first existing directory on the way to `path` (symbolic links followed), and
-/// whether `path` itself exists.
-fn existing_ancestor(path: &Path) -> (PathBuf, bool) {
+/// The deepest directory on the way to `path` that exists on the host (symbolic links
+/// resolved), and the rest of `path` below it (empty when `path` exists).
+fn existing_ancestor(path: &Path) -> (PathBuf, PathBuf) {
     let mut here = PathBuf::from("/");
-    for component in path.components() {
-        if let Component::Normal(part) = component {
-            let next = here.join(part);
-            match std::fs::canonicalize(&next) {
-                Ok(resolved) => here = resolved,
-                Err(_) => return (here, false),
+    let mut parts = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .peekable();
+    while let Some(part) = parts.peek() {
+        match std::fs::canonicalize(here.join(part)) {
+            Ok(resolved) => {
+                here = resolved;
+                parts.next();
             }
+            Err(_) => break,
         }
     }
-    (here, true)
+    (here, parts.collect())
 }
 
 /// The host's root read-only with what the image and the pod add: the binary and the
@@ -305,14 +309,10 @@ fn sandbox_args(image: &Path, secrets: &Path, container: &Container) -> Vec<Stri
     let mut refilled = BTreeSet::new();
     let mut resolved = Vec::new();
     for (path, add) in adds {
-        let (ancestor, exists) = existing_ancestor(&path);
-        let target = if exists {
+        let (ancestor, rest) = existing_ancestor(&path);
+        let target = if rest.as_os_str().is_empty() {
             ancestor
         } else {
-            let rest = path
-                .components()
-                .skip(existing_ancestor_depth(&path))
-                .collect::<PathBuf>();
             if refilled.insert(ancestor.clone()) {
                 args.extend(["--tmpfs".into(), ancestor.display().to_string()]);
                 for entry in std::fs::read_dir(&ancestor).unwrap() {
@@ -351,24 +351,6 @@ fn sandbox_args(image: &Path, secrets: &Path, container: &Container) -> Vec<Stri
         args.extend(["--remount-ro".into(), dir.display().to_string()]);
     }
     args
-}
-
-/// How many components of `path` (after the root) exist on the host.
-fn existing_ancestor_depth(path: &Path) -> usize {
-    let mut here = PathBuf::from("/");
-    let mut depth = 1; // the root component
-    for component in path.components() {
-        if let Component::Normal(part) = component {
-            match std::fs::canonicalize(here.join(part)) {
-                Ok(resolved) => {
-                    here = resolved;
-                    depth += 1;
-                }
-                Err(_) => break,
-            }
-        }
-    }
-    depth
 }
 
 /// `container` started as the kubelet would: its uid and gid (fsGroup as a supplementary
@@ -570,28 +552,13 @@ async fn run_the_pod() {
     // The Secret as the kubelet writes it: one file per key the *_FILE settings name,
     // owned by root, group fsGroup, mode defaultMode. The keys are those of the example
     // Secret, so the example, the ConfigMap and this test agree.
-    let example: Vec<Value> = {
-        let path = "deploy/k8s/examples/secret.yaml";
-        let text =
-            std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let mut python = Command::new("python3")
-            .args([
-                "-c",
-                "import sys, yaml, json; json.dump(list(yaml.safe_load_all(sys.stdin)), sys.stdout)",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        python
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        serde_json::from_slice(&python.wait_with_output().unwrap().stdout).unwrap()
-    };
+    let example = yaml_to_json(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/k8s/examples/secret.yaml"
+        ))
+        .unwrap(),
+    );
     let example_keys: BTreeSet<String> = example[0]["stringData"]
         .as_object()
         .unwrap()
@@ -692,9 +659,38 @@ async fn run_the_pod() {
         assert!(Instant::now() < deadline, "not ready\n{}", logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!("ready: {readiness} answered 200");
+
+    // The process as the host sees it: the manifest's uid and gid, no capability, no way
+    // to gain privileges.
+    let pid = sandbox_child(child.id()).expect("the sandboxed process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let uid = serve.uid.to_string();
+    let gid = serve.gid.to_string();
+    assert_eq!(
+        field("Uid"),
+        [uid.as_str(); 4],
+        "real, effective, saved, fs uid"
+    );
+    assert_eq!(field("Gid"), [gid.as_str(); 4]);
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{caps}");
+    }
+    if serve.no_new_privs {
+        assert_eq!(field("NoNewPrivs"), ["1"]);
+    }
     println!(
-        "ready: {readiness} answered 200 (uid {}, gid {})",
-        serve.uid, serve.gid
+        "process {pid}: uid {uid}, gid {gid}, groups {:?}, no capabilities, NoNewPrivs {:?}",
+        field("Groups"),
+        field("NoNewPrivs")
     );
 
     // An upload and a download through the public port; 10 MiB goes multipart.
@@ -730,7 +726,6 @@ async fn run_the_pod() {
 
     // SIGTERM to PID 1 of the sandbox, as the kubelet sends it; exit 0 within the grace
     // period.
-    let pid = sandbox_child(child.id()).expect("the sandboxed process");
     let sent = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
