@@ -551,8 +551,9 @@ async fn a_rolling_restart_fails_no_request() {
             });
         }
 
-        // And two clients on a slow link: 6 MiB uploads over about two seconds each, so
-        // that every stop finds long uploads in flight, which must finish where they are.
+        // And two clients on a slow link: 6 MiB uploads over about five seconds each, longer
+        // than the drain delay, so that every stop finds long uploads in flight that must
+        // finish where they are after the listener has closed.
         for worker in 10..12u8 {
             let (counts, stop, url) = (counts.clone(), stop.clone(), format!("{base}/v1/media"));
             let (client, token) = (cluster.client.clone(), cluster.token.clone());
@@ -564,7 +565,7 @@ async fn a_rolling_restart_fails_no_request() {
                     let body = trickle(
                         data,
                         256 * 1024,
-                        Duration::from_millis(80),
+                        Duration::from_millis(200),
                         Arc::new(AtomicUsize::new(0)),
                     );
                     counts.sent.fetch_add(1, Ordering::SeqCst);
@@ -596,7 +597,9 @@ async fn a_rolling_restart_fails_no_request() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
+            let signalled = Instant::now();
             let (status, logs) = cluster.stop(i).await;
+            let stop_took = signalled.elapsed();
             assert!(status.success(), "replica {} exit {status}\n{logs}", i + 1);
             // A clean stop: nothing cut off at the deadline, no clean-up left over.
             let complaints: Vec<&str> = logs
@@ -606,9 +609,10 @@ async fn a_rolling_restart_fails_no_request() {
             assert!(complaints.is_empty(), "replica {}: {complaints:#?}", i + 1);
             cluster.start_again(i).await;
             println!(
-                "replica r{} stopped with {in_flight} uploads in flight, restarted; {} \
-                 requests meanwhile, {} failed so far",
+                "replica r{} stopped with {in_flight} uploads in flight (exit 0 after {:.1} s), \
+                 restarted; {} requests meanwhile, {} failed so far",
                 i + 1,
+                stop_took.as_secs_f64(),
                 counts.sent.load(Ordering::SeqCst) - before,
                 counts.failed.load(Ordering::SeqCst)
             );
