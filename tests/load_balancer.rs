@@ -452,6 +452,59 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
             "37 MiB ({} bytes) streamed through the balancer: 201, SHA-256 equal",
             big.len()
         );
+
+        // One byte more is the service's own 413 (the balancer has no limit of its own),
+        // refused by its Content-Length before the body is read.
+        let mut over = big;
+        over.push(0);
+        let response = cluster
+            .client
+            .post(cluster.haproxy.url("/v1/media"))
+            .bearer_auth(&cluster.token)
+            .header("X-Gr-File-Extension", "mp4")
+            .body(over)
+            .send()
+            .await
+            .unwrap();
+        helpers::assert_error(response, 413, 1009).await;
+
+        // The admin endpoints are not reachable through the balancer; the balancer's request
+        // id reaches the replica (which answers with it) when the client sent none.
+        for path in [
+            "/metrics",
+            "/livez",
+            "/readyz",
+            "/admin/accounts/acct/purge",
+        ] {
+            let response = cluster
+                .client
+                .get(cluster.haproxy.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{path}");
+        }
+        let response = cluster
+            .client
+            .get(cluster.haproxy.url(&format!("/v1/media/{id}")))
+            .bearer_auth(&cluster.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // HAProxy's unique-id-format: client address:port_frontend address:port_time_...
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            request_id.starts_with("7F000001:") && request_id.matches('_').count() == 3,
+            "the balancer's request id reaches the replica: {request_id}"
+        );
+        println!(
+            "over the limit: the service's 413; admin paths: 404 at the balancer; request id \
+             {request_id}"
+        );
     })
     .await
     .expect("the test finishes in time");
