@@ -793,7 +793,12 @@ async fn a_crash_loses_no_acknowledged_upload() {
 
         // What the crash left: rows of uploads that never finished, their unfinished
         // multipart uploads or objects.
-        let left_rows = cluster.metadata.count().await.unwrap() - acknowledged.len() as u64;
+        let left_rows = cluster
+            .metadata
+            .count()
+            .await
+            .unwrap()
+            .saturating_sub(acknowledged.len() as u64);
         let left_multipart = cluster.storage.all_pending_uploads().await.unwrap().len();
         println!(
             "after the crash: {left_rows} rows of unfinished uploads, {left_multipart} \
@@ -859,12 +864,16 @@ async fn a_crash_loses_no_acknowledged_upload() {
             "unfinished multipart uploads: {}",
             pending.len()
         );
-        assert_eq!(
-            rows,
-            acknowledged.len() as u64,
-            "only acknowledged uploads have rows"
+        // Every row is a finished upload with its object (the objects map one to one to
+        // ready rows, and there are as many). An upload the crash cut off between its
+        // commit and its 201 would be stored although its client saw an error: allowed
+        // (it expires like any other), and counted.
+        assert_eq!(keys.len() as u64, rows, "a row without its object");
+        assert!(rows >= acknowledged.len() as u64);
+        println!(
+            "stored although the client saw an error: {}",
+            rows - acknowledged.len() as u64
         );
-        assert_eq!(keys.len(), acknowledged.len());
     })
     .await
     .expect("the test finishes in time");
