@@ -709,9 +709,9 @@ async fn a_crash_loses_no_acknowledged_upload() {
         let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut loops = tokio::task::JoinSet::new();
-        // Six clients uploading 1 to 12 MiB (most of them multipart: parts are 5 MiB here),
-        // in 256 KiB chunks with short pauses, so that uploads are under way on every
-        // replica at any time.
+        // Six clients uploading 6 to 12 MiB (multipart: parts are 5 MiB here), in 256 KiB
+        // chunks with short pauses, so that uploads are under way on every replica at any
+        // time.
         for worker in 0..6u8 {
             let (outcomes, stop, url) = (outcomes.clone(), stop.clone(), url.clone());
             let (client, token) = (cluster.client.clone(), cluster.token.clone());
@@ -719,8 +719,8 @@ async fn a_crash_loses_no_acknowledged_upload() {
                 let mut n: usize = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
-                    let len = 1024 * 1024
-                        + (n * 2_654_435 + usize::from(worker) * 1_000_003) % (11 * 1024 * 1024);
+                    let len = 6 * 1024 * 1024
+                        + (n * 2_654_435 + usize::from(worker) * 1_000_003) % (6 * 1024 * 1024);
                     let data = content(len, worker.wrapping_mul(17).wrapping_add(n as u8));
                     let body = trickle(
                         data.clone(),
@@ -740,7 +740,7 @@ async fn a_crash_loses_no_acknowledged_upload() {
         let (in_flight, open) = loop {
             let in_flight = victim.metric("media_uploads_in_flight").await;
             let open = cluster.storage.all_pending_uploads().await.unwrap().len();
-            if in_flight >= 2.0 && open >= 3 {
+            if in_flight >= 2.0 && open >= 4 {
                 break (in_flight, open);
             }
             assert!(Instant::now() < deadline, "no uploads reached the victim");
