@@ -1,13 +1,14 @@
 //! The pod, run as the manifests run it: the production overlay is rendered with
 //! `kubectl kustomize`, and the Deployment's container (command, args, environment from its
 //! ConfigMap, ports, user and group, security settings, Secret and emptyDir mounts) and the
-//! migration Job's container are taken from it and run with the release binary under
+//! migration Job's container are taken from it and run with the binary cargo built under
 //! `bubblewrap`, as a real non-root uid (`setpriv` before `bwrap`), on a read-only root with
 //! only the emptyDirs writable and every capability dropped. Only the database and storage
 //! endpoints, the secrets and the two listening ports are replaced by local ones.
 //!
-//! Needs `kubectl`, `python3` with PyYAML, `bwrap` (Debian `bubblewrap`) and `setpriv`, and
-//! root to switch to the manifest's uid; `scripts/test` installs bubblewrap.
+//! Needs `kubectl`, PyYAML (scripts/k8s-check's venv has it), `bwrap` (Debian `bubblewrap`)
+//! and `setpriv`, and root to switch to the manifest's uid; `scripts/test` installs
+//! bubblewrap.
 
 #[path = "api/helpers.rs"]
 mod helpers;
@@ -43,10 +44,18 @@ fn render(dir: &str) -> Vec<Value> {
     yaml_to_json(&yaml.stdout)
 }
 
-/// The documents of a YAML stream, converted by PyYAML (serde_yaml is no dependency).
+/// The documents of a YAML stream, converted by PyYAML (serde_yaml is no dependency): the
+/// Python of scripts/k8s-check's venv (which has it) when there is one, else `python3`.
 fn yaml_to_json(yaml: &[u8]) -> Vec<Value> {
     use std::io::Write;
-    let mut python = Command::new("python3")
+    let venv = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/media-node/k8s-venv/bin/python");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let mut python = Command::new(python)
         .args([
             "-c",
             "import sys, yaml, json; \
