@@ -109,6 +109,8 @@ struct Container {
     no_new_privs: bool,
     mounts: Vec<(PathBuf, Volume)>,
     readiness_path: Option<String>,
+    /// The container's working directory: `workingDir`, else the image's (`WORKDIR /`).
+    working_dir: String,
 }
 
 /// A Kubernetes quantity like `16Mi` in bytes (the suffixes the manifests use).
@@ -230,6 +232,7 @@ fn container(objects: &[Value], pod_spec: &Value, name: &str) -> Container {
         readiness_path: spec["readinessProbe"]["httpGet"]["path"]
             .as_str()
             .map(str::to_owned),
+        working_dir: spec["workingDir"].as_str().unwrap_or("/").to_owned(),
     }
 }
 
@@ -391,7 +394,7 @@ fn sandboxed(image: &Path, secrets: &Path, container: &Container, log: &Path) ->
         "--cap-drop",
         "ALL",
         "--chdir",
-        "/",
+        &container.working_dir,
         "--clearenv",
     ]);
     // What the image and the kubelet set besides the manifest's variables.
