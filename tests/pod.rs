@@ -325,6 +325,11 @@ fn sandbox_args(image: &Path, secrets: &Path, container: &Container) -> Vec<Stri
         let target = if rest.as_os_str().is_empty() {
             ancestor
         } else {
+            assert!(
+                ancestor != Path::new("/"),
+                "{} needs a new top-level directory: not supported",
+                path.display()
+            );
             if refilled.insert(ancestor.clone()) {
                 args.extend(["--tmpfs".into(), ancestor.display().to_string()]);
                 for entry in std::fs::read_dir(&ancestor).unwrap() {
