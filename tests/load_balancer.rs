@@ -469,7 +469,8 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
         helpers::assert_error(response, 413, 1009).await;
 
         // The admin endpoints are not reachable through the balancer; the balancer's request
-        // id reaches the replica (which answers with it) when the client sent none.
+        // id reaches the replica (which answers with it) when the client sent none. The
+        // balancer's own answers are in the API's error shape.
         for path in [
             "/metrics",
             "/livez",
@@ -482,7 +483,7 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status(), 404, "{path}");
+            helpers::assert_error(response, 404, 1006).await;
         }
         let response = cluster
             .client
@@ -505,6 +506,26 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
             "over the limit: the service's 413; admin paths: 404 at the balancer; request id \
              {request_id}"
         );
+
+        // No replica left: the balancer's 503 in the API's error shape, with Retry-After.
+        let mut cluster = cluster;
+        for i in 0..3 {
+            cluster.replica(i).signal("KILL");
+        }
+        for server in ["r1", "r2", "r3"] {
+            cluster.haproxy.wait_state(server, "DOWN").await;
+        }
+        let response = cluster
+            .client
+            .get(cluster.haproxy.url(&format!("/v1/media/{id}")))
+            .bearer_auth(&cluster.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("retry-after"));
+        helpers::assert_error(response, 503, 1011).await;
+        cluster.replicas.clear();
+        println!("no replica ready: the balancer's 503, JSON, Retry-After");
     })
     .await
     .expect("the test finishes in time");
@@ -773,6 +794,10 @@ async fn a_crash_loses_no_acknowledged_upload() {
                         *status >= 500,
                         "an upload got neither 201 nor an error: {status} {body:?}"
                     );
+                    // The balancer's 502 too is in the API's error shape.
+                    let json: Value = serde_json::from_str(body.as_deref().unwrap_or(""))
+                        .unwrap_or_else(|_| panic!("not a JSON error: {status} {body:?}"));
+                    assert!(json["errors"][0]["code"].is_u64(), "{json}");
                     failed += 1;
                 }
                 Err(_) => failed += 1,
