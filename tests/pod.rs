@@ -89,7 +89,7 @@ fn str_of(value: &Value) -> String {
 }
 
 /// A volume as the pod mounts it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Volume {
     /// Writable scratch space: a fresh tmpfs, with the emptyDir's size limit.
     EmptyDir { size: Option<u64> },
@@ -98,7 +98,7 @@ enum Volume {
 }
 
 /// One container of the rendered manifests, with what the kubelet would give it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Container {
     argv: Vec<String>,
     env: Vec<(String, String)>,
@@ -651,6 +651,55 @@ async fn run_the_pod() {
     let log = std::fs::read_to_string(&migrate_log).unwrap_or_default();
     assert!(status.success(), "migrate: {status}\n{log}");
     println!("migration Job ({:?}): exit 0", migrate.argv);
+
+    // What the Deployment's container may write: a shell in the same sandbox tries every
+    // place the binary could think of; only the emptyDirs take a file.
+    let mut probe = serve.clone();
+    let mut places: Vec<String> = [
+        "/",
+        "/etc",
+        IMAGE_CONFIG,
+        "/usr/local/bin",
+        "/var",
+        "/var/tmp",
+        "/run",
+        "/root",
+        "/home",
+        "/opt",
+    ]
+    .map(String::from)
+    .to_vec();
+    places.extend(serve.mounts.iter().map(|(p, _)| p.display().to_string()));
+    probe.argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!(
+            "for d in {}; do if touch \"$d/.probe\" 2>/dev/null; then echo \"$d\"; \
+             rm -f \"$d/.probe\"; fi; done",
+            places.join(" ")
+        ),
+    ];
+    let probe_log = dir.0.join("probe.log");
+    let status = sandboxed(&image, &secrets, &probe, &probe_log)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let writable: Vec<String> = std::fs::read_to_string(&probe_log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let empty_dirs: Vec<String> = serve
+        .mounts
+        .iter()
+        .filter(|(_, v)| matches!(v, Volume::EmptyDir { .. }))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert_eq!(writable, empty_dirs, "writable places of the pod");
+    println!(
+        "writable for uid {}: {writable:?} (of {places:?})",
+        serve.uid
+    );
 
     // The Deployment's container.
     let serve_log = dir.0.join("serve.log");
