@@ -693,9 +693,20 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn start(dir: &std::path::Path, envs: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let admin_port = free_port();
-        let log = dir.join(format!("media-node-{port}.log"));
+        Self::start_on(dir, free_port(), free_port(), envs)
+    }
+
+    /// `start` on given ports: a replica started again where it was (a rollout's new pod
+    /// behind the same endpoint). Each start logs to a file of its own.
+    pub fn start_on(
+        dir: &std::path::Path,
+        port: u16,
+        admin_port: u16,
+        envs: &[(&str, String)],
+    ) -> Self {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("media-node-{port}-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = media_node_command(dir)
             .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
