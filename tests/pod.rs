@@ -617,6 +617,7 @@ async fn run_the_pod() {
         );
         let content = match name.as_str() {
             "hs256-secret" => hs256.clone(),
+            "url-signing-secret" => "s".repeat(40),
             "database-password" => database_url.1.clone(),
             "s3-access-key-id" => services.s3_access_key_id.clone(),
             "s3-secret-access-key" => services.s3_secret_access_key.clone(),
@@ -628,7 +629,7 @@ async fn run_the_pod() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(secret_mode)).unwrap();
         files += 1;
     }
-    assert_eq!(files, 4, "the four secrets come from files");
+    assert_eq!(files, 5, "the five secrets come from files");
     // The Job mounts the same Secret at the same place.
     assert!(migrate
         .mounts

@@ -217,7 +217,7 @@ def check_rendered(label, objs, overlay):
     check(env.get("APP_ENV") == "production", "APP_ENV=production")
     check(all(k == "APP_ENV" or k.startswith("MEDIA_NODE__") for k in env),
           "the ConfigMap holds only APP_ENV and MEDIA_NODE__* settings")
-    secret_keys = ("HS256_SECRET", "PASSWORD", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+    secret_keys = ("HS256_SECRET", "URL_SIGNING_SECRET", "PASSWORD", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
     check(not [k for k in env if k.endswith(secret_keys)], "no secret value in the ConfigMap (only *_FILE paths)")
     check(not re.match(r"postgres(ql)?://[^/@]*:[^/@]*@", str(env.get("MEDIA_NODE__DATABASE__URL", ""))),
           "no password in the ConfigMap's database URL")

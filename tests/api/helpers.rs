@@ -135,6 +135,9 @@ pub async fn test_settings(backend: Backend, dir: &TempDir) -> Settings {
         hex::encode(Uuid::new_v4().as_bytes()).repeat(2),
     ));
     settings.auth.generated_secret_file = dir.0.join("jwt-secret");
+    settings.auth.url_signing_secret = Some(Secret::new(
+        hex::encode(Uuid::new_v4().as_bytes()).repeat(2),
+    ));
     match backend {
         Backend::Embedded => {
             settings.database.url =
@@ -855,6 +858,12 @@ pub fn process_env(settings: &Settings) -> Vec<(&'static str, String)> {
     ];
     if let Some(secret) = &settings.auth.hs256_secret {
         env.push(("MEDIA_NODE__AUTH__HS256_SECRET", secret.expose().to_owned()));
+    }
+    if let Some(secret) = &settings.auth.url_signing_secret {
+        env.push((
+            "MEDIA_NODE__AUTH__URL_SIGNING_SECRET",
+            secret.expose().to_owned(),
+        ));
     }
     let s3 = &settings.storage.s3;
     if let Some(endpoint) = &s3.endpoint {
