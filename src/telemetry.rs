@@ -79,7 +79,16 @@ pub fn init(settings: &LogSettings, to_stderr: bool) {
             .with_span_list(false)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+        // Colours only for a terminal: escape codes do not belong in a file or a pipe.
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let terminal = if to_stderr {
+                std::io::stderr().is_terminal()
+            } else {
+                std::io::stdout().is_terminal()
+            };
+            fmt::layer().with_ansi(terminal).with_writer(writer).boxed()
+        }
     };
     let result = tracing_subscriber::registry()
         .with(output.with_filter(filter))

@@ -431,3 +431,20 @@ fn server_exit(server: &mut ServiceProcess) -> (std::process::ExitStatus, String
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Text logs written to a file (or a pipe, or a log collector) carry no terminal colour
+/// codes.
+#[tokio::test]
+async fn text_logs_to_a_file_have_no_colour_codes() {
+    let dir = TempDir::new();
+    let mut server =
+        ServiceProcess::start(&dir.0, &[("MEDIA_NODE__LOG__FORMAT", "text".to_owned())]);
+    server.wait_ready().await;
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "{logs}");
+    assert!(logs.contains("media-node listening"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape codes in the log: {logs:?}"
+    );
+}
