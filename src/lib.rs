@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod body;
 pub mod connections;
+pub mod digest;
 pub mod domain;
 pub mod error;
 pub mod ingest;

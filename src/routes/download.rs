@@ -155,6 +155,13 @@ async fn serve(
 
 /// Headers that describe this version of the media, on 200, 206 and 304 alike.
 fn validators(response: &mut HttpResponseBuilder, record: &MediaRecord, etag: &str) {
+    if let Some(digest) = record
+        .sha256
+        .as_deref()
+        .and_then(crate::digest::repr_digest)
+    {
+        response.insert_header((crate::digest::REPR_DIGEST, digest));
+    }
     response
         .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "private"))

@@ -52,9 +52,15 @@ async fn store(
     let extension = extension(req.headers())?;
     // Refuse by the declared length before reading a byte of the body.
     declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?;
+    let expected = crate::digest::expected_sha256(req.headers())?;
 
     let body = BodyGuard::new(body, state.ingest.body_limits);
     let body = crate::startup::cut_off_at_stop(body, state.stop.clone());
+    // With a Content-Digest, the bytes must match it before the upload may commit.
+    let body: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> = match expected {
+        Some(digest) => Box::pin(crate::digest::Verified::new(body, digest)),
+        None => Box::pin(body),
+    };
     let stored = state.ingest.upload(caller.account, extension, body).await?;
     let id = stored.id.to_string();
     Ok(HttpResponse::Created()

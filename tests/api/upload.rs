@@ -22,6 +22,7 @@ on_both_backends!(
     client_disconnect_mid_body_leaves_nothing,
     concurrent_uploads_are_all_readable,
     mass_cancellation_strands_no_rows,
+    content_digest_is_verified_before_commit,
 );
 
 async fn upload_answers_the_exact_created_body(backend: Backend) {
@@ -428,4 +429,71 @@ impl WriteLock {
         }
         .unwrap();
     }
+}
+
+/// `Content-Digest: sha-256=:…:` (RFC 9530): a matching body is stored; a body that does
+/// not match (here: the digest of other bytes, a multipart-sized one too) is 400 and nothing
+/// stays; a malformed field is 400 before the body. Downloads carry `Repr-Digest`, the
+/// digest of the whole file, on 200 and 206 alike.
+async fn content_digest_is_verified_before_commit(backend: Backend) {
+    use base64::Engine;
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let digest = |bytes: &[u8]| {
+        use sha2::Digest;
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+        )
+    };
+    let upload_with = |body: Vec<u8>, field: String| {
+        app.request(Method::POST, "/v1/media", Some(&token))
+            .header("X-Gr-File-Extension", "bin")
+            .header("Content-Digest", field)
+            .body(body)
+            .send()
+    };
+    let data = content(3000, 1);
+    let response = upload_with(data.clone(), digest(&data)).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["media"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for size in [3000, 6 * 1024 * 1024] {
+        let body = content(size, 2);
+        let response = upload_with(body, digest(b"other bytes")).await.unwrap();
+        let error = assert_error(response, 400, 1009).await;
+        assert!(error["errors"][0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Digest"));
+    }
+    let response = upload_with(content(10, 3), "sha-256=not-a-byte-sequence".to_owned())
+        .await
+        .unwrap();
+    assert_error(response, 400, 1009).await;
+    // Only the matching upload was kept.
+    for _ in 0..100 {
+        if app.row_count().await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.row_count().await, 1);
+    assert_eq!(app.object_keys().await.len(), 1);
+    assert_eq!(app.pending_multipart_uploads().await, 0);
+
+    let whole = app.get(&token, &id).await;
+    assert_eq!(
+        whole.headers()["repr-digest"].to_str().unwrap(),
+        digest(&data)
+    );
+    let part = app.get_with(&token, &id, "Range", "bytes=0-9").await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["repr-digest"].to_str().unwrap(),
+        digest(&data)
+    );
 }
