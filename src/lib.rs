@@ -12,6 +12,7 @@ pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod ops;
