@@ -213,6 +213,11 @@ impl Limits {
         entry
     }
 
+    /// Bytes of the replica's budget that no upload holds now.
+    pub fn free_bytes(&self) -> u64 {
+        self.inner.memory.available_permits() as u64 * 1024
+    }
+
     /// Accounts tracked now (tests).
     pub fn tracked_accounts(&self) -> usize {
         self.inner
@@ -359,14 +364,15 @@ impl UploadSlot {
             .min(inner.budget_kib);
         let account = self.account.memory.clone();
         let replica = inner.memory.clone();
-        let (account_permit, replica_permit) = match (
-            account.clone().try_acquire_many_owned(kib),
-            replica.clone().try_acquire_many_owned(kib),
-        ) {
-            (Ok(a), Ok(r)) => (a, r),
-            (a, r) => {
+        let deadline = Instant::now() + inner.wait;
+        let mut waited = false;
+        // The account's share first, and only then the replica's budget: an upload waiting
+        // for its account's share holds nothing of the replica's meanwhile.
+        let account_permit = match account.clone().try_acquire_many_owned(kib) {
+            Ok(permit) => permit,
+            Err(_) => {
+                waited = true;
                 inner.metrics.memory_waits.inc();
-                let deadline = Instant::now() + inner.wait;
                 // Refused while waiting for the account's share: the account is to blame
                 // (429) only if the replica had room; otherwise the replica is full (503).
                 let account_full = || {
@@ -376,23 +382,22 @@ impl UploadSlot {
                         self.refused("replica")
                     }
                 };
-                let account_permit = match a {
-                    Ok(permit) => permit,
-                    Err(_) => {
-                        tokio::time::timeout_at(deadline, account.clone().acquire_many_owned(kib))
-                            .await
-                            .map_err(|_| account_full())?
-                            .map_err(|_| account_full())?
-                    }
-                };
-                let replica_permit = match r {
-                    Ok(permit) => permit,
-                    Err(_) => tokio::time::timeout_at(deadline, replica.acquire_many_owned(kib))
-                        .await
-                        .map_err(|_| self.refused("replica"))?
-                        .map_err(|_| self.refused("replica"))?,
-                };
-                (account_permit, replica_permit)
+                tokio::time::timeout_at(deadline, account.acquire_many_owned(kib))
+                    .await
+                    .map_err(|_| account_full())?
+                    .map_err(|_| account_full())?
+            }
+        };
+        let replica_permit = match replica.clone().try_acquire_many_owned(kib) {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !waited {
+                    inner.metrics.memory_waits.inc();
+                }
+                tokio::time::timeout_at(deadline, replica.acquire_many_owned(kib))
+                    .await
+                    .map_err(|_| self.refused("replica"))?
+                    .map_err(|_| self.refused("replica"))?
             }
         };
         let bytes = i64::from(kib) * 1024;
@@ -491,6 +496,8 @@ mod tests {
         let _held = greedy.reserve(512 * 1024).await.unwrap();
         let err = greedy.reserve(1024).await.err().unwrap();
         assert!(matches!(err, ApiError::TooManyRequests { .. }), "{err:?}");
+        // Waiting for its share, it held nothing of the replica's budget.
+        assert_eq!(limits.free_bytes(), 512 * 1024);
         let other = limits.begin_upload(&account("other")).unwrap();
         other.reserve(512 * 1024).await.unwrap();
     }

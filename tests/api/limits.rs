@@ -269,6 +269,8 @@ async fn a_greedy_account_cannot_starve_another(backend: Backend) {
     // A third greedy upload waits for its account's share ...
     let third = SlowUpload::start(&app, &greedy).await;
     wait_for_waits(&app, 1).await;
+    // Waiting for its account's share, it holds nothing of the replica's budget.
+    assert_eq!(app.state.limits.free_bytes(), 2 * PART);
 
     // ... while the other account's upload, over a part, goes through.
     let data = content(PART_SIZE + 1000, 4);
