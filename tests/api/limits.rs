@@ -419,3 +419,51 @@ async fn expect_continue_answer(port: u16, token: &str) -> String {
     }
     String::from_utf8(answer).unwrap()
 }
+
+crate::on_both_backends!(uploads_larger_than_the_budget_allows_at_once_all_get_through);
+
+/// More large uploads at once than the budget holds: each waits for parts of the others to
+/// reach storage, none holds a half reservation that blocks the rest, and all are stored.
+async fn uploads_larger_than_the_budget_allows_at_once_all_get_through(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.limits.upload_memory_budget_bytes = 3 * PART;
+        s.limits.account_memory_share = 1.0;
+        s.limits.upload_memory_wait = Duration::from_secs(60);
+    })
+    .await;
+    let uploads: Vec<_> = (0..6u8)
+        .map(|n| {
+            let data = content(2 * PART_SIZE + PART_SIZE / 2, 20 + n);
+            let request = app
+                .request(
+                    Method::POST,
+                    "/v1/media",
+                    Some(&app.token(&format!("a{n}"))),
+                )
+                .header("X-Gr-File-Extension", "bin")
+                .body(data.clone());
+            (n, data, tokio::spawn(request.send()))
+        })
+        .collect();
+    let gauge = app.metrics.limits.memory_in_use.clone();
+    let mut peak = 0;
+    let mut stored = Vec::new();
+    for (n, data, task) in uploads {
+        let response = loop {
+            peak = peak.max(gauge.get());
+            if task.is_finished() {
+                break task.await.unwrap().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(response.status(), 201, "upload {n}");
+        let json: serde_json::Value = response.json().await.unwrap();
+        stored.push((n, json["media"][0]["id"].as_str().unwrap().to_owned(), data));
+    }
+    assert!(peak <= (3 * PART) as i64, "peak {peak}");
+    for (n, id, data) in stored {
+        let response = app.get(&app.token(&format!("a{n}")), &id).await;
+        assert_eq!(response.bytes().await.unwrap().to_vec(), data, "upload {n}");
+    }
+    wait_for_memory(&app, 0).await;
+}
