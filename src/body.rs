@@ -32,6 +32,14 @@ impl PartBuffer {
         }
     }
 
+    /// Allocates the next part's buffer at `capacity` bytes (what was reserved for it), so
+    /// the buffer never grows, and never copies itself, past its reservation.
+    pub fn begin(&mut self, capacity: usize) {
+        if self.buffer.is_empty() && self.buffer.capacity() < capacity {
+            self.buffer = BytesMut::with_capacity(capacity.min(self.part_size));
+        }
+    }
+
     /// Copies from the front of `rest` until the part is full; then returns the full part
     /// (and `rest` keeps what did not fit).
     pub fn fill(&mut self, rest: &mut &[u8]) -> Option<Bytes> {
@@ -223,6 +231,16 @@ mod tests {
             vec![&b"abcdefghij"[..], b"klmnopqrst", b"uvwxyz0123"]
         );
         assert!(buffer.take().is_empty());
+    }
+
+    #[test]
+    fn a_begun_part_holds_what_was_reserved_without_growing() {
+        let mut buffer = PartBuffer::new(1 << 20);
+        buffer.begin(4096);
+        let mut rest = &[7u8; 4096][..];
+        assert!(buffer.fill(&mut rest).is_none());
+        assert_eq!(buffer.buffer.capacity(), 4096);
+        assert_eq!(buffer.take().len(), 4096);
     }
 
     fn limits(idle_ms: u64, rate: u64, grace_ms: u64) -> BodyLimits {

@@ -60,6 +60,14 @@ pub enum ApiError {
     /// nothing of it was kept. Another replica takes the retry.
     #[error("the service is restarting; retry the request")]
     ShuttingDown,
+    /// 503: the replica's upload memory budget stayed full for `limits.upload_memory_wait`;
+    /// nothing of the upload was kept. Another replica, or a later try, has room.
+    #[error("the replica's upload memory is in use; retry shortly")]
+    MemoryBudget,
+    /// 429: an account's limit (concurrent uploads, its share of the upload memory, its
+    /// request rate). `Retry-After` is `retry_after` seconds.
+    #[error("{details}")]
+    TooManyRequests { details: String, retry_after: u64 },
     /// 500: a bug. The cause is logged, the body only carries the request id.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -99,7 +107,10 @@ impl ApiError {
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
             ApiError::NotFound(_) => (1006, "Resource not found"),
             ApiError::MethodNotAllowed { .. } => (1025, "Invalid request"),
-            ApiError::Unavailable(_) | ApiError::ShuttingDown => (1011, "Service not ready"),
+            ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::MemoryBudget => {
+                (1011, "Service not ready")
+            }
+            ApiError::TooManyRequests { .. } => (1015, "Too many requests"),
             ApiError::Internal(_) | ApiError::Misconfigured { .. } => (1014, "Internal error"),
         }
     }
@@ -124,7 +135,10 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "too_large",
             ApiError::BodyIncomplete(_) | ApiError::BodyTimeout(_) => "aborted",
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "denied",
-            ApiError::Unavailable(_) | ApiError::ShuttingDown => "unavailable",
+            ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::MemoryBudget => {
+                "unavailable"
+            }
+            ApiError::TooManyRequests { .. } => "limited",
             _ => "failed",
         }
     }
@@ -149,7 +163,10 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            ApiError::Unavailable(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::MemoryBudget => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) | ApiError::Misconfigured { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -186,8 +203,11 @@ impl ResponseError for ApiError {
             ApiError::RangeNotSatisfiable { size } => {
                 response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::MemoryBudget => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             ApiError::ShuttingDown => {
                 response.insert_header((header::RETRY_AFTER, "1"));

@@ -6,6 +6,10 @@
 //!
 //! Memory per upload is bounded by the part size, in bytes whatever the client's chunking:
 //! one part-sized buffer being filled plus at most `MAX_PARTS_IN_FLIGHT` parts being sent.
+//! Each of those buffers holds a reservation from the replica's memory budget (`limits`),
+//! taken before the buffer is filled and given back when its part reached storage. The
+//! first is taken before the row is written, so an upload refused for want of memory
+//! leaves nothing at all.
 //!
 //! The same rule holds for multipart uploads: on S3 the row says a multipart upload is
 //! being created before it is, and then names it, so every multipart upload is found
@@ -22,6 +26,7 @@ use tokio::task::JoinSet;
 use crate::body::PartBuffer;
 use crate::domain::{AccountId, FileExtension, MediaId};
 use crate::error::ApiError;
+use crate::limits::{Reservation, UploadSlot};
 use crate::metadata::{Metadata, NewMedia};
 use crate::metrics::MediaMetrics;
 use crate::storage::{Storage, StorageError, UploadId};
@@ -110,17 +115,23 @@ pub struct Stored {
 }
 
 impl Ingest {
-    /// Stores one upload. `body` yields the request body as it arrives.
+    /// Stores one upload. `body` yields the request body as it arrives; `declared` is its
+    /// `Content-Length`, if it has one; `slot` reserves the memory of its part buffers.
     pub async fn upload<S, E>(
         &self,
         owner: AccountId,
         extension: FileExtension,
+        declared: Option<u64>,
+        slot: &UploadSlot,
         mut body: S,
     ) -> Result<Stored, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<ApiError>,
     {
+        // The first part buffer's memory, before the row: an upload that finds no room
+        // waits here with its body unread, and one refused leaves nothing behind.
+        let first = slot.reserve(self.part_reservation(declared, 0)).await?;
         let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
         let id = MediaId::new_random();
@@ -143,7 +154,7 @@ impl Ingest {
             armed: true,
             _heartbeat: Heartbeat::start(self, id),
         };
-        match session.stream(&mut body).await {
+        match session.stream(&mut body, declared, slot, first).await {
             Ok(stored) => {
                 session.armed = false;
                 self.metrics.upload_bytes.inc_by(stored.size_bytes);
@@ -223,7 +234,12 @@ impl Multipart {
         })
     }
 
-    async fn send(&mut self, payload: PutPayload) -> Result<(), StorageError> {
+    /// Sends one part; its memory `reservation` is given back when storage has the part.
+    async fn send(
+        &mut self,
+        payload: PutPayload,
+        reservation: Option<Reservation>,
+    ) -> Result<(), StorageError> {
         while self.parts.len() >= MAX_PARTS_IN_FLIGHT {
             self.join_one().await?;
         }
@@ -233,6 +249,7 @@ impl Multipart {
             PartWriter::ById(upload) => {
                 let (storage, upload, id) = (self.storage.clone(), upload.clone(), self.id);
                 self.parts.spawn(async move {
+                    let _reservation = reservation;
                     let part = storage.put_part(id, &upload, index, payload).await?;
                     Ok((index, Some(part)))
                 });
@@ -242,6 +259,7 @@ impl Multipart {
                 let timer = self.storage.timer("put_part");
                 self.parts.spawn(async move {
                     let _timer = timer;
+                    let _reservation = reservation;
                     part.await?;
                     Ok((index, None))
                 });
@@ -324,7 +342,13 @@ struct Session {
 }
 
 impl Session {
-    async fn stream<S, E>(&mut self, body: &mut S) -> Result<Stored, ApiError>
+    async fn stream<S, E>(
+        &mut self,
+        body: &mut S,
+        declared: Option<u64>,
+        slot: &UploadSlot,
+        first: Reservation,
+    ) -> Result<Stored, ApiError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<ApiError>,
@@ -337,6 +361,10 @@ impl Session {
         // One part-sized buffer the body is copied into: memory is bounded by bytes, whatever
         // the client's chunking (a body of 1-byte chunks must not keep a million `Bytes`).
         let mut pending = PartBuffer::new(part_size);
+        // The memory of the part being filled: reserved before its first byte is copied in,
+        // handed over with the part when it is sent.
+        pending.begin(first.bytes());
+        let mut reservation = Some(first);
 
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Into::into)?;
@@ -346,14 +374,28 @@ impl Session {
             }
             hasher.update(&chunk);
             let mut rest = &chunk[..];
-            while let Some(part) = pending.fill(&mut rest) {
+            while !rest.is_empty() {
+                if reservation.is_none() {
+                    // The next part's memory, whole, before it is filled; meanwhile the
+                    // body is not read (backpressure).
+                    let offset = size - rest.len() as u64;
+                    let bytes = self.ingest.part_reservation(declared, offset);
+                    let next = slot.reserve(bytes).await?;
+                    pending.begin(next.bytes());
+                    reservation = Some(next);
+                }
+                let Some(part) = pending.fill(&mut rest) else {
+                    break;
+                };
                 if self.multipart.is_none() {
                     // From here a multipart upload may exist, even if starting it fails.
                     self.multipart_begun = true;
                     self.multipart = Some(Multipart::start(&self.ingest, self.id).await?);
                 }
                 if let Some(multipart) = self.multipart.as_mut() {
-                    multipart.send(PutPayload::from(part)).await?;
+                    multipart
+                        .send(PutPayload::from(part), reservation.take())
+                        .await?;
                 }
             }
         }
@@ -370,7 +412,9 @@ impl Session {
             Some(multipart) => {
                 let last = pending.take();
                 if !last.is_empty() {
-                    multipart.send(PutPayload::from(last)).await?;
+                    multipart
+                        .send(PutPayload::from(last), reservation.take())
+                        .await?;
                 }
                 multipart.finish().await?;
             }
@@ -385,6 +429,7 @@ impl Session {
             }
         }
         self.multipart = None;
+        drop(reservation);
 
         let sha256 = hex::encode(hasher.finalize());
         if !self
@@ -520,6 +565,23 @@ fn upload_error(err: ApiError) -> ApiError {
 }
 
 impl Ingest {
+    /// The memory to reserve for the part buffer that starts at byte `offset` of a body.
+    ///
+    /// With a declared `Content-Length`, what is left of the body when that is less than a
+    /// part: a 4 KiB voice note reserves 4 KiB, not 8 MiB (actix never delivers more than
+    /// the declared length). Without one (a chunked body), a whole part: the size is not
+    /// known, and growing a reservation bit by bit as bytes arrive is what lets uploads
+    /// each hold half of what they need and wait for each other until all time out. A
+    /// chunked body thus holds a part's worth while it lasts; phone clients send
+    /// `Content-Length`.
+    fn part_reservation(&self, declared: Option<u64>, offset: u64) -> u64 {
+        let part = self.part_size as u64;
+        match declared {
+            Some(len) if len > offset => part.min(len - offset),
+            _ => part,
+        }
+    }
+
     /// Uploads whose heartbeat is older than this count as crashed.
     fn stale_before(&self) -> chrono::DateTime<Utc> {
         Utc::now() - chrono::Duration::from_std(self.stale_upload_after).unwrap_or_default()

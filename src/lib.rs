@@ -13,6 +13,7 @@ pub mod digest;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod ops;

@@ -21,13 +21,14 @@ pub static BACKEND_MISCONFIGURED: std::sync::LazyLock<IntCounterVec> =
     });
 
 /// Every `outcome` of `media_uploads_total`.
-pub const UPLOAD_OUTCOMES: [&str; 7] = [
+pub const UPLOAD_OUTCOMES: [&str; 8] = [
     "stored",
     "rejected",
     "too_large",
     "aborted",
     "denied",
     "unavailable",
+    "limited",
     "failed",
 ];
 
@@ -176,7 +177,8 @@ impl HttpMetrics {
 /// Uploads and downloads of media.
 #[derive(Clone, Debug)]
 pub struct MediaMetrics {
-    /// By outcome: stored, rejected, too_large, aborted, denied, unavailable, failed.
+    /// By outcome: stored, rejected, too_large, aborted, denied, unavailable, limited,
+    /// failed.
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
     pub upload_size: Histogram,
@@ -254,6 +256,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub media: MediaMetrics,
     pub pool: PoolMetrics,
+    pub limits: crate::limits::LimitMetrics,
 }
 
 impl Metrics {
@@ -279,6 +282,8 @@ impl Metrics {
         registry.register(Box::new(media.uploads_in_flight.clone()))?;
         registry.register(Box::new(media.downloads.clone()))?;
         registry.register(Box::new(media.download_bytes.clone()))?;
+        let limits = crate::limits::LimitMetrics::new();
+        limits.register(&registry)?;
         let pool = PoolMetrics {
             connections: prometheus::IntGaugeVec::new(
                 Opts::new(
@@ -323,6 +328,7 @@ impl Metrics {
             http,
             media,
             pool,
+            limits,
         })
     }
 }

@@ -114,7 +114,8 @@ pub fn start(
 }
 
 /// Decides an `Expect: 100-continue` request: an upload is refused with its final answer
-/// (401, 403, 400, 413) before the client sends its body; anything else continues.
+/// (401, 403, 400, 413, 429 for an account with all its uploads running) before the
+/// client sends its body; anything else continues.
 fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<BoxBody>> {
     if req.method() != Method::POST || req.path() != "/v1/media" {
         return Ok(req);
@@ -128,11 +129,11 @@ fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<B
         }
         Response::from(response)
     };
-    let checked = state
-        .auth
-        .authenticate(req.headers())
-        .and_then(|caller| caller.require(SCOPE_WRITE))
-        .and_then(|()| routes::upload::check_headers(req.headers(), state.ingest.max_upload_bytes));
+    let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
+        caller.require(SCOPE_WRITE)?;
+        routes::upload::check_headers(req.headers(), state.ingest.max_upload_bytes)?;
+        state.limits.upload_allowed(&caller.account)
+    });
     match checked {
         Ok(()) => Ok(req),
         Err(err) => Err(refusal(err)),

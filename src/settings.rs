@@ -227,6 +227,32 @@ pub struct LimitSettings {
     pub min_body_rate_bytes_per_sec: u64,
     #[serde(with = "humantime_serde")]
     pub min_body_rate_grace: Duration,
+    /// Bytes all uploads of the replica may hold in part buffers at once.
+    pub upload_memory_budget_bytes: u64,
+    /// How long an upload waits for room in the budget before it is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub upload_memory_wait: Duration,
+    /// The part of the budget one account may hold, in (0, 1].
+    pub account_memory_share: f64,
+    /// Uploads one account may run at once on a replica; more are answered 429 at once.
+    pub max_uploads_per_account: u32,
+    /// Requests a second one account may make on a replica; unset turns the limit off.
+    pub account_requests_per_second: Option<u32>,
+    /// Requests an account may make at once above the rate; unset: one second's worth.
+    pub account_request_burst: Option<u32>,
+}
+
+impl LimitSettings {
+    pub fn limits_config(&self) -> crate::limits::LimitsConfig {
+        crate::limits::LimitsConfig {
+            memory_budget_bytes: self.upload_memory_budget_bytes,
+            account_memory_share: self.account_memory_share,
+            memory_wait: self.upload_memory_wait,
+            max_uploads_per_account: self.max_uploads_per_account,
+            account_requests_per_second: self.account_requests_per_second,
+            account_request_burst: self.account_request_burst,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,6 +381,43 @@ impl Settings {
                 "server.public_base_url must be an http(s) URL"
             );
         }
+        self.validate_upload_limits()
+    }
+
+    /// The memory budget must hold a whole part for one upload of one account (else an
+    /// upload could never start its next part), and fit the budget's KiB counter.
+    fn validate_upload_limits(&self) -> anyhow::Result<()> {
+        let limits = &self.limits;
+        let part = self.storage.part_size_bytes as u64;
+        anyhow::ensure!(
+            limits.upload_memory_budget_bytes <= u64::from(u32::MAX) * 1024,
+            "limits.upload_memory_budget_bytes must be at most 4 TiB"
+        );
+        anyhow::ensure!(
+            limits.account_memory_share > 0.0 && limits.account_memory_share <= 1.0,
+            "limits.account_memory_share must be above 0 and at most 1"
+        );
+        let share =
+            (limits.upload_memory_budget_bytes as f64 * limits.account_memory_share).floor() as u64;
+        anyhow::ensure!(
+            share >= part,
+            "limits.upload_memory_budget_bytes × limits.account_memory_share ({share} bytes) \
+             must hold at least one part (storage.part_size_bytes, {part} bytes)"
+        );
+        anyhow::ensure!(
+            limits.upload_memory_wait <= Duration::from_secs(3600),
+            "limits.upload_memory_wait must be at most 1h"
+        );
+        anyhow::ensure!(
+            limits.max_uploads_per_account > 0,
+            "limits.max_uploads_per_account must be positive"
+        );
+        anyhow::ensure!(
+            limits.account_requests_per_second != Some(0)
+                && limits.account_request_burst != Some(0),
+            "limits.account_requests_per_second and limits.account_request_burst must be \
+             positive (leave them unset to turn the rate limit off)"
+        );
         Ok(())
     }
 
@@ -838,5 +901,57 @@ mod tests {
         assert_eq!(settings.auth.key_files_poll, Duration::from_secs(5));
         assert_eq!(settings.auth.jwks_url, None);
         assert_eq!(settings.auth.jwks_refresh, Duration::from_secs(300));
+        assert_eq!(
+            settings.limits.upload_memory_budget_bytes,
+            256 * 1024 * 1024
+        );
+        assert_eq!(settings.limits.upload_memory_wait, Duration::from_secs(10));
+        assert_eq!(settings.limits.account_memory_share, 0.5);
+        assert_eq!(settings.limits.max_uploads_per_account, 32);
+        assert_eq!(settings.limits.account_requests_per_second, None);
+    }
+
+    #[test]
+    fn upload_limits_that_cannot_work_are_refused() {
+        for (key, value, named) in [
+            (
+                "MEDIA_NODE__LIMITS__UPLOAD_MEMORY_BUDGET_BYTES",
+                "8388608",
+                "limits.upload_memory_budget_bytes",
+            ),
+            (
+                "MEDIA_NODE__LIMITS__ACCOUNT_MEMORY_SHARE",
+                "0",
+                "limits.account_memory_share",
+            ),
+            (
+                "MEDIA_NODE__LIMITS__ACCOUNT_MEMORY_SHARE",
+                "1.5",
+                "limits.account_memory_share",
+            ),
+            (
+                "MEDIA_NODE__LIMITS__MAX_UPLOADS_PER_ACCOUNT",
+                "0",
+                "limits.max_uploads_per_account",
+            ),
+            (
+                "MEDIA_NODE__LIMITS__ACCOUNT_REQUESTS_PER_SECOND",
+                "0",
+                "limits.account_requests_per_second",
+            ),
+        ] {
+            let err = load_with("development", &[(key, value)]).unwrap_err();
+            assert!(format!("{err:#}").contains(named), "{key}={value}: {err:#}");
+        }
+        let settings = load_with(
+            "development",
+            &[
+                ("MEDIA_NODE__LIMITS__ACCOUNT_REQUESTS_PER_SECOND", "20"),
+                ("MEDIA_NODE__LIMITS__ACCOUNT_MEMORY_SHARE", "0.25"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.limits.account_requests_per_second, Some(20));
+        assert_eq!(settings.limits.account_memory_share, 0.25);
     }
 }

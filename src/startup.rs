@@ -125,6 +125,10 @@ impl Application {
             metadata: metadata.clone(),
             storage: storage.clone(),
             ingest,
+            limits: crate::limits::Limits::new(
+                &settings.limits.limits_config(),
+                metrics.limits.clone(),
+            ),
             metrics: metrics.clone(),
             stop: stop_signal,
             links: crate::signed_url::UrlSigner::from_settings(settings)?,

@@ -22,6 +22,8 @@ pub struct AppState {
     pub metadata: Metadata,
     pub storage: Storage,
     pub ingest: Ingest,
+    /// The upload memory budget and the per-account limits.
+    pub limits: crate::limits::Limits,
     pub metrics: crate::metrics::Metrics,
     /// Set when a stop begins: uploads still streaming at its cut-off end there.
     pub stop: crate::startup::StopSignal,
@@ -30,12 +32,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// 401 unless the request carries a valid token, 403 unless it allows `scope`; in that
-    /// order, before anything about the addressed media is looked at. A token naming a key
-    /// not known yet may first refresh the identity provider's keys.
+    /// 401 unless the request carries a valid token, 403 unless it allows `scope`, 429 when
+    /// the account is over its request rate (if one is configured); in that order, before
+    /// anything about the addressed media is looked at. A token naming a key not known yet
+    /// may first refresh the identity provider's keys.
     async fn caller(&self, req: &HttpRequest, scope: &str) -> Result<Caller, ApiError> {
         let caller = self.auth.authenticate_refreshing(req.headers()).await?;
         caller.require(scope)?;
+        self.limits.check_rate(&caller.account)?;
         Ok(caller)
     }
 }

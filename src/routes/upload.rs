@@ -51,8 +51,10 @@ async fn store(
     let caller = state.caller(&req, SCOPE_WRITE).await?;
     let extension = extension(req.headers())?;
     // Refuse by the declared length before reading a byte of the body.
-    declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?;
+    let declared = declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?;
     let expected = crate::digest::expected_sha256(req.headers())?;
+    // Counted among the account's uploads, or refused (429) before a byte of the body.
+    let slot = state.limits.begin_upload(&caller.account)?;
 
     let body = BodyGuard::new(body, state.ingest.body_limits);
     let body = crate::startup::cut_off_at_stop(body, state.stop.clone());
@@ -61,7 +63,10 @@ async fn store(
         Some(digest) => Box::pin(crate::digest::Verified::new(body, digest)),
         None => Box::pin(body),
     };
-    let stored = state.ingest.upload(caller.account, extension, body).await?;
+    let stored = state
+        .ingest
+        .upload(caller.account, extension, declared, &slot, body)
+        .await?;
     let id = stored.id.to_string();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/media/{id}")))
@@ -72,16 +77,17 @@ async fn store(
 /// declared length. `Expect: 100-continue` runs them too, before the body is sent.
 pub fn check_headers(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
     extension(headers)?;
-    declared_length_allowed(headers, limit)
+    declared_length_allowed(headers, limit).map(drop)
 }
 
-fn declared_length_allowed(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+/// The declared `Content-Length`, if any, once it is known to be allowed.
+fn declared_length_allowed(headers: &HeaderMap, limit: u64) -> Result<Option<u64>, ApiError> {
     match declared_length(headers)? {
         Some(len) if len > limit => Err(ApiError::PayloadTooLarge { limit }),
         Some(0) => Err(ApiError::MissingParameter(
             "the request body is empty: send the file's bytes".to_owned(),
         )),
-        _ => Ok(()),
+        declared => Ok(declared),
     }
 }
 

@@ -8,5 +8,6 @@ mod delete;
 mod download;
 mod errors;
 mod http_layer;
+mod limits;
 mod ops;
 mod upload;

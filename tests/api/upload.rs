@@ -343,6 +343,8 @@ async fn mass_cancellation_strands_no_rows(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.database.max_connections = 2;
         s.database.acquire_timeout = Duration::from_millis(100);
+        // A hundred uploads of one account: above its default cap of concurrent uploads.
+        s.limits.max_uploads_per_account = 100;
     })
     .await;
     let token = app.token("acct");
