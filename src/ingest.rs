@@ -49,6 +49,8 @@ pub struct Ingest {
     pub cleanups: Cleanups,
     /// How slow a body may be before the upload is answered 408 and rolled back.
     pub body_limits: crate::body::BodyLimits,
+    /// `media.verify_content`.
+    pub verify_content: crate::content_check::VerifyContent,
 }
 
 /// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker
@@ -123,6 +125,7 @@ impl Ingest {
         extension: FileExtension,
         declared: Option<u64>,
         slot: &UploadSlot,
+        detected: crate::content_check::Detected,
         mut body: S,
     ) -> Result<Stored, ApiError>
     where
@@ -152,6 +155,7 @@ impl Ingest {
             object_written: false,
             multipart_begun: false,
             armed: true,
+            detected,
             _heartbeat: Heartbeat::start(self, id),
         };
         match session.stream(&mut body, declared, slot, first).await {
@@ -337,6 +341,8 @@ struct Session {
     /// Until disarmed, dropping the session (the request future was cancelled) cleans up in
     /// the background.
     armed: bool,
+    /// What the content check made of the first bytes, recorded at the commit.
+    detected: crate::content_check::Detected,
     /// Keeps the row live while the upload runs; stops with the session.
     _heartbeat: Heartbeat,
 }
@@ -435,7 +441,13 @@ impl Session {
         if !self
             .ingest
             .metadata
-            .mark_ready(self.id, size, &sha256, self.ingest.stale_before())
+            .mark_ready_detected(
+                self.id,
+                size,
+                &sha256,
+                self.ingest.stale_before(),
+                self.detected.mime_type(),
+            )
             .await?
         {
             // Its heartbeat fell behind (the database was unreachable for a long time) and

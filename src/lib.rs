@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod body;
 pub mod connections;
+pub mod content_check;
 pub mod digest;
 pub mod domain;
 pub mod error;

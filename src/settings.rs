@@ -215,6 +215,9 @@ fn default_signed_url_ttl() -> Duration {
 pub struct MediaSettings {
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Whether an upload's first bytes are checked against its extension.
+    #[serde(default)]
+    pub verify_content: crate::content_check::VerifyContent,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -113,6 +113,7 @@ impl Application {
             cleanups: Cleanups::on_current_runtime(
                 (settings.database.max_connections / 4).max(1) as usize
             ),
+            verify_content: settings.media.verify_content,
             body_limits: crate::body::BodyLimits {
                 idle_timeout: settings.limits.body_idle_timeout,
                 min_rate_bytes_per_sec: settings.limits.min_body_rate_bytes_per_sec,

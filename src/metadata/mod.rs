@@ -53,6 +53,8 @@ pub struct MediaRecord {
     pub status: MediaStatus,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// What the first bytes showed, when the detector recognised them.
+    pub detected_mime_type: Option<String>,
 }
 
 /// What is known of an upload before its first byte.
@@ -453,11 +455,24 @@ impl Metadata {
         sha256: &str,
         stale_before: DateTime<Utc>,
     ) -> Result<bool> {
+        self.mark_ready_detected(id, size_bytes, sha256, stale_before, None)
+            .await
+    }
+
+    /// `mark_ready`, recording the type the content was detected as.
+    pub async fn mark_ready_detected(
+        &self,
+        id: MediaId,
+        size_bytes: u64,
+        sha256: &str,
+        stale_before: DateTime<Utc>,
+        detected: Option<&str>,
+    ) -> Result<bool> {
         on_pool!(
             self,
             "mark_ready",
-            |pool| postgres::mark_ready(pool, id, size_bytes, sha256, stale_before).await,
-            sqlite::mark_ready(pool, id, size_bytes, sha256, stale_before).await
+            |pool| postgres::mark_ready(pool, id, size_bytes, sha256, stale_before, detected).await,
+            sqlite::mark_ready(pool, id, size_bytes, sha256, stale_before, detected).await
         )
     }
 

@@ -11,7 +11,8 @@ use super::{
 use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
-    "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at";
+    "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at, \
+     detected_mime_type";
 
 fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
     let owner: String = row.try_get("owner")?;
@@ -27,6 +28,7 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
         status: MediaStatus::parse(&status)?,
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
+        detected_mime_type: row.try_get("detected_mime_type")?,
     })
 }
 
@@ -57,16 +59,18 @@ pub(super) async fn mark_ready(
     size_bytes: u64,
     sha256: &str,
     stale_before: DateTime<Utc>,
+    detected: Option<&str>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
     let done = sqlx::query(&format!(
         "UPDATE media SET status = 'ready', size_bytes = $3, sha256 = $4, \
-         multipart_upload_id = NULL WHERE {LIVE_UPLOAD}"
+         detected_mime_type = $5, multipart_upload_id = NULL WHERE {LIVE_UPLOAD}"
     ))
     .bind(id.as_uuid())
     .bind(stale_before)
     .bind(size)
     .bind(sha256)
+    .bind(detected)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -42,7 +42,7 @@ pub fn media_object(record: &MediaRecord) -> Value {
     json!({
         "id": record.id.to_string(),
         "mime_type": record.content_type,
-        "detected_mime_type": Value::Null,
+        "detected_mime_type": record.detected_mime_type,
         "extension": record.extension.as_str(),
         "file_size": record.size_bytes,
         "sha256": record.sha256,

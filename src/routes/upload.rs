@@ -63,9 +63,12 @@ async fn store(
         Some(digest) => Box::pin(crate::digest::Verified::new(body, digest)),
         None => Box::pin(body),
     };
+    // The first bytes checked against the extension (`media.verify_content`).
+    let (body, detected) =
+        crate::content_check::Checked::new(body, extension.clone(), state.ingest.verify_content);
     let stored = state
         .ingest
-        .upload(caller.account, extension, declared, &slot, body)
+        .upload(caller.account, extension, declared, &slot, detected, body)
         .await?;
     let id = stored.id.to_string();
     Ok(HttpResponse::Created()

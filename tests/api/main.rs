@@ -4,6 +4,7 @@ mod helpers;
 mod housekeeping;
 
 mod auth;
+mod content;
 mod delete;
 mod download;
 mod errors;
