@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::domain::{AccountId, MediaId};
-use crate::metadata::{MediaStatus, Metadata, PurgeQuery};
+use crate::domain::AccountId;
+use crate::metadata::{Metadata, PurgeQuery};
 use crate::storage::Storage;
 
 /// What a purge did.
@@ -67,30 +67,16 @@ impl Purge {
             if claimed.is_empty() {
                 break;
             }
-            let mut failed: Vec<MediaId> = Vec::new();
-            for row in claimed
-                .iter()
-                .filter(|r| r.status == MediaStatus::Uploading)
-            {
-                if let Err(err) = self
-                    .storage
-                    .abort_unfinished(row.id, row.multipart_upload_id.as_deref())
-                    .await
-                {
-                    tracing::warn!(id = %row.id, error = ?err, "purge could not abort an unfinished upload");
-                    failed.push(row.id);
-                }
+            let cleared = crate::reaper::clear_storage(&self.storage, &claimed).await;
+            if !cleared.unfinished_failed.is_empty() || !cleared.objects_failed.is_empty() {
+                tracing::warn!(
+                    unfinished = cleared.unfinished_failed.len(),
+                    objects = cleared.objects_failed.len(),
+                    "purge could not remove some media from storage; their rows stay"
+                );
             }
-            let candidates: Vec<MediaId> = claimed
-                .iter()
-                .map(|r| r.id)
-                .filter(|id| !failed.contains(id))
-                .collect();
-            failed.extend(self.storage.delete_many(&candidates).await);
-            let removed: Vec<MediaId> = candidates
-                .into_iter()
-                .filter(|id| !failed.contains(id))
-                .collect();
+            let failed = [cleared.unfinished_failed, cleared.objects_failed].concat();
+            let removed = cleared.removed;
             report.deleted += self
                 .metadata
                 .delete_claimed_owned(&removed, query.claim, owner)

@@ -12,7 +12,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::domain::MediaId;
-use crate::metadata::{DueQuery, MediaStatus, Metadata};
+use crate::metadata::{Claimed, DueQuery, MediaStatus, Metadata};
 use crate::metrics::ReaperMetrics;
 use crate::settings::ReaperSettings;
 use crate::storage::Storage;
@@ -153,44 +153,23 @@ impl Reaper {
             return Ok(BatchReport::default());
         }
 
-        let mut failed: Vec<MediaId> = Vec::new();
+        let cleared = clear_storage(&self.storage, &claimed).await;
         let mut errors = 0;
-        // An upload that never finished may have left a multipart upload (S3) or staging
-        // files (local disk) besides the object.
-        for row in claimed
-            .iter()
-            .filter(|r| r.status == MediaStatus::Uploading)
-        {
-            if let Err(err) = self
-                .storage
-                .abort_unfinished(row.id, row.multipart_upload_id.as_deref())
-                .await
-            {
-                self.error("multipart");
-                errors += 1;
-                tracing::warn!(id = %row.id, error = ?err, "reaper could not abort a multipart upload");
-                failed.push(row.id);
-            }
+        for id in &cleared.unfinished_failed {
+            self.error("multipart");
+            errors += 1;
+            tracing::warn!(%id, "reaper could not abort an unfinished upload");
         }
-        let candidates: Vec<MediaId> = claimed
-            .iter()
-            .map(|r| r.id)
-            .filter(|id| !failed.contains(id))
-            .collect();
-        let not_deleted = self.storage.delete_many(&candidates).await;
-        if !not_deleted.is_empty() {
+        if !cleared.objects_failed.is_empty() {
             self.error("storage");
             errors += 1;
             tracing::warn!(
-                count = not_deleted.len(),
+                count = cleared.objects_failed.len(),
                 "reaper could not delete some objects; their rows stay for a later pass"
             );
         }
-        let removed: Vec<MediaId> = candidates
-            .into_iter()
-            .filter(|id| !not_deleted.contains(id))
-            .collect();
-        failed.extend(not_deleted);
+        let removed = cleared.removed;
+        let failed = [cleared.unfinished_failed, cleared.objects_failed].concat();
 
         let deleted = match self.metadata.delete_claimed(&removed, claim, now).await {
             Ok(n) => n,
@@ -222,6 +201,48 @@ struct BatchReport {
     claimed: usize,
     deleted: u64,
     errors: u64,
+}
+
+/// What `clear_storage` did to a batch of claimed rows.
+#[derive(Debug, Default)]
+pub(crate) struct Cleared {
+    /// Nothing of theirs is left in storage: their rows may go.
+    pub removed: Vec<MediaId>,
+    /// Uploads that never finished whose multipart upload or staging files could not be
+    /// removed.
+    pub unfinished_failed: Vec<MediaId>,
+    /// Objects that could not be deleted.
+    pub objects_failed: Vec<MediaId>,
+}
+
+/// Removes what storage holds for claimed rows, objects before rows: for uploads that
+/// never finished their multipart upload (S3) or staging files (local disk), then every
+/// object, in bulk. Shared by the reaper and an account's purge.
+pub(crate) async fn clear_storage(storage: &Storage, claimed: &[Claimed]) -> Cleared {
+    let mut cleared = Cleared::default();
+    for row in claimed
+        .iter()
+        .filter(|r| r.status == MediaStatus::Uploading)
+    {
+        if let Err(err) = storage
+            .abort_unfinished(row.id, row.multipart_upload_id.as_deref())
+            .await
+        {
+            tracing::debug!(id = %row.id, error = ?err, "aborting an unfinished upload failed");
+            cleared.unfinished_failed.push(row.id);
+        }
+    }
+    let candidates: Vec<MediaId> = claimed
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| !cleared.unfinished_failed.contains(id))
+        .collect();
+    cleared.objects_failed = storage.delete_many(&candidates).await;
+    cleared.removed = candidates
+        .into_iter()
+        .filter(|id| !cleared.objects_failed.contains(id))
+        .collect();
+    cleared
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

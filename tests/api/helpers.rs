@@ -339,6 +339,24 @@ impl TestApp {
         );
     }
 
+    /// Waits (bounded) until exactly `n` rows are left, then asserts that they are all
+    /// that is stored: `n` objects and no unfinished multipart upload.
+    pub async fn assert_eventually_holds(&self, n: u64) {
+        for _ in 0..100 {
+            if self.row_count().await == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(self.row_count().await, n, "rows");
+        assert_eq!(self.object_keys().await.len() as u64, n, "objects");
+        assert_eq!(
+            self.pending_multipart_uploads().await,
+            0,
+            "multipart uploads"
+        );
+    }
+
     /// `n` ready media that expired a minute ago, each with its object, written behind the
     /// API for speed.
     pub async fn seed_expired(&self, n: usize) -> Vec<MediaId> {

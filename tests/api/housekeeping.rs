@@ -160,15 +160,7 @@ async fn purge_removes_an_account_and_fences_its_streaming_upload(backend: Backe
     }
     assert_eq!(app.get(&keeper, &kept).await.status(), 200);
     // Only the other account's media is left: one row, one object.
-    for _ in 0..100 {
-        if app.row_count().await == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(app.row_count().await, 1);
-    assert_eq!(app.object_keys().await.len(), 1);
-    assert_eq!(app.pending_multipart_uploads().await, 0);
+    app.assert_eventually_holds(1).await;
 
     // The public listener has no such route.
     let response = app

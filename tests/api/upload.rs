@@ -477,15 +477,7 @@ async fn content_digest_is_verified_before_commit(backend: Backend) {
         .unwrap();
     assert_error(response, 400, 1009).await;
     // Only the matching upload was kept.
-    for _ in 0..100 {
-        if app.row_count().await == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(app.row_count().await, 1);
-    assert_eq!(app.object_keys().await.len(), 1);
-    assert_eq!(app.pending_multipart_uploads().await, 0);
+    app.assert_eventually_holds(1).await;
 
     let whole = app.get(&token, &id).await;
     assert_eq!(
