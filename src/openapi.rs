@@ -112,7 +112,8 @@ struct OptionalHeaders;
 impl Modify for OptionalHeaders {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
-        use utoipa::openapi::schema::Type;
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::RefOr;
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -122,12 +123,19 @@ impl Modify for OptionalHeaders {
             ];
             for operation in operations.into_iter().flatten() {
                 for parameter in operation.parameters.iter_mut().flatten() {
-                    if parameter.parameter_in == ParameterIn::Header {
-                        parameter.schema = Some(
-                            utoipa::openapi::ObjectBuilder::new()
-                                .schema_type(Type::String)
-                                .into(),
-                        );
+                    if parameter.parameter_in != ParameterIn::Header {
+                        continue;
+                    }
+                    if let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema {
+                        if let SchemaType::Array(types) = &schema.schema_type {
+                            if let [only] = types
+                                .iter()
+                                .filter(|t| **t != Type::Null)
+                                .collect::<Vec<_>>()[..]
+                            {
+                                schema.schema_type = SchemaType::Type(only.clone());
+                            }
+                        }
                     }
                 }
             }
@@ -265,7 +273,7 @@ struct MediaInfo {
 struct MediaList {
     media: Vec<MediaObject>,
     /// The cursor of the next page (pass it as `after`), null on the last page.
-    #[schema(required = true)]
+    #[schema(required = true, pattern = "^0000[0-9a-f]{44}$")]
     next: Option<String>,
     meta: Meta,
 }
@@ -363,10 +371,11 @@ struct ServiceUnavailable(#[to_schema] Error);
             description = "The file's extension without the dot: 1-16 ASCII letters or \
                 digits, case-insensitive, one leading dot tolerated. The stored type comes \
                 from it, never from Content-Type.",
-            example = "jpeg"),
+            example = "jpeg", pattern = "^\\.?[A-Za-z0-9]{1,16}$"),
         ("Content-Digest" = Option<String>, Header,
             description = "RFC 9530 `sha-256=:<base64>:`; verified before the upload \
-                commits, a mismatch is 400 (code 1009) and nothing is kept."),
+                commits, a mismatch or a malformed sha-256 member is 400 (code 1009) and \
+                nothing is kept. Members of other algorithms are ignored."),
     ),
     request_body(content = FileBytes, content_type = "application/octet-stream",
         description = "The file's bytes"),
@@ -397,8 +406,8 @@ fn upload() {}
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000,
             description = "Page size, 1-1000 (default 100)"),
-        ("after" = Option<String>, Query,
-            description = "The `next` cursor of the previous page"),
+        ("after" = Option<String>, Query, pattern = "^0000[0-9a-f]{44}$",
+            description = "The `next` cursor of the previous page (opaque)"),
     ),
     responses(
         (status = 200, description = "A page", body = MediaList),
