@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metadata;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod public_server;
 pub mod purge;

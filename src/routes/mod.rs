@@ -80,6 +80,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(download::download_for_account))
             .route(web::head().to(download::download_for_account))
             .default_service(web::to(|| method_not_allowed("GET, HEAD"))),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .name("openapi")
+            .route(web::get().to(crate::openapi::serve))
+            .route(web::head().to(crate::openapi::serve))
+            .default_service(web::to(|| method_not_allowed("GET, HEAD"))),
     );
 }
 

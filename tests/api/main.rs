@@ -10,5 +10,6 @@ mod download;
 mod errors;
 mod http_layer;
 mod limits;
+mod openapi;
 mod ops;
 mod upload;
