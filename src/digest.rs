@@ -1,15 +1,10 @@
 //! Integrity fields of RFC 9530. An upload may send `Content-Digest: sha-256=:<base64>:`;
-//! the bytes that arrive are hashed and compared before the upload is committed, so a
-//! mismatch (a corrupted transfer, a truncating proxy) is a 400 and nothing stays. Downloads
-//! send `Repr-Digest`, the digest of the whole file, which is right for 200 and 206 alike.
-
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! the upload compares it with the hash it computes anyway (`ingest::Declared`) before it
+//! commits, so a mismatch (a corrupted transfer, a truncating proxy) is a 400 and nothing
+//! stays. Downloads send `Repr-Digest`, the digest of the whole file, right for 200 and 206
+//! alike.
 
 use base64::Engine;
-use bytes::Bytes;
-use futures_util::Stream;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
@@ -70,66 +65,11 @@ pub fn repr_digest(sha256_hex: &str) -> Option<String> {
     ))
 }
 
-pin_project_lite::pin_project! {
-    /// A body that is hashed as it passes and, at its end, ends with a 400 instead when the
-    /// bytes do not match the digest the client declared: the upload then rolls back before
-    /// its commit.
-    pub struct Verified<S> {
-        #[pin]
-        inner: S,
-        expected: [u8; 32],
-        hasher: Option<Sha256>,
-    }
-}
-
-impl<S> Verified<S> {
-    pub fn new(inner: S, expected: [u8; 32]) -> Self {
-        Self {
-            inner,
-            expected,
-            hasher: Some(Sha256::new()),
-        }
-    }
-}
-
-impl<S> Stream for Verified<S>
-where
-    S: Stream<Item = Result<Bytes, ApiError>>,
-{
-    type Item = Result<Bytes, ApiError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.project();
-        match this.inner.poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(hasher) = this.hasher.as_mut() {
-                    hasher.update(&chunk);
-                }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(None) => {
-                let matches = this
-                    .hasher
-                    .take()
-                    .is_none_or(|hasher| hasher.finalize().as_slice() == this.expected.as_slice());
-                if matches {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Ready(Some(Err(ApiError::InvalidParameter(
-                        "the body does not match its Content-Digest".to_owned(),
-                    ))))
-                }
-            }
-            other => other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-    use futures_util::StreamExt;
+    use sha2::{Digest, Sha256};
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -161,24 +101,5 @@ mod tests {
             repr_digest(&hex::encode(digest)).unwrap(),
             format!("sha-256=:{encoded}:")
         );
-    }
-
-    #[tokio::test]
-    async fn a_body_that_does_not_match_ends_in_an_error() {
-        let expected: [u8; 32] = Sha256::digest(b"hello world").into();
-        let chunks = || {
-            futures_util::stream::iter(vec![
-                Ok::<_, ApiError>(Bytes::from_static(b"hello ")),
-                Ok(Bytes::from_static(b"world")),
-            ])
-        };
-        let all: Vec<_> = Verified::new(chunks(), expected).collect().await;
-        assert!(all.iter().all(Result::is_ok));
-        let wrong: [u8; 32] = Sha256::digest(b"something else").into();
-        let all: Vec<_> = Verified::new(chunks(), wrong).collect().await;
-        assert!(matches!(
-            all.last(),
-            Some(Err(ApiError::InvalidParameter(_)))
-        ));
     }
 }

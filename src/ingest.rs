@@ -108,6 +108,16 @@ impl Cleanups {
     }
 }
 
+/// What the client declared of its body before sending it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Declared {
+    /// `Content-Length`, when the body has one.
+    pub length: Option<u64>,
+    /// The SHA-256 of `Content-Digest` (RFC 9530): the bytes must match it before the
+    /// upload commits.
+    pub sha256: Option<[u8; 32]>,
+}
+
 /// A stored upload.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -117,13 +127,13 @@ pub struct Stored {
 }
 
 impl Ingest {
-    /// Stores one upload. `body` yields the request body as it arrives; `declared` is its
-    /// `Content-Length`, if it has one; `slot` reserves the memory of its part buffers.
+    /// Stores one upload. `body` yields the request body as it arrives; `declared` is what
+    /// the client said of it beforehand; `slot` reserves the memory of its part buffers.
     pub async fn upload<S, E>(
         &self,
         owner: AccountId,
         extension: FileExtension,
-        declared: Option<u64>,
+        declared: Declared,
         slot: &UploadSlot,
         detected: crate::content_check::Detected,
         mut body: S,
@@ -134,7 +144,9 @@ impl Ingest {
     {
         // The first part buffer's memory, before the row: an upload that finds no room
         // waits here with its body unread, and one refused leaves nothing behind.
-        let first = slot.reserve(self.part_reservation(declared, 0)).await?;
+        let first = slot
+            .reserve(self.part_reservation(declared.length, 0))
+            .await?;
         let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
         let id = MediaId::new_random();
@@ -351,7 +363,7 @@ impl Session {
     async fn stream<S, E>(
         &mut self,
         body: &mut S,
-        declared: Option<u64>,
+        declared: Declared,
         slot: &UploadSlot,
         first: Reservation,
     ) -> Result<Stored, ApiError>
@@ -385,7 +397,7 @@ impl Session {
                     // The next part's memory, whole, before it is filled; meanwhile the
                     // body is not read (backpressure).
                     let offset = size - rest.len() as u64;
-                    let bytes = self.ingest.part_reservation(declared, offset);
+                    let bytes = self.ingest.part_reservation(declared.length, offset);
                     let next = slot.reserve(bytes).await?;
                     pending.begin(next.bytes());
                     reservation = Some(next);
@@ -409,6 +421,17 @@ impl Session {
         if size == 0 {
             return Err(ApiError::MissingParameter(
                 "the request body is empty: send the file's bytes".to_owned(),
+            ));
+        }
+        // The hash computed on the way decides a declared digest, before the last bytes
+        // reach storage.
+        let digest = hasher.finalize();
+        if declared
+            .sha256
+            .is_some_and(|expected| expected != digest.as_slice())
+        {
+            return Err(ApiError::InvalidParameter(
+                "the body does not match its Content-Digest".to_owned(),
             ));
         }
         // From here an object may exist even if the call fails (an answer lost on the way
@@ -437,7 +460,7 @@ impl Session {
         self.multipart = None;
         drop(reservation);
 
-        let sha256 = hex::encode(hasher.finalize());
+        let sha256 = hex::encode(digest);
         if !self
             .ingest
             .metadata

@@ -9,6 +9,7 @@ use crate::auth::SCOPE_WRITE;
 use crate::body::BodyGuard;
 use crate::domain::FileExtension;
 use crate::error::{meta, ApiError};
+use crate::ingest::Declared;
 
 pub const EXTENSION_HEADER: HeaderName = HeaderName::from_static("x-gr-file-extension");
 
@@ -51,18 +52,15 @@ async fn store(
     let caller = state.caller(&req, SCOPE_WRITE).await?;
     let extension = extension(req.headers())?;
     // Refuse by the declared length before reading a byte of the body.
-    let declared = declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?;
-    let expected = crate::digest::expected_sha256(req.headers())?;
+    let declared = Declared {
+        length: declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?,
+        sha256: crate::digest::expected_sha256(req.headers())?,
+    };
     // Counted among the account's uploads, or refused (429) before a byte of the body.
     let slot = state.limits.begin_upload(&caller.account)?;
 
     let body = BodyGuard::new(body, state.ingest.body_limits);
     let body = crate::startup::cut_off_at_stop(body, state.stop.clone());
-    // With a Content-Digest, the bytes must match it before the upload may commit.
-    let body: std::pin::Pin<Box<dyn futures_util::Stream<Item = _>>> = match expected {
-        Some(digest) => Box::pin(crate::digest::Verified::new(body, digest)),
-        None => Box::pin(body),
-    };
     // The first bytes checked against the extension (`media.verify_content`).
     let (body, detected) =
         crate::content_check::Checked::new(body, extension.clone(), state.ingest.verify_content);
