@@ -645,7 +645,7 @@ async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
 
 /// Sends an upload head with `Expect: 100-continue` and returns the first answer's status
 /// line and head, without sending any of the body.
-async fn expect_continue(port: u16, token: Option<&str>, length: u64) -> (TcpStream, String) {
+pub async fn expect_continue(port: u16, token: Option<&str>, length: u64) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut head = format!(
         "POST /v1/media HTTP/1.1\r\nHost: x\r\nX-Gr-File-Extension: bin\r\n\

@@ -340,7 +340,7 @@ async fn too_many_concurrent_uploads_of_one_account_get_429_before_the_body() {
     );
 
     // Sent with `Expect: 100-continue`, it is refused before the client sends a byte.
-    let head = expect_continue_answer(app.port(), &greedy).await;
+    let (_stream, head) = crate::http_layer::expect_continue(app.port(), Some(&greedy), 10).await;
     assert!(head.starts_with("HTTP/1.1 429"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("retry-after: 1"),
@@ -394,30 +394,6 @@ async fn without_a_configured_rate_there_is_no_rate_limit() {
         assert_eq!(app.get(&token, &id).await.status(), 404);
     }
     assert_eq!(app.state.limits.tracked_accounts(), 0);
-}
-
-/// The head of the first answer to an upload head sent with `Expect: 100-continue`.
-async fn expect_continue_answer(port: u16, token: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /v1/media HTTP/1.1\r\nHost: x\r\nX-Gr-File-Extension: bin\r\n\
-         Content-Length: 10\r\nExpect: 100-continue\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    while !answer.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("an answer to the head")
-            .unwrap();
-        assert_eq!(n, 1, "closed without an answer");
-        answer.push(byte[0]);
-    }
-    String::from_utf8(answer).unwrap()
 }
 
 crate::on_both_backends!(uploads_larger_than_the_budget_allows_at_once_all_get_through);
