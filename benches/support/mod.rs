@@ -1,0 +1,99 @@
+//! What the benchmarks share: a release-built media-node as its own process.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use media_node::settings::Settings;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_media-node");
+pub const MIB: usize = 1024 * 1024;
+
+pub struct Server {
+    child: Child,
+    port: u16,
+    auth: media_node::settings::AuthSettings,
+}
+
+impl Server {
+    /// A `media-node` process over the backends of `settings`, with `extra` environment.
+    pub fn start(settings: &Settings, extra: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
+            .env("MEDIA_NODE__SERVER__PORT", port.to_string())
+            .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
+            .env("MEDIA_NODE__ADMIN__PORT", free_port().to_string())
+            .env("MEDIA_NODE__LOG__LEVEL", "warn")
+            .envs(crate::helpers::process_env(settings))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            port,
+            auth: settings.auth.clone(),
+        }
+    }
+
+    pub async fn wait(&self) {
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("media-node did not start");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A token of `account`, valid for an hour.
+    pub fn token_for(&self, account: &str) -> String {
+        media_node::auth::Authenticator::from_settings(&self.auth, true)
+            .unwrap()
+            .mint(account, Duration::from_secs(3600), None)
+            .unwrap()
+    }
+
+    /// Resident set size now and at its peak (KiB), from /proc.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
