@@ -183,9 +183,7 @@ impl Rule {
             (Class::Video, _) => "videos (mp4, 3gp) are at most 16 MB",
             (Class::Sticker, Some(false)) => "static stickers (webp) are at most 100 KB",
             (Class::Sticker, Some(true)) => "animated stickers (webp) are at most 500 KB",
-            (Class::Sticker, None) => {
-                "stickers (webp) are at most 100 KB static, 500 KB animated"
-            }
+            (Class::Sticker, None) => "stickers (webp) are at most 100 KB static, 500 KB animated",
             (Class::Document, _) => "documents are at most limits.max_upload_bytes",
         };
         format!("whatsapp profile: {rule}")
@@ -546,12 +544,22 @@ impl BoxWalker {
     }
 
     fn size32(&self) -> u32 {
-        u32::from_be_bytes([self.header[0], self.header[1], self.header[2], self.header[3]])
+        u32::from_be_bytes([
+            self.header[0],
+            self.header[1],
+            self.header[2],
+            self.header[3],
+        ])
     }
 
     /// A box header was read (`header_len` bytes of it); `position` is at its payload.
     fn begin_box(&mut self, header_len: u64) -> Result<(), String> {
-        let kind = [self.header[4], self.header[5], self.header[6], self.header[7]];
+        let kind = [
+            self.header[4],
+            self.header[5],
+            self.header[6],
+            self.header[7],
+        ];
         let size = match self.size32() {
             0 => None,
             1 => Some(u64::from_be_bytes(
@@ -865,8 +873,16 @@ mod tests {
         }
         let stbl = [bx(b"stsd", &stsd), bx(b"stts", &[0; 8])].concat();
         let minf = [bx(b"vmhd", &[0; 12]), bx(b"stbl", &stbl)].concat();
-        let mdia = [bx(b"mdhd", &[0; 24]), bx(b"hdlr", &hdlr), bx(b"minf", &minf)].concat();
-        bx(b"trak", &[bx(b"tkhd", &[0; 84]), bx(b"mdia", &mdia)].concat())
+        let mdia = [
+            bx(b"mdhd", &[0; 24]),
+            bx(b"hdlr", &hdlr),
+            bx(b"minf", &minf),
+        ]
+        .concat();
+        bx(
+            b"trak",
+            &[bx(b"tkhd", &[0; 84]), bx(b"mdia", &mdia)].concat(),
+        )
     }
 
     fn moov(tracks: &[Vec<u8>]) -> Vec<u8> {
@@ -905,7 +921,13 @@ mod tests {
 
     #[test]
     fn streamable_mp4_passes_in_any_chunking() {
-        let file = [ftyp(), h264_aac(), bx(b"free", &[]), bx(b"mdat", &[7; 5000])].concat();
+        let file = [
+            ftyp(),
+            h264_aac(),
+            bx(b"free", &[]),
+            bx(b"mdat", &[7; 5000]),
+        ]
+        .concat();
         assert_eq!(verdict(&file, true), Ok(()));
         // Decided when moov ends, before a byte of mdat.
         let mut walker = BoxWalker::new(true);
@@ -917,7 +939,13 @@ mod tests {
 
     #[test]
     fn moov_after_mdat_is_refused_at_mdat() {
-        let file = [ftyp(), bx(b"free", &[]), bx(b"mdat", &[7; 5000]), h264_aac()].concat();
+        let file = [
+            ftyp(),
+            bx(b"free", &[]),
+            bx(b"mdat", &[7; 5000]),
+            h264_aac(),
+        ]
+        .concat();
         let refused = verdict(&file, true).unwrap_err();
         assert!(refused.contains("streamable"), "{refused}");
         // Refused by mdat's header alone.
@@ -1012,10 +1040,7 @@ mod tests {
             Ok(())
         );
         // Without codec rules (m4a), only the layout counts.
-        assert_eq!(
-            verdict(&with(&[track(b"soun", &[b"alac"])]), false),
-            Ok(())
-        );
+        assert_eq!(verdict(&with(&[track(b"soun", &[b"alac"])]), false), Ok(()));
     }
 
     #[test]
@@ -1076,7 +1101,11 @@ mod tests {
             (riff(&[vp8x(0x12), chunk(b"ANIM", &[0; 6])]), true),
             // The flag missing, but an ANIM chunk after an ICC profile.
             (
-                riff(&[vp8x(0x20), chunk(b"ICCP", &[5; 301]), chunk(b"ANIM", &[0; 6])]),
+                riff(&[
+                    vp8x(0x20),
+                    chunk(b"ICCP", &[5; 301]),
+                    chunk(b"ANIM", &[0; 6]),
+                ]),
                 true,
             ),
             (riff(&[vp8x(0x10), chunk(b"ALPH", &[1; 9])]), false),
@@ -1161,21 +1190,17 @@ mod tests {
         assert_eq!(rule("webp").max_bytes(Some(true)), 500_000);
         assert_eq!(rule("webp").max_bytes(None), 500_000);
         assert_eq!(rule("ogg").content, Content::OggOpus);
-        assert_eq!(
-            rule("mp4").content,
-            Content::IsoMedia { h264_aac: true }
-        );
-        assert_eq!(
-            rule("m4a").content,
-            Content::IsoMedia { h264_aac: false }
-        );
+        assert_eq!(rule("mp4").content, Content::IsoMedia { h264_aac: true });
+        assert_eq!(rule("m4a").content, Content::IsoMedia { h264_aac: false });
         assert_eq!(
             rule("png").size_details(None),
             "whatsapp profile: images (jpeg, png) are at most 5 MB"
         );
 
         let ext = |e: &str| FileExtension::parse(e).unwrap();
-        assert!(whatsapp.check_declared(&ext("png"), Some(5_000_000)).is_ok());
+        assert!(whatsapp
+            .check_declared(&ext("png"), Some(5_000_000))
+            .is_ok());
         assert!(whatsapp.check_declared(&ext("png"), None).is_ok());
         let err = whatsapp
             .check_declared(&ext("JPG"), Some(5_000_001))
@@ -1183,7 +1208,9 @@ mod tests {
         assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("5 MB")));
         // A sticker's kind is not known from its headers: the larger limit up front.
         assert!(whatsapp.check_declared(&ext("webp"), Some(300_000)).is_ok());
-        assert!(whatsapp.check_declared(&ext("webp"), Some(500_001)).is_err());
+        assert!(whatsapp
+            .check_declared(&ext("webp"), Some(500_001))
+            .is_err());
         // Documents, and everything with the profile off, only have the global limit.
         assert!(whatsapp.check_declared(&ext("pdf"), Some(u64::MAX)).is_ok());
         assert!(Profile::None
@@ -1193,8 +1220,14 @@ mod tests {
 
     #[test]
     fn profile_names() {
-        assert_eq!(Profile::try_from("whatsapp".to_owned()), Ok(Profile::Whatsapp));
-        assert_eq!(Profile::try_from("WhatsApp".to_owned()), Ok(Profile::Whatsapp));
+        assert_eq!(
+            Profile::try_from("whatsapp".to_owned()),
+            Ok(Profile::Whatsapp)
+        );
+        assert_eq!(
+            Profile::try_from("WhatsApp".to_owned()),
+            Ok(Profile::Whatsapp)
+        );
         assert_eq!(Profile::try_from("none".to_owned()), Ok(Profile::None));
         let err = Profile::try_from("telegram".to_owned()).unwrap_err();
         assert!(err.contains("media.profile"), "{err}");
@@ -1228,7 +1261,9 @@ mod tests {
     async fn the_wrapper_counts_and_checks() {
         // Sizes: at the rule passes, one byte more is a 413 while streaming.
         assert_eq!(
-            through(&vec![0; 5_000_000], "png", None, 65536).await.unwrap(),
+            through(&vec![0; 5_000_000], "png", None, 65536)
+                .await
+                .unwrap(),
             5_000_000
         );
         let err = through(&vec![0; 5_000_001], "png", None, 65536)
@@ -1266,6 +1301,8 @@ mod tests {
         let file = [ftyp(), h264_aac(), bx(b"mdat", &[0; 10])].concat();
         assert_eq!(through(&file, "mp4", None, 1).await.unwrap(), file.len());
         // Documents pass untouched.
-        assert!(through(&vec![0; 6_000_000], "pdf", None, 65536).await.is_ok());
+        assert!(through(&vec![0; 6_000_000], "pdf", None, 65536)
+            .await
+            .is_ok());
     }
 }

@@ -861,8 +861,8 @@ mod tests {
             settings.unwrap().media.profile,
             crate::profile::Profile::Whatsapp
         );
-        let err = load_with("development", &[("MEDIA_NODE__MEDIA__PROFILE", "telegram")])
-            .unwrap_err();
+        let err =
+            load_with("development", &[("MEDIA_NODE__MEDIA__PROFILE", "telegram")]).unwrap_err();
         assert!(format!("{err:#}").contains("media.profile"), "{err:#}");
     }
 

@@ -158,7 +158,11 @@ async fn whatsapp(backend: Backend) -> TestApp {
 async fn assert_nothing_stays(app: &TestApp, rows: u64) {
     assert_eq!(app.row_count().await, rows, "rows");
     assert_eq!(app.object_keys().await.len() as u64, rows, "objects");
-    assert_eq!(app.pending_multipart_uploads().await, 0, "multipart uploads");
+    assert_eq!(
+        app.pending_multipart_uploads().await,
+        0,
+        "multipart uploads"
+    );
 }
 
 fn details(error: &Value) -> String {
@@ -301,7 +305,11 @@ async fn content_against_a_rule_is_refused(backend: Backend) {
             movie(d, "slow.mp4", "libx264", false),
             "moov box before mdat",
         ),
-        ("m4a", sound(d, "slow.m4a", "aac", false), "moov box before mdat"),
+        (
+            "m4a",
+            sound(d, "slow.m4a", "aac", false),
+            "moov box before mdat",
+        ),
         // MPEG-4 Part 2 video, not H.264.
         (
             "mp4",
@@ -353,7 +361,10 @@ async fn sizes_over_a_rule_are_refused(backend: Backend) {
     // By Content-Length: refused from the head alone, no byte of the body sent.
     for (extension, image) in [("png", &png), ("jpg", &jpeg)] {
         let (status, error) = raw_upload(&app, &token, extension, image, true, false).await;
-        assert_eq!((status, error["errors"][0]["code"].as_u64()), (413, Some(1009)));
+        assert_eq!(
+            (status, error["errors"][0]["code"].as_u64()),
+            (413, Some(1009))
+        );
         assert_eq!(details(&error), image_rule);
         // And at Expect: 100-continue, before the client sends it.
         let line = expect_continue(&app, &token, extension, image.len()).await;
@@ -362,7 +373,10 @@ async fn sizes_over_a_rule_are_refused(backend: Backend) {
     // Chunked, without a length: cut off while streaming.
     for (extension, image) in [("png", &png), ("jpeg", &jpeg)] {
         let (status, error) = raw_upload(&app, &token, extension, image, false, true).await;
-        assert_eq!((status, error["errors"][0]["code"].as_u64()), (413, Some(1009)));
+        assert_eq!(
+            (status, error["errors"][0]["code"].as_u64()),
+            (413, Some(1009))
+        );
         assert_eq!(details(&error), image_rule);
         assert_nothing_stays(&app, 0).await;
     }
@@ -370,10 +384,17 @@ async fn sizes_over_a_rule_are_refused(backend: Backend) {
     // A static sticker over 100 KB, declared (under the animated limit, so only its
     // first bytes tell) and chunked.
     let still = static_webp(d, "big.webp", 200, 8);
-    assert!(still.len() > 100_000 && still.len() < 500_000, "{}", still.len());
+    assert!(
+        still.len() > 100_000 && still.len() < 500_000,
+        "{}",
+        still.len()
+    );
     for declared in [true, false] {
         let (status, error) = raw_upload(&app, &token, "webp", &still, declared, true).await;
-        assert_eq!((status, error["errors"][0]["code"].as_u64()), (413, Some(1009)));
+        assert_eq!(
+            (status, error["errors"][0]["code"].as_u64()),
+            (413, Some(1009))
+        );
         assert_eq!(
             details(&error),
             "whatsapp profile: static stickers (webp) are at most 100 KB"
