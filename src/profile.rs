@@ -312,8 +312,12 @@ impl Check {
         self.check_size()
     }
 
-    /// The end of the body: what is still undecided is decided now.
+    /// The end of the body: what is still undecided is decided now. An empty body is left
+    /// to the upload's own answer (400, code 1008).
     pub fn finish(&mut self) -> Result<(), Refusal> {
+        if self.seen == 0 {
+            return Ok(());
+        }
         let extension = self.rule.extension;
         let content = match &mut self.inspector {
             Inspector::Any => Ok(()),
@@ -1300,6 +1304,8 @@ mod tests {
         assert!(matches!(&err, ApiError::InvalidParameter(d) if d.contains("moov")));
         let file = [ftyp(), h264_aac(), bx(b"mdat", &[0; 10])].concat();
         assert_eq!(through(&file, "mp4", None, 1).await.unwrap(), file.len());
+        // An empty body is not judged here: the upload answers it (code 1008).
+        assert_eq!(through(&[], "mp4", None, 1).await.unwrap(), 0);
         // Documents pass untouched.
         assert!(through(&vec![0; 6_000_000], "pdf", None, 65536)
             .await

@@ -337,6 +337,19 @@ async fn content_against_a_rule_is_refused(backend: Backend) {
     .await;
     assert!(details(&error).contains("Vorbis"), "{error}");
     assert_nothing_stays(&app, 0).await;
+
+    // An empty body stays a missing body (code 1008), chunked too.
+    let empty = app
+        .request(reqwest::Method::POST, "/v1/media", Some(&token))
+        .header("X-Gr-File-Extension", "mp4")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            Vec::<Result<Vec<u8>, std::io::Error>>::new(),
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(empty, 400, 1008).await;
+    assert_nothing_stays(&app, 0).await;
 }
 
 async fn sizes_over_a_rule_are_refused(backend: Backend) {
