@@ -20,10 +20,10 @@
 //!   type; size 1: a 64-bit size follows; size 0: the box runs to the end of the file).
 //!   An `mdat` before the `moov` (not streamable, "faststart" missing) or a file that ends
 //!   without a `moov` is refused. Inside `moov`, only the path to each track's handler
-//!   (`trak/mdia/hdlr`) and sample descriptions (`trak/mdia/minf/stbl/stsd`) is entered; those
-//!   two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the rest is
-//!   skipped by count. Video tracks must be `avc1`/`avc3` (H.264), audio tracks `mp4a`
-//!   (AAC), and a video needs a video track.
+//!   (`trak/mdia/hdlr`) and sample descriptions (`trak/mdia/minf/stbl/stsd`) is entered;
+//!   those two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the
+//!   rest is skipped by count. For `.mp4` and `.3gp`, video tracks must be `avc1`/`avc3`
+//!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track.
 //! - OGG: the first page's first packet must start with `OpusHead` (the first logical
 //!   stream is Opus, not Vorbis, Speex or FLAC).
 //! - WebP: animated when a `VP8X` chunk has the animation flag or an `ANIM`/`ANMF` chunk
