@@ -50,6 +50,10 @@ pub enum ApiError {
     /// 413: the body is over the limit.
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// 413: the body is over a size rule of the media profile (`media.profile`); the
+    /// details name the rule.
+    #[error("{0}")]
+    OverProfileLimit(String),
     /// 416: the `Range` cannot be satisfied for an object of this size.
     #[error("the requested range is not satisfiable for a {size}-byte object")]
     RangeNotSatisfiable { size: u64 },
@@ -103,6 +107,7 @@ impl ApiError {
             | ApiError::BodyIncomplete(_)
             | ApiError::BodyTimeout(_)
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::OverProfileLimit(_)
             | ApiError::RangeNotSatisfiable { .. } => (1009, "Parameter value is not valid"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
             ApiError::NotFound(_) => (1006, "Resource not found"),
@@ -132,7 +137,7 @@ impl ApiError {
     pub fn upload_outcome(&self) -> &'static str {
         match self {
             ApiError::MissingParameter(_) | ApiError::InvalidParameter(_) => "rejected",
-            ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::PayloadTooLarge { .. } | ApiError::OverProfileLimit(_) => "too_large",
             ApiError::BodyIncomplete(_) | ApiError::BodyTimeout(_) => "aborted",
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => "denied",
             ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::MemoryBudget => {
@@ -161,7 +166,9 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::OverProfileLimit(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::MemoryBudget => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -216,7 +223,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
             }
-            ApiError::PayloadTooLarge { .. } | ApiError::BodyTimeout(_) => {
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::OverProfileLimit(_)
+            | ApiError::BodyTimeout(_) => {
                 // The rest of the body is not read; the connection cannot be reused.
                 response.insert_header((header::CONNECTION, "close"));
             }

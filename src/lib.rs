@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod profile;
 pub mod public_server;
 pub mod purge;
 pub mod reaper;

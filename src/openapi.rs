@@ -318,8 +318,9 @@ struct RequestTimeout(#[to_schema] Error);
 
 #[derive(ToResponse)]
 #[response(
-    description = "The body is over the limit, by Content-Length before it is read or \
-    while streaming (code 1009); nothing was kept"
+    description = "The body is over the limit, or over the size rule of the media \
+    profile for its extension, by Content-Length before it is read or while streaming \
+    (code 1009, the details naming the rule); nothing was kept"
 )]
 struct PayloadTooLarge(#[to_schema] Error);
 
@@ -360,7 +361,10 @@ struct ServiceUnavailable(#[to_schema] Error);
 /// The raw bytes of the file as the body (not multipart), 1 byte up to the configured limit
 /// (37 MiB by default). All or nothing: a refused or failed upload leaves nothing behind.
 /// With `Expect: 100-continue` the token, scope, extension and Content-Length are checked
-/// before the body is sent.
+/// before the body is sent. When a media profile is configured (`media.profile`:
+/// `whatsapp`), its per-type rules apply too: a body over the size rule of its extension
+/// is 413, content against a rule (an `.ogg` that is not Opus, an MP4 that is not
+/// streamable or not H.264 with AAC) is 400, both code 1009 with details naming the rule.
 #[utoipa::path(
     post,
     path = "/v1/media",

@@ -131,7 +131,7 @@ fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<B
     };
     let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
         caller.require(SCOPE_WRITE)?;
-        routes::upload::check_headers(req.headers(), state.ingest.max_upload_bytes)?;
+        routes::upload::check_headers(req.headers(), state.ingest.max_upload_bytes, state.profile)?;
         state.limits.upload_allowed(&caller.account)
     });
     match checked {

@@ -218,6 +218,9 @@ pub struct MediaSettings {
     /// Whether an upload's first bytes are checked against its extension.
     #[serde(default)]
     pub verify_content: crate::content_check::VerifyContent,
+    /// Per-type rules of a messaging platform (`none` or `whatsapp`).
+    #[serde(default)]
+    pub profile: crate::profile::Profile,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -845,6 +848,22 @@ mod tests {
             &[("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "10s")]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_media_profile_is_checked_at_start_up() {
+        assert_eq!(
+            load_with("development", &[]).unwrap().media.profile,
+            crate::profile::Profile::None
+        );
+        let settings = load_with("development", &[("MEDIA_NODE__MEDIA__PROFILE", "whatsapp")]);
+        assert_eq!(
+            settings.unwrap().media.profile,
+            crate::profile::Profile::Whatsapp
+        );
+        let err =
+            load_with("development", &[("MEDIA_NODE__MEDIA__PROFILE", "telegram")]).unwrap_err();
+        assert!(format!("{err:#}").contains("media.profile"), "{err:#}");
     }
 
     #[test]

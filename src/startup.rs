@@ -133,6 +133,7 @@ impl Application {
             metrics: metrics.clone(),
             stop: stop_signal,
             links: crate::signed_url::UrlSigner::from_settings(settings)?,
+            profile: settings.media.profile,
         });
         let draining = Arc::new(AtomicBool::new(false));
         let reaper = settings.reaper.enabled.then(|| {

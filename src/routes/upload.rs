@@ -56,6 +56,7 @@ async fn store(
         length: declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?,
         sha256: crate::digest::expected_sha256(req.headers())?,
     };
+    state.profile.check_declared(&extension, declared.length)?;
     // Counted among the account's uploads, or refused (429) before a byte of the body.
     let slot = state.limits.begin_upload(&caller.account)?;
 
@@ -64,6 +65,8 @@ async fn store(
     // The first bytes checked against the extension (`media.verify_content`).
     let (body, detected) =
         crate::content_check::Checked::new(body, extension.clone(), state.ingest.verify_content);
+    // The rule of `media.profile` for the extension, if any.
+    let body = crate::profile::Profiled::new(body, state.profile, &extension, declared.length);
     let stored = state
         .ingest
         .upload(caller.account, extension, declared, &slot, detected, body)
@@ -75,10 +78,16 @@ async fn store(
 }
 
 /// The checks of an upload's headers that come after the token: the extension and the
-/// declared length. `Expect: 100-continue` runs them too, before the body is sent.
-pub fn check_headers(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
-    extension(headers)?;
-    declared_length_allowed(headers, limit).map(drop)
+/// declared length (also against the `profile`'s rule for the extension).
+/// `Expect: 100-continue` runs them too, before the body is sent.
+pub fn check_headers(
+    headers: &HeaderMap,
+    limit: u64,
+    profile: crate::profile::Profile,
+) -> Result<(), ApiError> {
+    let extension = extension(headers)?;
+    let length = declared_length_allowed(headers, limit)?;
+    profile.check_declared(&extension, length)
 }
 
 /// The declared `Content-Length`, if any, once it is known to be allowed.

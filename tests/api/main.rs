@@ -12,4 +12,5 @@ mod http_layer;
 mod limits;
 mod openapi;
 mod ops;
+mod profile;
 mod upload;

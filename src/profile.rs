@@ -1,0 +1,1314 @@
+//! Media profiles (`media.profile`): per-type rules of a messaging platform, applied to
+//! uploads while they stream. `none` (the default) applies none; `whatsapp` applies the
+//! documented rules of the WhatsApp Business Platform, in decimal megabytes:
+//!
+//! | class | extensions | at most | content |
+//! | --- | --- | --- | --- |
+//! | image | jpeg, jpg, png | 5 MB | |
+//! | audio | aac, amr, mp3, m4a, ogg | 16 MB | `.ogg`: Opus; `.m4a`: streamable |
+//! | video | mp4, 3gp | 16 MB | streamable, H.264 video, AAC audio |
+//! | sticker | webp | 100 KB static, 500 KB animated | WebP |
+//! | document | anything else | `limits.max_upload_bytes` | |
+//!
+//! A body over its size rule is refused with 413 (code 1009): by `Content-Length` before a
+//! byte of it is read (also at `Expect: 100-continue`), else as soon as the count passes
+//! the rule. A body that breaks a content rule is refused with 400 (code 1009). Either
+//! way the details name the rule, and the upload rolls back like any other failure.
+//!
+//! Content is checked as it passes, in constant memory, never by buffering the file:
+//! - MP4/3GP/M4A: the top-level boxes are walked as they stream past (32-bit size and
+//!   type; size 1: a 64-bit size follows; size 0: the box runs to the end of the file).
+//!   An `mdat` before the `moov` (not streamable, "faststart" missing) or a file that ends
+//!   without a `moov` is refused. Inside `moov`, only the path to each track's handler
+//!   (`trak/mdia/hdlr`) and sample descriptions (`trak/mdia/minf/stbl/stsd`) is entered;
+//!   those two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the
+//!   rest is skipped by count. For `.mp4` and `.3gp`, video tracks must be `avc1`/`avc3`
+//!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track.
+//! - OGG: the first page's first packet must start with `OpusHead` (the first logical
+//!   stream is Opus, not Vorbis, Speex or FLAC).
+//! - WebP: animated when a `VP8X` chunk has the animation flag or an `ANIM`/`ANMF` chunk
+//!   comes before the image data; decided from the first chunks.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+
+use crate::domain::FileExtension;
+use crate::error::ApiError;
+
+/// `media.profile`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Profile {
+    /// No rules beyond `limits.max_upload_bytes`.
+    #[default]
+    None,
+    /// The WhatsApp Business Platform's media rules.
+    Whatsapp,
+}
+
+impl TryFrom<String> for Profile {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Profile::None),
+            "whatsapp" => Ok(Profile::Whatsapp),
+            _ => Err(format!(
+                "media.profile must be \"none\" or \"whatsapp\", not {value:?}"
+            )),
+        }
+    }
+}
+
+pub const IMAGE_MAX_BYTES: u64 = 5_000_000;
+pub const AUDIO_MAX_BYTES: u64 = 16_000_000;
+pub const VIDEO_MAX_BYTES: u64 = 16_000_000;
+pub const STATIC_STICKER_MAX_BYTES: u64 = 100_000;
+pub const ANIMATED_STICKER_MAX_BYTES: u64 = 500_000;
+
+/// The biggest `hdlr` or `stsd` box that is kept to be read; a bigger one is refused.
+pub const MAX_KEPT_BOX: usize = 64 * 1024;
+/// Tracks of one file whose handler and sample descriptions are remembered.
+const MAX_TRACKS: usize = 64;
+
+/// The media classes of the WhatsApp rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Image,
+    Audio,
+    Video,
+    Sticker,
+    Document,
+}
+
+/// What the bytes of an extension must be, beyond their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// Nothing is checked.
+    Any,
+    /// An Ogg file whose first logical stream is Opus.
+    OggOpus,
+    /// An ISO media file (MP4, 3GP, M4A) with its `moov` before `mdat`; with `h264_aac`,
+    /// H.264 video and AAC audio.
+    IsoMedia { h264_aac: bool },
+    /// A WebP image, static or animated.
+    Webp,
+}
+
+/// The rule of one extension under a profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// The extension, as the table spells it.
+    pub extension: &'static str,
+    pub class: Class,
+    pub content: Content,
+}
+
+/// The WhatsApp rule table; every other extension is a document.
+const WHATSAPP: &[Rule] = &[
+    rule("jpeg", Class::Image, Content::Any),
+    rule("jpg", Class::Image, Content::Any),
+    rule("png", Class::Image, Content::Any),
+    rule("aac", Class::Audio, Content::Any),
+    rule("amr", Class::Audio, Content::Any),
+    rule("mp3", Class::Audio, Content::Any),
+    rule("m4a", Class::Audio, Content::IsoMedia { h264_aac: false }),
+    rule("ogg", Class::Audio, Content::OggOpus),
+    rule("mp4", Class::Video, Content::IsoMedia { h264_aac: true }),
+    rule("3gp", Class::Video, Content::IsoMedia { h264_aac: true }),
+    rule("webp", Class::Sticker, Content::Webp),
+];
+
+const fn rule(extension: &'static str, class: Class, content: Content) -> Rule {
+    Rule {
+        extension,
+        class,
+        content,
+    }
+}
+
+impl Profile {
+    /// The rule for a (lower-case) extension; `None` when the profile has none for it
+    /// (profile off, or a document: only `limits.max_upload_bytes` applies).
+    pub fn rule(self, extension: &str) -> Option<Rule> {
+        match self {
+            Profile::None => None,
+            Profile::Whatsapp => WHATSAPP.iter().copied().find(|r| r.extension == extension),
+        }
+    }
+
+    /// The class of an extension under this profile.
+    pub fn class(self, extension: &str) -> Class {
+        self.rule(extension).map_or(Class::Document, |r| r.class)
+    }
+
+    /// Refuses (413) a declared `Content-Length` over the rule of `extension`.
+    pub fn check_declared(
+        self,
+        extension: &FileExtension,
+        length: Option<u64>,
+    ) -> Result<(), ApiError> {
+        match (self.rule(extension.as_str()), length) {
+            (Some(rule), Some(length)) if length > rule.max_bytes(None) => {
+                Err(ApiError::OverProfileLimit(rule.size_details(None)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Rule {
+    /// The most bytes a file may have; for a sticker, `animated` when known (until then
+    /// the animated limit, the larger).
+    pub fn max_bytes(&self, animated: Option<bool>) -> u64 {
+        match self.class {
+            Class::Image => IMAGE_MAX_BYTES,
+            Class::Audio => AUDIO_MAX_BYTES,
+            Class::Video => VIDEO_MAX_BYTES,
+            Class::Sticker if animated == Some(false) => STATIC_STICKER_MAX_BYTES,
+            Class::Sticker => ANIMATED_STICKER_MAX_BYTES,
+            Class::Document => u64::MAX,
+        }
+    }
+
+    /// The size rule, as the details of a refusal name it.
+    pub fn size_details(&self, animated: Option<bool>) -> String {
+        let rule = match (self.class, animated) {
+            (Class::Image, _) => "images (jpeg, png) are at most 5 MB",
+            (Class::Audio, _) => "audio files (aac, amr, mp3, m4a, ogg) are at most 16 MB",
+            (Class::Video, _) => "videos (mp4, 3gp) are at most 16 MB",
+            (Class::Sticker, Some(false)) => "static stickers (webp) are at most 100 KB",
+            (Class::Sticker, Some(true)) => "animated stickers (webp) are at most 500 KB",
+            (Class::Sticker, None) => "stickers (webp) are at most 100 KB static, 500 KB animated",
+            (Class::Document, _) => "documents are at most limits.max_upload_bytes",
+        };
+        format!("whatsapp profile: {rule}")
+    }
+}
+
+/// Why a body breaks a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the size rule (413); the details.
+    Size(String),
+    /// Against a content rule (400); the details.
+    Content(String),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Size(details) => ApiError::OverProfileLimit(details),
+            Refusal::Content(details) => ApiError::InvalidParameter(details),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body checked against the profile's rule for its extension as it passes. Without a
+    /// rule (profile off, or a document) it only hands the chunks on.
+    pub struct Profiled<S> {
+        #[pin]
+        inner: S,
+        check: Option<Box<Check>>,
+    }
+}
+
+impl<S> Profiled<S> {
+    /// `declared` is the body's `Content-Length`, when it has one.
+    pub fn new(
+        inner: S,
+        profile: Profile,
+        extension: &FileExtension,
+        declared: Option<u64>,
+    ) -> Self {
+        let check = profile
+            .rule(extension.as_str())
+            .map(|rule| Box::new(Check::new(rule, declared)));
+        Self { inner, check }
+    }
+}
+
+impl<S> Stream for Profiled<S>
+where
+    S: Stream<Item = Result<Bytes, ApiError>>,
+{
+    type Item = Result<Bytes, ApiError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        let Some(check) = this.check.as_mut() else {
+            return this.inner.poll_next(cx);
+        };
+        match this.inner.poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => match check.feed(&chunk) {
+                Ok(()) => Poll::Ready(Some(Ok(chunk))),
+                Err(refusal) => {
+                    *this.check = None;
+                    Poll::Ready(Some(Err(refusal.into())))
+                }
+            },
+            Poll::Ready(None) => {
+                let verdict = check.finish();
+                *this.check = None;
+                match verdict {
+                    Ok(()) => Poll::Ready(None),
+                    Err(refusal) => Poll::Ready(Some(Err(refusal.into()))),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// One body's check: its size so far and what its content showed.
+#[derive(Debug)]
+pub struct Check {
+    rule: Rule,
+    declared: Option<u64>,
+    seen: u64,
+    inspector: Inspector,
+}
+
+#[derive(Debug)]
+enum Inspector {
+    Any,
+    Ogg(OggHead),
+    Iso(BoxWalker),
+    Webp(WebpHead),
+}
+
+impl Check {
+    pub fn new(rule: Rule, declared: Option<u64>) -> Self {
+        let inspector = match rule.content {
+            Content::Any => Inspector::Any,
+            Content::OggOpus => Inspector::Ogg(OggHead::default()),
+            Content::IsoMedia { h264_aac } => Inspector::Iso(BoxWalker::new(h264_aac)),
+            Content::Webp => Inspector::Webp(WebpHead::default()),
+        };
+        Self {
+            rule,
+            declared,
+            seen: 0,
+            inspector,
+        }
+    }
+
+    /// The next bytes of the body.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Refusal> {
+        self.seen += chunk.len() as u64;
+        let extension = self.rule.extension;
+        let content = match &mut self.inspector {
+            Inspector::Any => Ok(()),
+            Inspector::Ogg(head) => head.feed(chunk),
+            Inspector::Iso(walker) => walker.feed(chunk),
+            Inspector::Webp(head) => head.feed(chunk),
+        };
+        content.map_err(|reason| content_refusal(extension, reason))?;
+        self.check_size()
+    }
+
+    /// The end of the body: what is still undecided is decided now. An empty body is left
+    /// to the upload's own answer (400, code 1008).
+    pub fn finish(&mut self) -> Result<(), Refusal> {
+        if self.seen == 0 {
+            return Ok(());
+        }
+        let extension = self.rule.extension;
+        let content = match &mut self.inspector {
+            Inspector::Any => Ok(()),
+            Inspector::Ogg(head) => head.finish(),
+            Inspector::Iso(walker) => walker.finish(),
+            Inspector::Webp(head) => head.finish(),
+        };
+        content.map_err(|reason| content_refusal(extension, reason))?;
+        self.check_size()
+    }
+
+    fn animated(&self) -> Option<bool> {
+        match &self.inspector {
+            Inspector::Webp(head) => head.animated,
+            _ => None,
+        }
+    }
+
+    /// Over the rule by what was seen, or by what was declared once the rule is known
+    /// (a static sticker declared at 300 KB is refused as soon as it shows it is static).
+    fn check_size(&self) -> Result<(), Refusal> {
+        let animated = self.animated();
+        let size = self.seen.max(self.declared.unwrap_or(0));
+        if size > self.rule.max_bytes(animated) {
+            return Err(Refusal::Size(self.rule.size_details(animated)));
+        }
+        Ok(())
+    }
+}
+
+fn content_refusal(extension: &str, reason: String) -> Refusal {
+    Refusal::Content(format!("whatsapp profile: .{extension} {reason}"))
+}
+
+/// The first page of an Ogg file, up to the first bytes of its first packet.
+#[derive(Debug, Default)]
+struct OggHead {
+    head: Vec<u8>,
+    decided: bool,
+}
+
+/// An Ogg page header without its segment table.
+const OGG_PAGE_HEADER: usize = 27;
+const OPUS_MAGIC: &[u8] = b"OpusHead";
+
+impl OggHead {
+    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), String> {
+        while !self.decided && !chunk.is_empty() {
+            let need = self.needed() - self.head.len();
+            let take = need.min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.head.len() == OGG_PAGE_HEADER && !self.head.starts_with(b"OggS") {
+                return Err(Self::not_opus("it is not an Ogg file"));
+            }
+            if self.head.len() == self.needed() {
+                return self.decide();
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes needed to decide: the page header, its segment table, the packet's magic.
+    fn needed(&self) -> usize {
+        match self.head.get(OGG_PAGE_HEADER - 1) {
+            Some(&segments) => OGG_PAGE_HEADER + usize::from(segments) + OPUS_MAGIC.len(),
+            None => OGG_PAGE_HEADER,
+        }
+    }
+
+    fn decide(&mut self) -> Result<(), String> {
+        self.decided = true;
+        let head = std::mem::take(&mut self.head);
+        if !head.starts_with(b"OggS") {
+            return Err(Self::not_opus("it is not an Ogg file"));
+        }
+        let packet = match head.get(OGG_PAGE_HEADER - 1) {
+            Some(&segments) => head
+                .get(OGG_PAGE_HEADER + usize::from(segments)..)
+                .unwrap_or_default(),
+            None => &[],
+        };
+        if packet.starts_with(OPUS_MAGIC) {
+            return Ok(());
+        }
+        let codec = [
+            (&b"\x01vorbis"[..], "Vorbis"),
+            (b"Speex   ", "Speex"),
+            (b"\x7fFLAC", "FLAC"),
+            (b"\x80theora", "Theora"),
+        ]
+        .into_iter()
+        .find(|(magic, _)| packet.starts_with(magic))
+        .map(|(_, name)| name);
+        Err(Self::not_opus(&match codec {
+            Some(codec) => format!("its first stream is {codec}"),
+            None => "its first stream is not Opus".to_owned(),
+        }))
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        if self.decided {
+            return Ok(());
+        }
+        self.decide()
+    }
+
+    fn not_opus(why: &str) -> String {
+        format!("audio must use the Opus codec ({why})")
+    }
+}
+
+/// Walks the boxes of an ISO media file (MP4, 3GP, M4A) as they stream past; see the
+/// module docs.
+#[derive(Debug)]
+pub struct BoxWalker {
+    h264_aac: bool,
+    /// Bytes walked so far.
+    position: u64,
+    state: Walk,
+    /// The header being read: 8 bytes, or 16 with a 64-bit size.
+    header: [u8; 16],
+    header_len: usize,
+    /// The boxes entered inside `moov` (`moov` first), with their end positions.
+    open: Vec<([u8; 4], u64)>,
+    /// The payload of the `hdlr` or `stsd` box being read.
+    kept: Vec<u8>,
+    tracks: Vec<Track>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Header,
+    /// Skipping this many more bytes of a box's payload.
+    Skip(u64),
+    /// Reading the payload of a box that is kept (`hdlr`, `stsd`); bytes still to come.
+    Keep([u8; 4], u64),
+    /// Inside a top-level box that runs to the end of the file.
+    ToEnd,
+    /// `moov` came and was checked: the rest is not looked at.
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    handler: Option<[u8; 4]>,
+    sample_entries: Vec<[u8; 4]>,
+}
+
+const MOOV: [u8; 4] = *b"moov";
+const MDAT: [u8; 4] = *b"mdat";
+
+impl BoxWalker {
+    pub fn new(h264_aac: bool) -> Self {
+        Self {
+            h264_aac,
+            position: 0,
+            state: Walk::Header,
+            header: [0; 16],
+            header_len: 0,
+            open: Vec::new(),
+            kept: Vec::new(),
+            tracks: Vec::new(),
+        }
+    }
+
+    /// Whether the `moov` box was seen, complete, and passed.
+    pub fn done(&self) -> bool {
+        self.state == Walk::Done
+    }
+
+    /// The next bytes of the file, in chunks of any size.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            match self.state {
+                Walk::Done | Walk::ToEnd => return Ok(()),
+                Walk::Skip(left) => {
+                    let take = left.min(data.len() as u64);
+                    data = &data[take as usize..];
+                    self.position += take;
+                    if take == left {
+                        self.state = Walk::Header;
+                        self.box_ended()?;
+                    } else {
+                        self.state = Walk::Skip(left - take);
+                    }
+                }
+                Walk::Keep(kind, left) => {
+                    let take = left.min(data.len() as u64);
+                    self.kept.extend_from_slice(&data[..take as usize]);
+                    data = &data[take as usize..];
+                    self.position += take;
+                    if take == left {
+                        self.kept_box(kind)?;
+                    } else {
+                        self.state = Walk::Keep(kind, left - take);
+                    }
+                }
+                Walk::Header => {
+                    let wanted = if self.header_len >= 8 && self.size32() == 1 {
+                        16
+                    } else {
+                        8
+                    };
+                    let take = (wanted - self.header_len).min(data.len());
+                    self.header[self.header_len..self.header_len + take]
+                        .copy_from_slice(&data[..take]);
+                    self.header_len += take;
+                    self.position += take as u64;
+                    data = &data[take..];
+                    if self.header_len == wanted && !(wanted == 8 && self.size32() == 1) {
+                        self.header_len = 0;
+                        self.begin_box(wanted as u64)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the file.
+    pub fn finish(&mut self) -> Result<(), String> {
+        match self.state {
+            Walk::Done => Ok(()),
+            _ if !self.open.is_empty() => Err("file ends inside its moov box".to_owned()),
+            _ => Err("file ends without a moov box".to_owned()),
+        }
+    }
+
+    fn size32(&self) -> u32 {
+        u32::from_be_bytes([
+            self.header[0],
+            self.header[1],
+            self.header[2],
+            self.header[3],
+        ])
+    }
+
+    /// A box header was read (`header_len` bytes of it); `position` is at its payload.
+    fn begin_box(&mut self, header_len: u64) -> Result<(), String> {
+        let kind = [
+            self.header[4],
+            self.header[5],
+            self.header[6],
+            self.header[7],
+        ];
+        let size = match self.size32() {
+            0 => None,
+            1 => Some(u64::from_be_bytes(
+                self.header[8..16].try_into().expect("eight bytes"),
+            )),
+            size => Some(u64::from(size)),
+        };
+        let start = self.position - header_len;
+        let payload = match size {
+            Some(size) if size < header_len => {
+                return Err(malformed(&format!(
+                    "a {} box of {size} bytes",
+                    fourcc(&kind)
+                )))
+            }
+            Some(size) => Some(size - header_len),
+            None => None,
+        };
+        let Some(&(parent, parent_end)) = self.open.last() else {
+            // A top-level box.
+            return match (kind, payload) {
+                (MDAT, _) => Err("file must be streamable, with its moov box before mdat \
+                                  (for example ffmpeg -movflags +faststart)"
+                    .to_owned()),
+                (MOOV, None) => Err(malformed("a moov box without a size")),
+                (MOOV, Some(payload)) => {
+                    self.open.push((MOOV, start + header_len + payload));
+                    self.state = Walk::Header;
+                    self.box_ended()
+                }
+                (_, None) => {
+                    self.state = Walk::ToEnd;
+                    Ok(())
+                }
+                (_, Some(payload)) => self.skip(payload),
+            };
+        };
+        // Inside moov: every box has a size and fits in its parent.
+        let Some(payload) = payload else {
+            return Err(malformed(&format!(
+                "a {} box without a size inside {}",
+                fourcc(&kind),
+                fourcc(&parent)
+            )));
+        };
+        let end = start + header_len + payload;
+        if end > parent_end {
+            return Err(malformed(&format!(
+                "a {} box that overruns its {} box",
+                fourcc(&kind),
+                fourcc(&parent)
+            )));
+        }
+        match (&parent, &kind) {
+            (b"moov", b"trak") | (b"trak", b"mdia") | (b"mdia", b"minf") | (b"minf", b"stbl") => {
+                if &kind == b"trak" {
+                    if self.tracks.len() == MAX_TRACKS {
+                        return Err(malformed("more than 64 tracks"));
+                    }
+                    self.tracks.push(Track::default());
+                }
+                self.open.push((kind, end));
+                self.state = Walk::Header;
+                self.box_ended()
+            }
+            (b"mdia", b"hdlr") | (b"stbl", b"stsd") => {
+                if payload > MAX_KEPT_BOX as u64 {
+                    return Err(malformed(&format!(
+                        "a {} box over {} KiB",
+                        fourcc(&kind),
+                        MAX_KEPT_BOX / 1024
+                    )));
+                }
+                self.kept.clear();
+                self.state = Walk::Keep(kind, payload);
+                if payload == 0 {
+                    return self.kept_box(kind);
+                }
+                Ok(())
+            }
+            _ => self.skip(payload),
+        }
+    }
+
+    fn skip(&mut self, payload: u64) -> Result<(), String> {
+        if payload == 0 {
+            self.state = Walk::Header;
+            return self.box_ended();
+        }
+        self.state = Walk::Skip(payload);
+        Ok(())
+    }
+
+    /// A kept box is complete: what it says is noted for the current track.
+    fn kept_box(&mut self, kind: [u8; 4]) -> Result<(), String> {
+        let payload = std::mem::take(&mut self.kept);
+        let track = self.tracks.last_mut();
+        match (&kind, track) {
+            (b"hdlr", Some(track)) => {
+                // version and flags, pre_defined, handler_type.
+                let handler = payload
+                    .get(8..12)
+                    .ok_or_else(|| malformed("a short hdlr box"))?;
+                track.handler = Some(handler.try_into().expect("four bytes"));
+            }
+            (b"stsd", Some(track)) => {
+                // version and flags, entry_count, then the sample entries (boxes).
+                let count = payload
+                    .get(4..8)
+                    .map(|c| u32::from_be_bytes(c.try_into().expect("four bytes")))
+                    .ok_or_else(|| malformed("a short stsd box"))?;
+                let mut at = 8usize;
+                for _ in 0..count {
+                    let entry = payload
+                        .get(at..at + 8)
+                        .ok_or_else(|| malformed("an stsd box shorter than its entries"))?;
+                    let size = u32::from_be_bytes(entry[..4].try_into().expect("four bytes"));
+                    if size < 8 {
+                        return Err(malformed("a sample entry of less than 8 bytes"));
+                    }
+                    track
+                        .sample_entries
+                        .push(entry[4..8].try_into().expect("four bytes"));
+                    at = at.saturating_add(size as usize);
+                }
+            }
+            _ => {}
+        }
+        self.state = Walk::Header;
+        self.box_ended()
+    }
+
+    /// Closes the boxes that end here; the end of `moov` decides the file.
+    fn box_ended(&mut self) -> Result<(), String> {
+        while let Some(&(kind, end)) = self.open.last() {
+            if self.position < end {
+                break;
+            }
+            self.open.pop();
+            if kind == MOOV {
+                self.check_tracks()?;
+                self.state = Walk::Done;
+                self.tracks = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    fn check_tracks(&self) -> Result<(), String> {
+        if !self.h264_aac {
+            return Ok(());
+        }
+        let refuse = |found: String| {
+            Err(format!(
+                "video must be H.264 with AAC audio (sample entries avc1 or avc3, and mp4a): \
+                 {found}"
+            ))
+        };
+        let mut video = false;
+        for track in &self.tracks {
+            let (allowed, what): (&[&[u8; 4]], &str) = match track.handler.as_ref() {
+                Some(b"vide") => {
+                    video = true;
+                    (&[b"avc1", b"avc3"], "video")
+                }
+                Some(b"soun") => (&[b"mp4a"], "audio"),
+                _ => continue,
+            };
+            if track.sample_entries.is_empty() {
+                return refuse(format!("an {what} track without a sample entry"));
+            }
+            if let Some(other) = track
+                .sample_entries
+                .iter()
+                .find(|entry| !allowed.contains(entry))
+            {
+                return refuse(format!("found {what} {}", fourcc(other)));
+            }
+        }
+        if !video {
+            return refuse("found no video track".to_owned());
+        }
+        Ok(())
+    }
+}
+
+fn malformed(what: &str) -> String {
+    format!("file is not a valid ISO media file ({what})")
+}
+
+/// A box type for a message: printable ASCII as is, other bytes escaped.
+fn fourcc(kind: &[u8; 4]) -> String {
+    kind.escape_ascii().to_string()
+}
+
+/// The first chunks of a WebP file, until it shows whether it is animated.
+#[derive(Debug, Default)]
+struct WebpHead {
+    /// Bytes of the RIFF header or of a chunk header being read.
+    header: Vec<u8>,
+    riff_read: bool,
+    /// Bytes of the current chunk's payload still to skip.
+    skip: u64,
+    /// Inside a `VP8X` chunk, before its flags byte.
+    flags_next: bool,
+    animated: Option<bool>,
+}
+
+/// The `VP8X` flag of an animated image.
+const ANIMATION_FLAG: u8 = 0x02;
+
+impl WebpHead {
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while self.animated.is_none() && !data.is_empty() {
+            if self.flags_next {
+                self.flags_next = false;
+                if data[0] & ANIMATION_FLAG != 0 {
+                    self.animated = Some(true);
+                    return Ok(());
+                }
+                // The rest of VP8X; an ANIM chunk may still follow.
+                data = &data[1..];
+                continue;
+            }
+            if self.skip > 0 {
+                let take = self.skip.min(data.len() as u64);
+                self.skip -= take;
+                data = &data[take as usize..];
+                continue;
+            }
+            let wanted = if self.riff_read { 8 } else { 12 };
+            let take = (wanted - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.header.len() < wanted {
+                continue;
+            }
+            let header = std::mem::take(&mut self.header);
+            if !self.riff_read {
+                if &header[..4] != b"RIFF" || &header[8..12] != b"WEBP" {
+                    return Err(not_webp());
+                }
+                self.riff_read = true;
+                continue;
+            }
+            let size = u64::from(u32::from_le_bytes(
+                header[4..8].try_into().expect("four bytes"),
+            ));
+            // Chunks are padded to an even size.
+            let padded = size + (size & 1);
+            match &header[..4] {
+                b"ANIM" | b"ANMF" => self.animated = Some(true),
+                b"VP8 " | b"VP8L" | b"ALPH" => self.animated = Some(false),
+                b"VP8X" if size > 0 => {
+                    self.flags_next = true;
+                    self.skip = padded - 1;
+                }
+                _ => self.skip = padded,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        if self.animated.is_none() {
+            if !self.riff_read {
+                return Err(not_webp());
+            }
+            // No image data and no animation seen: counted as static.
+            self.animated = Some(false);
+        }
+        Ok(())
+    }
+}
+
+fn not_webp() -> String {
+    "sticker must be a WebP image (RIFF … WEBP)".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// A box with a 32-bit size.
+    fn bx(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A box with size 1 and a 64-bit size.
+    fn bx64(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut out = 1u32.to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&((payload.len() + 16) as u64).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn track(handler: &[u8; 4], entries: &[&[u8; 4]]) -> Vec<u8> {
+        let mut hdlr = vec![0; 8];
+        hdlr.extend_from_slice(handler);
+        hdlr.extend_from_slice(&[0; 12]);
+        hdlr.extend_from_slice(b"handler\0");
+        let mut stsd = vec![0; 4];
+        stsd.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for entry in entries {
+            stsd.extend(bx(entry, &[0; 30]));
+        }
+        let stbl = [bx(b"stsd", &stsd), bx(b"stts", &[0; 8])].concat();
+        let minf = [bx(b"vmhd", &[0; 12]), bx(b"stbl", &stbl)].concat();
+        let mdia = [
+            bx(b"mdhd", &[0; 24]),
+            bx(b"hdlr", &hdlr),
+            bx(b"minf", &minf),
+        ]
+        .concat();
+        bx(
+            b"trak",
+            &[bx(b"tkhd", &[0; 84]), bx(b"mdia", &mdia)].concat(),
+        )
+    }
+
+    fn moov(tracks: &[Vec<u8>]) -> Vec<u8> {
+        let mut payload = bx(b"mvhd", &[0; 100]);
+        for track in tracks {
+            payload.extend_from_slice(track);
+        }
+        bx(b"moov", &payload)
+    }
+
+    fn ftyp() -> Vec<u8> {
+        bx(b"ftyp", b"isom\0\0\x02\0isomiso2avc1mp41")
+    }
+
+    fn h264_aac() -> Vec<u8> {
+        moov(&[track(b"vide", &[b"avc1"]), track(b"soun", &[b"mp4a"])])
+    }
+
+    /// Walks `file` in chunks of `chunk` bytes, then ends it.
+    fn walk(file: &[u8], chunk: usize, codecs: bool) -> Result<(), String> {
+        let mut walker = BoxWalker::new(codecs);
+        for piece in file.chunks(chunk) {
+            walker.feed(piece)?;
+        }
+        walker.finish()
+    }
+
+    /// The same verdict whatever the chunking, 1-byte chunks included.
+    fn verdict(file: &[u8], codecs: bool) -> Result<(), String> {
+        let whole = walk(file, file.len().max(1), codecs);
+        for chunk in [1, 2, 3, 7, 8, 9, 16, 100, 4096] {
+            assert_eq!(walk(file, chunk, codecs), whole, "chunks of {chunk}");
+        }
+        whole
+    }
+
+    #[test]
+    fn streamable_mp4_passes_in_any_chunking() {
+        let file = [
+            ftyp(),
+            h264_aac(),
+            bx(b"free", &[]),
+            bx(b"mdat", &[7; 5000]),
+        ]
+        .concat();
+        assert_eq!(verdict(&file, true), Ok(()));
+        // Decided when moov ends, before a byte of mdat.
+        let mut walker = BoxWalker::new(true);
+        for byte in [ftyp(), h264_aac()].concat() {
+            walker.feed(&[byte]).unwrap();
+        }
+        assert!(walker.done());
+    }
+
+    #[test]
+    fn moov_after_mdat_is_refused_at_mdat() {
+        let file = [
+            ftyp(),
+            bx(b"free", &[]),
+            bx(b"mdat", &[7; 5000]),
+            h264_aac(),
+        ]
+        .concat();
+        let refused = verdict(&file, true).unwrap_err();
+        assert!(refused.contains("streamable"), "{refused}");
+        // Refused by mdat's header alone.
+        let mut walker = BoxWalker::new(true);
+        let head = [ftyp(), bx(b"free", &[])].concat();
+        walker.feed(&head).unwrap();
+        let mdat = bx(b"mdat", &[7; 100]);
+        for byte in &mdat[..7] {
+            walker.feed(&[*byte]).unwrap();
+        }
+        assert!(walker.feed(&mdat[7..8]).is_err());
+        // Also when no moov follows (an m4a without codec rules).
+        let refused = verdict(&[ftyp(), bx(b"mdat", &[1; 10])].concat(), false).unwrap_err();
+        assert!(refused.contains("streamable"), "{refused}");
+    }
+
+    #[test]
+    fn a_file_without_moov_is_refused() {
+        let refused = verdict(&[ftyp(), bx(b"free", &[0; 50])].concat(), true).unwrap_err();
+        assert!(refused.contains("without a moov"), "{refused}");
+        assert!(verdict(&[], true).unwrap_err().contains("without a moov"));
+        // Cut inside a box header, inside a skipped box, inside moov.
+        let file = [ftyp(), h264_aac()].concat();
+        assert!(verdict(&file[..ftyp().len() + 3], true)
+            .unwrap_err()
+            .contains("without a moov"));
+        assert!(verdict(&file[..20], true)
+            .unwrap_err()
+            .contains("without a moov"));
+        assert!(verdict(&file[..file.len() - 10], true)
+            .unwrap_err()
+            .contains("inside its moov"));
+        // A top-level box of size 0 runs to the end: no moov can follow.
+        let mut to_end = ftyp();
+        to_end.extend_from_slice(&[0, 0, 0, 0]);
+        to_end.extend_from_slice(b"free");
+        to_end.extend(h264_aac());
+        assert!(verdict(&to_end, true)
+            .unwrap_err()
+            .contains("without a moov"));
+    }
+
+    #[test]
+    fn sixty_four_bit_sizes() {
+        let inner_moov = {
+            let payload = [bx(b"mvhd", &[0; 100]), track(b"vide", &[b"avc3"])].concat();
+            bx64(b"moov", &payload)
+        };
+        let file = [
+            ftyp(),
+            bx64(b"free", &[9; 300]),
+            inner_moov,
+            bx64(b"mdat", &[7; 1000]),
+        ]
+        .concat();
+        assert_eq!(verdict(&file, true), Ok(()));
+        // A huge 64-bit box is skipped by count, never held.
+        let mut huge = ftyp();
+        huge.extend_from_slice(&1u32.to_be_bytes());
+        huge.extend_from_slice(b"skip");
+        huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        let mut walker = BoxWalker::new(true);
+        walker.feed(&huge).unwrap();
+        walker.feed(&vec![0; 1 << 20]).unwrap();
+        assert_eq!(walker.state, Walk::Skip((1 << 40) - 16 - (1 << 20)));
+        assert!(walker.finish().unwrap_err().contains("without a moov"));
+        // A 64-bit mdat before moov is still mdat.
+        let file = [ftyp(), bx64(b"mdat", &[7; 10]), h264_aac()].concat();
+        assert!(verdict(&file, true).unwrap_err().contains("streamable"));
+    }
+
+    #[test]
+    fn video_must_be_h264_with_aac() {
+        let with = |tracks: &[Vec<u8>]| [ftyp(), moov(tracks), bx(b"mdat", &[1; 10])].concat();
+        let refused = verdict(&with(&[track(b"vide", &[b"mp4v"])]), true).unwrap_err();
+        assert!(refused.contains("found video mp4v"), "{refused}");
+        assert!(refused.contains("H.264"), "{refused}");
+        let refused = verdict(
+            &with(&[track(b"vide", &[b"avc1"]), track(b"soun", &[b"Opus"])]),
+            true,
+        )
+        .unwrap_err();
+        assert!(refused.contains("found audio Opus"), "{refused}");
+        let refused = verdict(&with(&[track(b"soun", &[b"mp4a"])]), true).unwrap_err();
+        assert!(refused.contains("no video track"), "{refused}");
+        // Video alone, and tracks of other kinds, pass.
+        assert_eq!(
+            verdict(
+                &with(&[track(b"vide", &[b"avc1"]), track(b"text", &[b"tx3g"])]),
+                true
+            ),
+            Ok(())
+        );
+        // Without codec rules (m4a), only the layout counts.
+        assert_eq!(verdict(&with(&[track(b"soun", &[b"alac"])]), false), Ok(()));
+    }
+
+    #[test]
+    fn malformed_boxes_are_refused() {
+        // A size smaller than its header.
+        let mut file = ftyp();
+        file.extend_from_slice(&4u32.to_be_bytes());
+        file.extend_from_slice(b"free");
+        assert!(verdict(&file, true).unwrap_err().contains("not a valid"));
+        // A child bigger than its parent.
+        let mut trak = bx(b"trak", &bx(b"tkhd", &[0; 16]));
+        trak[8..12].copy_from_slice(&100u32.to_be_bytes());
+        let file = [ftyp(), moov(&[trak]), bx(b"mdat", &[0; 200])].concat();
+        assert!(verdict(&file, true).unwrap_err().contains("overruns"));
+        // A sample description too large to keep.
+        let mut stsd = vec![0, 0, 0, 0, 0, 0, 0, 1];
+        stsd.extend(bx(b"avc1", &vec![0; MAX_KEPT_BOX]));
+        let stbl = bx(b"stbl", &bx(b"stsd", &stsd));
+        let mdia = bx(b"mdia", &bx(b"minf", &stbl));
+        let file = [ftyp(), moov(&[bx(b"trak", &mdia)])].concat();
+        assert!(verdict(&file, true).unwrap_err().contains("KiB"));
+    }
+
+    fn webp_animated(file: &[u8], chunk: usize) -> Result<Option<bool>, String> {
+        let mut head = WebpHead::default();
+        for piece in file.chunks(chunk) {
+            head.feed(piece)?;
+        }
+        head.finish()?;
+        Ok(head.animated)
+    }
+
+    fn riff(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let body = chunks.concat();
+        let mut out = b"RIFF".to_vec();
+        out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
+        out.extend_from_slice(b"WEBP");
+        out.extend(body);
+        out
+    }
+
+    fn chunk(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut out = kind.to_vec();
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+        if payload.len() % 2 == 1 {
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn webp_static_or_animated() {
+        let vp8x = |flags: u8| chunk(b"VP8X", &[flags, 0, 0, 0, 63, 0, 0, 63, 0, 0]);
+        for (file, animated) in [
+            (riff(&[chunk(b"VP8 ", &[1; 31])]), false),
+            (riff(&[chunk(b"VP8L", &[1; 40])]), false),
+            (riff(&[vp8x(0x12), chunk(b"ANIM", &[0; 6])]), true),
+            // The flag missing, but an ANIM chunk after an ICC profile.
+            (
+                riff(&[
+                    vp8x(0x20),
+                    chunk(b"ICCP", &[5; 301]),
+                    chunk(b"ANIM", &[0; 6]),
+                ]),
+                true,
+            ),
+            (riff(&[vp8x(0x10), chunk(b"ALPH", &[1; 9])]), false),
+            (riff(&[vp8x(0x00), chunk(b"VP8 ", &[1; 9])]), false),
+        ] {
+            for size in [1, 2, 5, 13, 1000] {
+                assert_eq!(webp_animated(&file, size), Ok(Some(animated)), "{file:?}");
+            }
+        }
+        assert!(webp_animated(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 1).is_err());
+        assert!(webp_animated(b"RIFF", 1).is_err());
+    }
+
+    fn ogg_page(packet: &[u8]) -> Vec<u8> {
+        let mut page = b"OggS\0\x02".to_vec();
+        page.extend_from_slice(&[0; 8]); // granule position
+        page.extend_from_slice(&[1, 2, 3, 4]); // serial
+        page.extend_from_slice(&[0; 4]); // sequence
+        page.extend_from_slice(&[0; 4]); // checksum
+        page.push(1);
+        page.push(packet.len() as u8);
+        page.extend_from_slice(packet);
+        page
+    }
+
+    fn ogg(file: &[u8], chunk: usize) -> Result<(), String> {
+        let mut head = OggHead::default();
+        for piece in file.chunks(chunk) {
+            head.feed(piece)?;
+        }
+        head.finish()
+    }
+
+    #[test]
+    fn ogg_must_start_with_opus() {
+        let opus = [
+            ogg_page(b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0"),
+            ogg_page(b"OpusTags"),
+        ]
+        .concat();
+        let vorbis = ogg_page(b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0");
+        for size in [1, 2, 27, 28, 36, 4096] {
+            assert_eq!(ogg(&opus, size), Ok(()));
+            let refused = ogg(&vorbis, size).unwrap_err();
+            assert!(refused.contains("Vorbis"), "{refused}");
+            assert!(refused.contains("Opus"), "{refused}");
+        }
+        assert!(ogg(b"ID3\x04 not ogg at all, and long enough to tell", 3)
+            .unwrap_err()
+            .contains("not an Ogg file"));
+        assert!(ogg(b"OggS", 1).is_err());
+        assert!(ogg(&opus[..30], 1).is_err());
+    }
+
+    #[test]
+    fn the_whatsapp_rule_table() {
+        let whatsapp = Profile::Whatsapp;
+        for (extension, class) in [
+            ("jpeg", Class::Image),
+            ("jpg", Class::Image),
+            ("png", Class::Image),
+            ("aac", Class::Audio),
+            ("amr", Class::Audio),
+            ("mp3", Class::Audio),
+            ("m4a", Class::Audio),
+            ("ogg", Class::Audio),
+            ("mp4", Class::Video),
+            ("3gp", Class::Video),
+            ("webp", Class::Sticker),
+            ("pdf", Class::Document),
+            ("gif", Class::Document),
+            ("opus", Class::Document),
+        ] {
+            assert_eq!(whatsapp.class(extension), class, "{extension}");
+            assert_eq!(Profile::None.class(extension), Class::Document);
+        }
+        let rule = |ext: &str| whatsapp.rule(ext).unwrap();
+        assert_eq!(rule("png").max_bytes(None), 5_000_000);
+        assert_eq!(rule("ogg").max_bytes(None), 16_000_000);
+        assert_eq!(rule("3gp").max_bytes(None), 16_000_000);
+        assert_eq!(rule("webp").max_bytes(Some(false)), 100_000);
+        assert_eq!(rule("webp").max_bytes(Some(true)), 500_000);
+        assert_eq!(rule("webp").max_bytes(None), 500_000);
+        assert_eq!(rule("ogg").content, Content::OggOpus);
+        assert_eq!(rule("mp4").content, Content::IsoMedia { h264_aac: true });
+        assert_eq!(rule("m4a").content, Content::IsoMedia { h264_aac: false });
+        assert_eq!(
+            rule("png").size_details(None),
+            "whatsapp profile: images (jpeg, png) are at most 5 MB"
+        );
+
+        let ext = |e: &str| FileExtension::parse(e).unwrap();
+        assert!(whatsapp
+            .check_declared(&ext("png"), Some(5_000_000))
+            .is_ok());
+        assert!(whatsapp.check_declared(&ext("png"), None).is_ok());
+        let err = whatsapp
+            .check_declared(&ext("JPG"), Some(5_000_001))
+            .unwrap_err();
+        assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("5 MB")));
+        // A sticker's kind is not known from its headers: the larger limit up front.
+        assert!(whatsapp.check_declared(&ext("webp"), Some(300_000)).is_ok());
+        assert!(whatsapp
+            .check_declared(&ext("webp"), Some(500_001))
+            .is_err());
+        // Documents, and everything with the profile off, only have the global limit.
+        assert!(whatsapp.check_declared(&ext("pdf"), Some(u64::MAX)).is_ok());
+        assert!(Profile::None
+            .check_declared(&ext("png"), Some(u64::MAX))
+            .is_ok());
+    }
+
+    #[test]
+    fn profile_names() {
+        assert_eq!(
+            Profile::try_from("whatsapp".to_owned()),
+            Ok(Profile::Whatsapp)
+        );
+        assert_eq!(
+            Profile::try_from("WhatsApp".to_owned()),
+            Ok(Profile::Whatsapp)
+        );
+        assert_eq!(Profile::try_from("none".to_owned()), Ok(Profile::None));
+        let err = Profile::try_from("telegram".to_owned()).unwrap_err();
+        assert!(err.contains("media.profile"), "{err}");
+    }
+
+    /// The body through the wrapper in chunks of `chunk` bytes: the items it yields.
+    async fn through(
+        body: &[u8],
+        extension: &str,
+        declared: Option<u64>,
+        chunk: usize,
+    ) -> Result<usize, ApiError> {
+        let chunks: Vec<Result<Bytes, ApiError>> = body
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let mut profiled = Profiled::new(
+            futures_util::stream::iter(chunks),
+            Profile::Whatsapp,
+            &FileExtension::parse(extension).unwrap(),
+            declared,
+        );
+        let mut passed = 0;
+        while let Some(item) = profiled.next().await {
+            passed += item?.len();
+        }
+        Ok(passed)
+    }
+
+    #[tokio::test]
+    async fn the_wrapper_counts_and_checks() {
+        // Sizes: at the rule passes, one byte more is a 413 while streaming.
+        assert_eq!(
+            through(&vec![0; 5_000_000], "png", None, 65536)
+                .await
+                .unwrap(),
+            5_000_000
+        );
+        let err = through(&vec![0; 5_000_001], "png", None, 65536)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("5 MB")));
+        // A static sticker is held to 100 KB, an animated one to 500 KB.
+        let mut still = riff(&[chunk(b"VP8L", &[1; 40])]);
+        still.resize(100_001, 0);
+        let err = through(&still, "webp", None, 1000).await.unwrap_err();
+        assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("static")));
+        // Declared over the static limit: refused as soon as the head shows it is static.
+        let err = through(&still[..50], "webp", Some(200_000), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, ApiError::OverProfileLimit(_)));
+        let mut moving = riff(&[
+            chunk(b"VP8X", &[0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            chunk(b"ANIM", &[0; 6]),
+        ]);
+        moving.resize(400_000, 0);
+        assert!(through(&moving, "webp", None, 4096).await.is_ok());
+        moving.resize(500_001, 0);
+        let err = through(&moving, "webp", None, 4096).await.unwrap_err();
+        assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("animated")));
+        // Content: a type rule is a 400 naming it, also when decided at the end.
+        let vorbis = ogg_page(b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0");
+        let err = through(&vorbis, "ogg", None, 5).await.unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidParameter(d) if d.starts_with("whatsapp profile: .ogg")),
+            "{err:?}"
+        );
+        let err = through(&ftyp(), "mp4", None, 5).await.unwrap_err();
+        assert!(matches!(&err, ApiError::InvalidParameter(d) if d.contains("moov")));
+        let file = [ftyp(), h264_aac(), bx(b"mdat", &[0; 10])].concat();
+        assert_eq!(through(&file, "mp4", None, 1).await.unwrap(), file.len());
+        // An empty body is not judged here: the upload answers it (code 1008).
+        assert_eq!(through(&[], "mp4", None, 1).await.unwrap(), 0);
+        // Documents pass untouched.
+        assert!(through(&vec![0; 6_000_000], "pdf", None, 65536)
+            .await
+            .is_ok());
+    }
+}

@@ -1,0 +1,463 @@
+//! `media.profile = whatsapp`: the WhatsApp Business Platform's per-type rules, with real
+//! media files made here by ffmpeg (Debian's package; never downloaded): what follows the
+//! rules is stored, what breaks a size rule is 413, a content rule 400, each naming the
+//! rule and leaving nothing behind; with the profile off the same files are stored.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{assert_error, content, sha256_hex, Backend, TempDir, TestApp};
+use crate::on_both_backends;
+use media_node::profile::Profile;
+
+on_both_backends!(
+    media_that_follows_the_rules_is_stored,
+    content_against_a_rule_is_refused,
+    sizes_over_a_rule_are_refused,
+    with_the_profile_off_nothing_changes,
+);
+
+/// Runs ffmpeg with `args` and returns the file it wrote to `dir/name`.
+fn ffmpeg(dir: &Path, name: &str, args: &[&str]) -> Vec<u8> {
+    let out = dir.join(name);
+    let run = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-y"])
+        .args(args)
+        .arg(&out)
+        .output()
+        .expect("ffmpeg runs (scripts/test installs Debian's ffmpeg)");
+    assert!(
+        run.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// A second of test pattern with a tone: H.264 and AAC unless `video` says otherwise.
+fn movie(dir: &Path, name: &str, video: &str, faststart: bool) -> Vec<u8> {
+    let mut args = vec![
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=10",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine",
+        "-t",
+        "1",
+        "-c:v",
+        video,
+        "-c:a",
+        "aac",
+    ];
+    if faststart {
+        args.extend(["-movflags", "+faststart"]);
+    }
+    ffmpeg(dir, name, &args)
+}
+
+/// A second of tone in `codec`.
+fn sound(dir: &Path, name: &str, codec: &str, faststart: bool) -> Vec<u8> {
+    let mut args = vec!["-f", "lavfi", "-i", "sine", "-t", "1", "-c:a", codec];
+    if faststart {
+        args.extend(["-movflags", "+faststart"]);
+    }
+    ffmpeg(dir, name, &args)
+}
+
+/// Raw RGB noise of `frames` frames of `width`×`height`, as a file ffmpeg reads: noise
+/// does not compress, so the encoded size follows the pixel count.
+fn noise(dir: &Path, width: usize, height: usize, frames: usize, seed: u8) -> String {
+    let path = dir.join(format!("noise-{seed}.rgb"));
+    std::fs::write(&path, content(width * height * 3 * frames, seed)).unwrap();
+    path.display().to_string()
+}
+
+/// A still image of noise, `width`×`height`, encoded by the `extra` arguments.
+fn noise_image(dir: &Path, name: &str, size: (usize, usize), seed: u8, extra: &[&str]) -> Vec<u8> {
+    let input = noise(dir, size.0, size.1, 1, seed);
+    let dimensions = format!("{}x{}", size.0, size.1);
+    let mut args = vec![
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        &dimensions,
+        "-i",
+        &input,
+        "-frames:v",
+        "1",
+    ];
+    args.extend(extra);
+    ffmpeg(dir, name, &args)
+}
+
+/// An animated WebP of `frames` frames of noise, `side`×`side`, lossless (libwebp).
+fn animated_webp(dir: &Path, name: &str, side: usize, frames: usize, seed: u8) -> Vec<u8> {
+    let input = noise(dir, side, side, frames, seed);
+    let dimensions = format!("{side}x{side}");
+    ffmpeg(
+        dir,
+        name,
+        &[
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            &dimensions,
+            "-r",
+            "10",
+            "-i",
+            &input,
+            "-c:v",
+            "libwebp",
+            "-lossless",
+            "1",
+            "-loop",
+            "0",
+        ],
+    )
+}
+
+fn static_webp(dir: &Path, name: &str, side: usize, seed: u8) -> Vec<u8> {
+    noise_image(
+        dir,
+        name,
+        (side, side),
+        seed,
+        &["-c:v", "libwebp", "-lossless", "1"],
+    )
+}
+
+/// `file` with a `free` box after it that brings it to `total` bytes.
+fn padded(file: &[u8], total: usize) -> Vec<u8> {
+    let free = total - file.len();
+    let mut out = file.to_vec();
+    out.extend_from_slice(&(free as u32).to_be_bytes());
+    out.extend_from_slice(b"free");
+    out.extend(content(free - 8, 10));
+    assert_eq!(out.len(), total);
+    out
+}
+
+async fn whatsapp(backend: Backend) -> TestApp {
+    TestApp::spawn_with(backend, |s| s.media.profile = Profile::Whatsapp).await
+}
+
+/// Nothing of a refused upload stays: `rows` rows and objects (the earlier uploads), no
+/// unfinished multipart upload.
+async fn assert_nothing_stays(app: &TestApp, rows: u64) {
+    assert_eq!(app.row_count().await, rows, "rows");
+    assert_eq!(app.object_keys().await.len() as u64, rows, "objects");
+    assert_eq!(
+        app.pending_multipart_uploads().await,
+        0,
+        "multipart uploads"
+    );
+}
+
+fn details(error: &Value) -> String {
+    error["errors"][0]["details"].as_str().unwrap().to_owned()
+}
+
+/// An upload over a raw connection, for refusals answered before the body is read: the
+/// head, then as much of `body` as the server takes (with `Content-Length` when `declared`,
+/// else chunked), then the whole answer. The status and the JSON body.
+async fn raw_upload(
+    app: &TestApp,
+    token: &str,
+    extension: &str,
+    body: &[u8],
+    declared: bool,
+    send_body: bool,
+) -> (u16, Value) {
+    let mut head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         X-Gr-File-Extension: {extension}\r\nConnection: close\r\n"
+    );
+    let mut wire = Vec::new();
+    if declared {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        wire.extend_from_slice(body);
+    } else {
+        head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        for chunk in body.chunks(64 * 1024) {
+            wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+    }
+    let mut stream = TcpStream::connect(("127.0.0.1", app.port())).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    if send_body {
+        // The server may answer and close before the whole body is written.
+        let _ = stream.write_all(&wire).await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let start = text.find("\r\n\r\n").expect("a complete head") + 4;
+    let json = serde_json::from_str(&text[start..]).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, json)
+}
+
+/// The status line of the answer to an upload head sent with `Expect: 100-continue`.
+async fn expect_continue(app: &TestApp, token: &str, extension: &str, length: usize) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", app.port())).await.unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         X-Gr-File-Extension: {extension}\r\nContent-Length: {length}\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer to the head")
+            .unwrap();
+        assert_eq!(n, 1, "closed without an answer: {answer:?}");
+        answer.push(byte[0]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+async fn media_that_follows_the_rules_is_stored(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = whatsapp(backend).await;
+    let token = app.token("acct");
+
+    let video = movie(d, "fast.mp4", "libx264", true);
+    let webp = static_webp(d, "small.webp", 64, 1);
+    let animated = animated_webp(d, "moving.webp", 100, 5, 2);
+    assert!(
+        animated.len() > 100_000 && animated.len() <= 500_000,
+        "an animated sticker over the static limit: {}",
+        animated.len()
+    );
+    let image = noise_image(d, "small.png", (300, 300), 3, &[]);
+    let files = [
+        ("mp4", video.clone()),
+        ("3gp", movie(d, "small.3gp", "libx264", true)),
+        ("ogg", sound(d, "opus.ogg", "libopus", false)),
+        ("m4a", sound(d, "fast.m4a", "aac", true)),
+        ("webp", webp),
+        ("webp", animated),
+        ("png", image),
+        ("jpg", noise_image(d, "small.jpg", (300, 300), 4, &[])),
+        // A document: only limits.max_upload_bytes, 6 MB passes (multipart on the way).
+        ("pdf", content(6_000_000, 5)),
+    ];
+    for (extension, body) in &files {
+        let id = app.upload_ok(&token, extension, body.clone()).await;
+        let stored = app.get(&token, &id).await;
+        assert_eq!(stored.status(), 200, "{extension}");
+        assert_eq!(
+            stored.headers()["etag"],
+            format!("\"{}\"", sha256_hex(body)).as_str(),
+            "{extension}"
+        );
+    }
+    // Also streamed without a length (chunked).
+    let response = app
+        .request(reqwest::Method::POST, "/v1/media", Some(&token))
+        .header("X-Gr-File-Extension", "mp4")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            video
+                .chunks(1000)
+                .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                .collect::<Vec<_>>(),
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_nothing_stays(&app, files.len() as u64 + 1).await;
+}
+
+async fn content_against_a_rule_is_refused(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = whatsapp(backend).await;
+    let token = app.token("acct");
+
+    for (extension, body, rule) in [
+        // moov after mdat: not streamable.
+        (
+            "mp4",
+            movie(d, "slow.mp4", "libx264", false),
+            "moov box before mdat",
+        ),
+        (
+            "m4a",
+            sound(d, "slow.m4a", "aac", false),
+            "moov box before mdat",
+        ),
+        // MPEG-4 Part 2 video, not H.264.
+        (
+            "mp4",
+            movie(d, "mpeg4.mp4", "mpeg4", true),
+            "H.264 with AAC audio",
+        ),
+        ("ogg", sound(d, "vorbis.ogg", "libvorbis", false), "Opus"),
+    ] {
+        let error = assert_error(app.upload(&token, extension, body).await, 400, 1009).await;
+        let details = details(&error);
+        assert!(
+            details.starts_with(&format!("whatsapp profile: .{extension} ")),
+            "{details}"
+        );
+        assert!(details.contains(rule), "{details}");
+        assert_nothing_stays(&app, 0).await;
+    }
+    // The ogg says what it found.
+    let error = assert_error(
+        app.upload(&token, "ogg", sound(d, "vorbis2.ogg", "libvorbis", false))
+            .await,
+        400,
+        1009,
+    )
+    .await;
+    assert!(details(&error).contains("Vorbis"), "{error}");
+    assert_nothing_stays(&app, 0).await;
+
+    // An empty body stays a missing body (code 1008), chunked too.
+    let empty = app
+        .request(reqwest::Method::POST, "/v1/media", Some(&token))
+        .header("X-Gr-File-Extension", "mp4")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            Vec::<Result<Vec<u8>, std::io::Error>>::new(),
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(empty, 400, 1008).await;
+    assert_nothing_stays(&app, 0).await;
+}
+
+async fn sizes_over_a_rule_are_refused(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = whatsapp(backend).await;
+    let token = app.token("acct");
+
+    let png = noise_image(d, "big.png", (1400, 1300), 6, &[]);
+    let jpeg = noise_image(
+        d,
+        "big.jpg",
+        (2000, 1800),
+        7,
+        &["-q:v", "1", "-pix_fmt", "yuvj444p"],
+    );
+    for image in [&png, &jpeg] {
+        assert!(image.len() > 5_000_000, "{}", image.len());
+    }
+    let image_rule = "whatsapp profile: images (jpeg, png) are at most 5 MB";
+
+    // By Content-Length: refused from the head alone, no byte of the body sent.
+    for (extension, image) in [("png", &png), ("jpg", &jpeg)] {
+        let (status, error) = raw_upload(&app, &token, extension, image, true, false).await;
+        assert_eq!(
+            (status, error["errors"][0]["code"].as_u64()),
+            (413, Some(1009))
+        );
+        assert_eq!(details(&error), image_rule);
+        // And at Expect: 100-continue, before the client sends it.
+        let line = expect_continue(&app, &token, extension, image.len()).await;
+        assert!(line.starts_with("HTTP/1.1 413"), "{line}");
+    }
+    // Chunked, without a length: cut off while streaming.
+    for (extension, image) in [("png", &png), ("jpeg", &jpeg)] {
+        let (status, error) = raw_upload(&app, &token, extension, image, false, true).await;
+        assert_eq!(
+            (status, error["errors"][0]["code"].as_u64()),
+            (413, Some(1009))
+        );
+        assert_eq!(details(&error), image_rule);
+        assert_nothing_stays(&app, 0).await;
+    }
+
+    // A static sticker over 100 KB, declared (under the animated limit, so only its
+    // first bytes tell) and chunked.
+    let still = static_webp(d, "big.webp", 200, 8);
+    assert!(
+        still.len() > 100_000 && still.len() < 500_000,
+        "{}",
+        still.len()
+    );
+    for declared in [true, false] {
+        let (status, error) = raw_upload(&app, &token, "webp", &still, declared, true).await;
+        assert_eq!(
+            (status, error["errors"][0]["code"].as_u64()),
+            (413, Some(1009))
+        );
+        assert_eq!(
+            details(&error),
+            "whatsapp profile: static stickers (webp) are at most 100 KB"
+        );
+        assert_nothing_stays(&app, 0).await;
+    }
+    // An animated one over 500 KB.
+    let moving = animated_webp(d, "big-moving.webp", 160, 12, 9);
+    assert!(moving.len() > 500_000, "{}", moving.len());
+    let (status, error) = raw_upload(&app, &token, "webp", &moving, false, true).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        details(&error),
+        "whatsapp profile: animated stickers (webp) are at most 500 KB"
+    );
+    assert_nothing_stays(&app, 0).await;
+
+    // A streamable video padded past 16 MB (a free box after the media): refused while
+    // streaming, after a multipart upload began; nothing of it stays.
+    let base = movie(d, "fast.mp4", "libx264", true);
+    let video = padded(&base, 16_000_001);
+    let (status, error) = raw_upload(&app, &token, "mp4", &video, false, true).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        details(&error),
+        "whatsapp profile: videos (mp4, 3gp) are at most 16 MB"
+    );
+    assert_nothing_stays(&app, 0).await;
+    // One byte less is a video like any other.
+    app.upload_ok(&token, "mp4", padded(&base, 16_000_000))
+        .await;
+    assert_nothing_stays(&app, 1).await;
+}
+
+async fn with_the_profile_off_nothing_changes(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(app.settings.media.profile, Profile::None);
+    let token = app.token("acct");
+
+    let files = [
+        ("mp4", movie(d, "slow.mp4", "libx264", false)),
+        ("mp4", movie(d, "mpeg4.mp4", "mpeg4", true)),
+        ("ogg", sound(d, "vorbis.ogg", "libvorbis", false)),
+        ("png", noise_image(d, "big.png", (1400, 1300), 6, &[])),
+        ("webp", static_webp(d, "big.webp", 200, 8)),
+    ];
+    for (extension, body) in &files {
+        app.upload_ok(&token, extension, body.clone()).await;
+    }
+    assert_nothing_stays(&app, files.len() as u64).await;
+}
