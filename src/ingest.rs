@@ -137,6 +137,16 @@ pub struct Stored {
     pub replayed: bool,
 }
 
+/// What an upload's row is to its idempotency key.
+enum KeyRole {
+    /// Sent without a key.
+    Unkeyed,
+    /// The row holds the key: a first upload.
+    Holder,
+    /// The key's holder is ready media; the row has no key.
+    Retry(Retry),
+}
+
 /// A retry of an upload whose key is held by ready media: what its bytes are compared with.
 #[derive(Debug, Clone)]
 struct Retry {
@@ -180,12 +190,17 @@ impl Ingest {
             created_at: now,
             expires_at: now + self.retention,
         };
-        let retry = match key {
+        let role = match key {
             None => {
                 self.metadata.insert_uploading(&row).await?;
-                None
+                KeyRole::Unkeyed
             }
             Some(key) => self.insert_keyed(&row, key).await?,
+        };
+        let keyed = matches!(role, KeyRole::Holder);
+        let retry = match role {
+            KeyRole::Retry(retry) => Some(retry),
+            KeyRole::Unkeyed | KeyRole::Holder => None,
         };
 
         let mut session = Session {
@@ -197,6 +212,7 @@ impl Ingest {
             armed: true,
             detected,
             retry,
+            keyed,
             _heartbeat: Heartbeat::start(self, id),
         };
         match session.stream(&mut body, declared, slot, first).await {
@@ -236,23 +252,19 @@ impl Ingest {
     /// does: a first upload, or one whose earlier holder crashed, expired or was deleted.
     /// While the holder still streams, nothing is written (409). When it is ready, the row
     /// is written without the key and the upload is a retry, to be compared at its end.
-    async fn insert_keyed(
-        &self,
-        row: &NewMedia,
-        key: IdempotencyKey,
-    ) -> Result<Option<Retry>, ApiError> {
+    async fn insert_keyed(&self, row: &NewMedia, key: IdempotencyKey) -> Result<KeyRole, ApiError> {
         match self
             .metadata
             .insert_uploading_keyed(row, key.as_str(), self.stale_before())
             .await?
         {
-            KeyedInsert::Inserted => Ok(None),
+            KeyedInsert::Inserted => Ok(KeyRole::Holder),
             KeyedInsert::Held(KeyHolder::Streaming(_)) | KeyedInsert::Contended => {
                 Err(ApiError::IdempotencyKeyInUse)
             }
             KeyedInsert::Held(KeyHolder::Ready { id, sha256 }) => {
                 self.metadata.insert_uploading(row).await?;
-                Ok(Some(Retry {
+                Ok(KeyRole::Retry(Retry {
                     owner: row.owner.clone(),
                     key,
                     original: id,
@@ -438,6 +450,8 @@ struct Session {
     detected: crate::content_check::Detected,
     /// Set for a retry of an upload whose key ready media holds.
     retry: Option<Retry>,
+    /// The row holds an idempotency key.
+    keyed: bool,
     /// Keeps the row live while the upload runs; stops with the session.
     _heartbeat: Heartbeat,
 }
@@ -629,6 +643,7 @@ impl Session {
             multipart: self.multipart.take(),
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
+            keyed: self.keyed,
         };
         // Awaited, so the answer comes after the roll-back; spawned, so dropping this
         // request does not abandon it half-way.
@@ -649,6 +664,7 @@ impl Drop for Session {
             multipart: self.multipart.take(),
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
+            keyed: self.keyed,
         };
         drop(self.ingest.cleanups.spawn(cleanup));
     }
@@ -662,6 +678,10 @@ struct Cleanup {
     /// A multipart upload was started; without its handle (the start failed half-way) it
     /// is looked for in storage.
     multipart_begun: bool,
+    /// The row holds an idempotency key: it is freed first, so that the client's retry
+    /// is not refused (409) while storage is being cleaned, or, should that fail, until
+    /// the row counts as crashed.
+    keyed: bool,
 }
 
 impl Cleanup {
@@ -669,6 +689,12 @@ impl Cleanup {
     /// that fails until it succeeds or the attempts run out.
     async fn run(mut self) {
         let id = self.id;
+        if self.keyed {
+            // Once: if the database fails here, deleting the row frees the key later.
+            if let Err(err) = self.ingest.metadata.clear_key(id).await {
+                tracing::debug!(%id, error = ?err, "freeing the idempotency key of a failed upload failed");
+            }
+        }
         let mut pause = std::time::Duration::from_millis(100);
         for attempt in 1..=CLEANUP_ATTEMPTS {
             match self.step().await {

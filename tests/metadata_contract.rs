@@ -615,6 +615,18 @@ async fn an_idempotency_key_names_one_live_row_per_account(backend: Backend) {
         Some(holder)
     );
     assert_eq!(repo.count().await.unwrap(), 3);
+    // A failed upload gives its key up before its clean-up: the row stays, keyless.
+    assert!(repo.clear_key(other_key.id).await.unwrap());
+    assert!(!repo.clear_key(other_key.id).await.unwrap());
+    let row = repo.get(other_key.id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.idempotency_key),
+        (MediaStatus::Uploading, None)
+    );
+    assert_eq!(
+        repo.key_holder(&key_query(&owner, "K", now)).await.unwrap(),
+        None
+    );
     // Deleted: the key is free.
     assert!(repo.delete(first.id).await.unwrap());
     assert_eq!(

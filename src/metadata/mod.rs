@@ -550,6 +550,17 @@ impl Metadata {
         )
     }
 
+    /// Takes the key off the row `id`, whatever its state: an upload that failed frees its
+    /// key before its clean-up runs. False when it held none.
+    pub async fn clear_key(&self, id: MediaId) -> Result<bool> {
+        on_pool!(
+            self,
+            "clear_key",
+            |pool| postgres::clear_key(pool, id).await,
+            sqlite::clear_key(pool, id).await
+        )
+    }
+
     /// Marks an upload complete. False, and nothing changes, when the upload may no longer
     /// commit: its row is gone, a reaper claimed it, or its heartbeat is older than
     /// `stale_before` (the reaper may take it at any moment). This is the fence between a

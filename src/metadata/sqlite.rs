@@ -156,6 +156,16 @@ pub(super) async fn attach_key(
     }
 }
 
+pub(super) async fn clear_key(pool: &SqlitePool, id: MediaId) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE media SET idempotency_key = NULL WHERE id = ?1 AND idempotency_key IS NOT NULL",
+    )
+    .bind(id.to_string())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// The rows an upload may still write to: its own, not claimed, not stale (?2).
 const LIVE_UPLOAD: &str = "id = ?1 AND status = 'uploading' AND reap_claim IS NULL \
      AND COALESCE(heartbeat_at, created_at) > ?2";

@@ -24,6 +24,7 @@ on_both_backends!(
     invalid_or_repeated_keys_are_400,
     concurrent_retries_after_the_first_is_ready_share_its_id,
     racing_first_uploads_store_one_medium,
+    a_failed_first_upload_frees_its_key,
 );
 
 async fn upload_keyed(app: &TestApp, token: &str, key: &str, body: Vec<u8>) -> Response {
@@ -581,4 +582,57 @@ async fn racing_first_uploads_store_one_medium(backend: Backend) {
     assert_eq!(ids.len(), 1, "{ids:?}");
     app.assert_eventually_holds(1).await;
     assert_content(&app, &token, &ids[0], &bytes).await;
+}
+
+/// A first upload that fails (its body does not match its Content-Digest; the client goes
+/// away mid-body) keeps nothing, key included: the retry is stored as a first upload.
+async fn a_failed_first_upload_frees_its_key(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let bytes = content(5000, 15);
+    let response = app
+        .request(Method::POST, "/v1/media", Some(&token))
+        .header("X-Gr-File-Extension", "bin")
+        .header("Idempotency-Key", "digest")
+        .header(
+            "Content-Digest",
+            "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+        )
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, 1009).await;
+    let (id, replayed) = created(upload_keyed(&app, &token, "digest", bytes.clone()).await).await;
+    assert!(!replayed);
+    app.assert_eventually_holds(1).await;
+
+    // Gone mid-body: once its clean-up ran, the key is free.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port()))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         X-Gr-File-Extension: bin\r\nIdempotency-Key: gone\r\nContent-Length: 9000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&bytes[..3000]).await.unwrap();
+    stream.flush().await.unwrap();
+    wait_for_rows(&app, 2).await;
+    drop(stream);
+    let mut answer = None;
+    for _ in 0..100 {
+        let response = upload_keyed(&app, &token, "gone", bytes.clone()).await;
+        if response.status() == 409 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        answer = Some(created(response).await);
+        break;
+    }
+    let (second, replayed) = answer.expect("the key was freed");
+    assert!(!replayed);
+    assert_ne!(second, id);
+    app.assert_eventually_holds(2).await;
 }
