@@ -159,7 +159,9 @@ async fn drain(response: reqwest::Result<reqwest::Response>, expect: u16) -> Res
     let mut stream = response.bytes_stream();
     let mut read = 0u64;
     while let Some(chunk) = stream.next().await {
-        read += chunk.map_err(|e| format!("body error ({})", short(&e)))?.len() as u64;
+        read += chunk
+            .map_err(|e| format!("body error ({})", short(&e)))?
+            .len() as u64;
     }
     if status == expect {
         Ok(read)
@@ -407,7 +409,8 @@ impl Pair {
                     let store = store.clone();
                     let key = keys[i % keys.len()].clone();
                     async move {
-                        let mut stream = store.get(&key).await.map_err(|e| short(&e))?.into_stream();
+                        let mut stream =
+                            store.get(&key).await.map_err(|e| short(&e))?.into_stream();
                         let mut read = 0u64;
                         while let Some(chunk) = stream.next().await {
                             read += chunk.map_err(|e| short(&e))?.len() as u64;
@@ -447,8 +450,8 @@ impl Pair {
         match target {
             Target::Bare => format!("http://127.0.0.1:{}/bare/{key}", self.bare_port),
             _ => {
-                let method = object_store::signer::Method::from_bytes(method.as_str().as_bytes())
-                    .unwrap();
+                let method =
+                    object_store::signer::Method::from_bytes(method.as_str().as_bytes()).unwrap();
                 self.s3
                     .as_ref()
                     .unwrap()
@@ -680,7 +683,8 @@ async fn memory(settings: &Settings) {
     let storage = Storage::from_settings(&settings.storage).unwrap();
     let objects = storage.object_keys().await.unwrap().len();
     let pending = storage.all_pending_uploads().await.unwrap().len();
-    let metadata = media_node::metadata::Metadata::connect(settings.database.url.expose(), 1).unwrap();
+    let metadata =
+        media_node::metadata::Metadata::connect(settings.database.url.expose(), 1).unwrap();
     let rows = metadata.count().await.unwrap();
     println!(
         "\n{CLIENTS} concurrent 37 MiB uploads, budget {} MiB: server RSS {:.1} MiB before, \
@@ -691,12 +695,22 @@ async fn memory(settings: &Settings) {
         peak as f64 / 1024.0,
         peak as f64 / 1024.0 - budget as f64 / MIB as f64,
         cell.ok,
-        if cell.statuses.is_empty() { "none".to_owned() } else { cell.refused() },
+        if cell.statuses.is_empty() {
+            "none".to_owned()
+        } else {
+            cell.refused()
+        },
         started.elapsed().as_secs_f64(),
     );
     assert_eq!(cell.ok + cell.statuses.values().sum::<usize>(), CLIENTS);
-    assert_eq!(rows as usize, cell.ok, "a row for every stored upload, no other");
-    assert_eq!(objects, cell.ok, "an object for every stored upload, no other");
+    assert_eq!(
+        rows as usize, cell.ok,
+        "a row for every stored upload, no other"
+    );
+    assert_eq!(
+        objects, cell.ok,
+        "an object for every stored upload, no other"
+    );
     assert_eq!(pending, 0, "no unfinished multipart upload");
 }
 

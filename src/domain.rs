@@ -105,6 +105,53 @@ impl fmt::Display for FileExtension {
     }
 }
 
+/// An upload's `Idempotency-Key` (IETF httpapi draft): 1-255 visible ASCII characters
+/// (0x21-0x7E). The draft's Structured Field string form is accepted too: one pair of
+/// surrounding double quotes is removed, and the key is what they enclosed. Keys are the
+/// client's to choose; never a metric label, and logged (at most) shortened.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+    const INVALID: &'static str = "Idempotency-Key must be 1-255 visible ASCII characters \
+        (0x21-0x7E), optionally in double quotes";
+
+    /// The key of one header value, as its bytes arrived.
+    pub fn parse(raw: &[u8]) -> Result<Self, &'static str> {
+        let key = match raw {
+            [b'"', inner @ .., b'"'] => inner,
+            other => other,
+        };
+        let visible = key.iter().all(|b| (0x21..=0x7e).contains(b));
+        if key.is_empty() || key.len() > Self::MAX_LEN || !visible {
+            return Err(Self::INVALID);
+        }
+        // Visible ASCII is UTF-8.
+        Ok(Self(String::from_utf8_lossy(key).into_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first characters, for a log line.
+    pub fn shortened(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "IdempotencyKey({:?}…, {} chars)",
+            self.shortened(),
+            self.0.len()
+        )
+    }
+}
+
 /// Well-known types for the media a messenger carries. The client's `Content-Type` is never
 /// trusted; this table is the only source.
 fn content_type_for(ext: &str) -> &'static str {
@@ -205,6 +252,35 @@ mod tests {
         assert!(MediaId::parse("{f32bb4f9-850b-43c6-9b91-279831914c95}").is_none());
         assert!(MediaId::parse("not-a-uuid").is_none());
         assert!(MediaId::parse("").is_none());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        let key = |raw: &[u8]| IdempotencyKey::parse(raw).map(|k| k.as_str().to_owned());
+        assert_eq!(key(b"abc-123").unwrap(), "abc-123");
+        assert_eq!(key(b"\"abc\"").unwrap(), "abc");
+        assert_eq!(key(b"\"\"abc\"\"").unwrap(), "\"abc\"");
+        assert_eq!(key(b"!~").unwrap(), "!~");
+        let longest = "k".repeat(255);
+        assert_eq!(key(longest.as_bytes()).unwrap(), longest);
+        assert_eq!(key(format!("\"{longest}\"").as_bytes()).unwrap(), longest);
+        for bad in [
+            &b""[..],
+            b"\"\"",
+            b"a b",
+            b"a\tb",
+            b"a\x7f",
+            b"a\x01",
+            "clé".as_bytes(),
+            "k".repeat(256).as_bytes(),
+        ] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let debug = format!(
+            "{:?}",
+            IdempotencyKey::parse("k".repeat(200).as_bytes()).unwrap()
+        );
+        assert!(debug.len() < 60, "{debug}");
     }
 
     #[test]

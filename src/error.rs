@@ -47,6 +47,19 @@ pub enum ApiError {
     /// 405 for a known route with a method it does not serve.
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// 409, code 1004: an upload with this `Idempotency-Key` is still streaming; refused
+    /// before the body is read.
+    #[error(
+        "an upload with this Idempotency-Key is still in progress; retry once it has finished"
+    )]
+    IdempotencyKeyInUse,
+    /// 422, code 1009: the `Idempotency-Key` was used by this account for other bytes;
+    /// nothing of this upload was kept.
+    #[error(
+        "Idempotency-Key conflict: the key was already used for an upload with other content; \
+         use a new key for a new file"
+    )]
+    IdempotencyKeyReused,
     /// 413: the body is over the limit.
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -108,7 +121,9 @@ impl ApiError {
             | ApiError::BodyTimeout(_)
             | ApiError::PayloadTooLarge { .. }
             | ApiError::OverProfileLimit(_)
-            | ApiError::RangeNotSatisfiable { .. } => (1009, "Parameter value is not valid"),
+            | ApiError::RangeNotSatisfiable { .. }
+            | ApiError::IdempotencyKeyReused => (1009, "Parameter value is not valid"),
+            ApiError::IdempotencyKeyInUse => (1004, "Resource already exists"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
             ApiError::NotFound(_) => (1006, "Resource not found"),
             ApiError::MethodNotAllowed { .. } => (1025, "Invalid request"),
@@ -144,6 +159,7 @@ impl ApiError {
                 "unavailable"
             }
             ApiError::TooManyRequests { .. } => "limited",
+            ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyReused => "conflict",
             _ => "failed",
         }
     }
@@ -165,6 +181,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } | ApiError::OverProfileLimit(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE

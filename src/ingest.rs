@@ -11,6 +11,14 @@
 //! first is taken before the row is written, so an upload refused for want of memory
 //! leaves nothing at all.
 //!
+//! With an `Idempotency-Key`, the row of the first upload holds the key (unique per
+//! account). A retry while that upload streams is refused (409) before its body is read; a
+//! retry once it is ready streams like any upload, into a row and object of its own, and at
+//! the end its SHA-256 decides: the same bytes give the stored media's id again (the
+//! retry's own row and object are removed), other bytes a 422 (removed too). A key whose
+//! holder crashed or expired is taken off that row (which stays for the reaper) and the
+//! upload goes on as a first one.
+//!
 //! The same rule holds for multipart uploads: on S3 the row says a multipart upload is
 //! being created before it is, and then names it, so every multipart upload is found
 //! through its row; on local disk its staging file is named after the object.
@@ -24,10 +32,10 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use crate::body::PartBuffer;
-use crate::domain::{AccountId, FileExtension, MediaId};
+use crate::domain::{AccountId, FileExtension, IdempotencyKey, MediaId};
 use crate::error::ApiError;
 use crate::limits::{Reservation, UploadSlot};
-use crate::metadata::{Metadata, NewMedia};
+use crate::metadata::{KeyHolder, KeyQuery, KeyedInsert, Metadata, NewMedia};
 use crate::metrics::MediaMetrics;
 use crate::storage::{Storage, StorageError, UploadId};
 
@@ -124,11 +132,35 @@ pub struct Stored {
     pub id: MediaId,
     pub size_bytes: u64,
     pub sha256: String,
+    /// An `Idempotency-Key` retry: `id` is the media its first upload stored, and nothing
+    /// of this one was kept.
+    pub replayed: bool,
+}
+
+/// What an upload's row is to its idempotency key.
+enum KeyRole {
+    /// Sent without a key.
+    Unkeyed,
+    /// The row holds the key: a first upload.
+    Holder,
+    /// The key's holder is ready media; the row has no key.
+    Retry(Retry),
+}
+
+/// A retry of an upload whose key is held by ready media: what its bytes are compared with.
+#[derive(Debug, Clone)]
+struct Retry {
+    owner: AccountId,
+    key: IdempotencyKey,
+    original: MediaId,
+    sha256: String,
 }
 
 impl Ingest {
     /// Stores one upload. `body` yields the request body as it arrives; `declared` is what
-    /// the client said of it beforehand; `slot` reserves the memory of its part buffers.
+    /// the client said of it beforehand; `slot` reserves the memory of its part buffers;
+    /// `key` is its `Idempotency-Key`, if it was sent with one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upload<S, E>(
         &self,
         owner: AccountId,
@@ -136,6 +168,7 @@ impl Ingest {
         declared: Declared,
         slot: &UploadSlot,
         detected: crate::content_check::Detected,
+        key: Option<IdempotencyKey>,
         mut body: S,
     ) -> Result<Stored, ApiError>
     where
@@ -150,15 +183,25 @@ impl Ingest {
         let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
         let id = MediaId::new_random();
-        self.metadata
-            .insert_uploading(&NewMedia {
-                id,
-                owner,
-                extension,
-                created_at: now,
-                expires_at: now + self.retention,
-            })
-            .await?;
+        let row = NewMedia {
+            id,
+            owner,
+            extension,
+            created_at: now,
+            expires_at: now + self.retention,
+        };
+        let role = match key {
+            None => {
+                self.metadata.insert_uploading(&row).await?;
+                KeyRole::Unkeyed
+            }
+            Some(key) => self.insert_keyed(&row, key).await?,
+        };
+        let keyed = matches!(role, KeyRole::Holder);
+        let retry = match role {
+            KeyRole::Retry(retry) => Some(retry),
+            KeyRole::Unkeyed | KeyRole::Holder => None,
+        };
 
         let mut session = Session {
             ingest: self.clone(),
@@ -168,9 +211,17 @@ impl Ingest {
             multipart_begun: false,
             armed: true,
             detected,
+            retry,
+            keyed,
             _heartbeat: Heartbeat::start(self, id),
         };
         match session.stream(&mut body, declared, slot, first).await {
+            Ok(stored) if stored.replayed => {
+                // The first upload's media answers; nothing of this one stays.
+                session.discard().await;
+                tracing::debug!(%id, original = %stored.id, "idempotent retry replayed");
+                Ok(stored)
+            }
             Ok(stored) => {
                 session.armed = false;
                 self.metrics.upload_bytes.inc_by(stored.size_bytes);
@@ -178,6 +229,48 @@ impl Ingest {
                 Ok(stored)
             }
             Err(err) => Err(session.roll_back(upload_error(err)).await),
+        }
+    }
+
+    /// Whether an upload of `owner` with `key` is streaming now, so that another one with
+    /// the key would be refused (409). A hint for `Expect: 100-continue`, which answers
+    /// before the body is sent: when the database cannot tell, the upload itself decides.
+    pub async fn key_in_use(&self, owner: &AccountId, key: &IdempotencyKey) -> bool {
+        let query = KeyQuery {
+            owner,
+            key: key.as_str(),
+            now: Utc::now(),
+            stale_before: self.stale_before(),
+        };
+        matches!(
+            self.metadata.key_holder(&query).await,
+            Ok(Some(KeyHolder::Streaming(_)))
+        )
+    }
+
+    /// Writes the row of an upload sent with `key`. The row holds the key when no live row
+    /// does: a first upload, or one whose earlier holder crashed, expired or was deleted.
+    /// While the holder still streams, nothing is written (409). When it is ready, the row
+    /// is written without the key and the upload is a retry, to be compared at its end.
+    async fn insert_keyed(&self, row: &NewMedia, key: IdempotencyKey) -> Result<KeyRole, ApiError> {
+        match self
+            .metadata
+            .insert_uploading_keyed(row, key.as_str(), self.stale_before())
+            .await?
+        {
+            KeyedInsert::Inserted => Ok(KeyRole::Holder),
+            KeyedInsert::Held(KeyHolder::Streaming(_)) | KeyedInsert::Contended => {
+                Err(ApiError::IdempotencyKeyInUse)
+            }
+            KeyedInsert::Held(KeyHolder::Ready { id, sha256 }) => {
+                self.metadata.insert_uploading(row).await?;
+                Ok(KeyRole::Retry(Retry {
+                    owner: row.owner.clone(),
+                    key,
+                    original: id,
+                    sha256,
+                }))
+            }
         }
     }
 }
@@ -355,6 +448,10 @@ struct Session {
     armed: bool,
     /// What the content check made of the first bytes, recorded at the commit.
     detected: crate::content_check::Detected,
+    /// Set for a retry of an upload whose key ready media holds.
+    retry: Option<Retry>,
+    /// The row holds an idempotency key.
+    keyed: bool,
     /// Keeps the row live while the upload runs; stops with the session.
     _heartbeat: Heartbeat,
 }
@@ -434,6 +531,31 @@ impl Session {
                 "the body does not match its Content-Digest".to_owned(),
             ));
         }
+        let sha256 = hex::encode(digest);
+        // A retry is decided here too, before the last bytes reach storage: a small one
+        // never writes an object at all.
+        let mut adopt_key = None;
+        if let Some(retry) = self.retry.take() {
+            let original = self
+                .ingest
+                .metadata
+                .find_readable(retry.original, &retry.owner, Utc::now())
+                .await?;
+            match original {
+                Some(original) if retry.sha256 == sha256 => {
+                    return Ok(Stored {
+                        id: original.id,
+                        size_bytes: original.size_bytes.unwrap_or(size),
+                        sha256,
+                        replayed: true,
+                    });
+                }
+                Some(_) => return Err(ApiError::IdempotencyKeyReused),
+                // Deleted or expired while this one streamed: this upload is stored and
+                // takes the key, as a first upload would have.
+                None => adopt_key = Some(retry),
+            }
+        }
         // From here an object may exist even if the call fails (an answer lost on the way
         // back), so a roll-back deletes it too.
         self.object_written = true;
@@ -460,7 +582,6 @@ impl Session {
         self.multipart = None;
         drop(reservation);
 
-        let sha256 = hex::encode(digest);
         if !self
             .ingest
             .metadata
@@ -477,15 +598,44 @@ impl Session {
             // the reaper may have taken it: nothing of it may be kept. The client retries.
             return Err(lost_to_the_reaper(self.id));
         }
+        if let Some(retry) = adopt_key {
+            self.adopt_key(&retry).await;
+        }
         Ok(Stored {
             id: self.id,
             size_bytes: size,
             sha256,
+            replayed: false,
         })
     }
 
+    /// Gives the key of `retry` to this upload, now ready, if no other upload took it
+    /// meanwhile. The upload is stored either way; without the key, a later retry is
+    /// stored anew instead of replayed.
+    async fn adopt_key(&self, retry: &Retry) {
+        let query = KeyQuery {
+            owner: &retry.owner,
+            key: retry.key.as_str(),
+            now: Utc::now(),
+            stale_before: self.ingest.stale_before(),
+        };
+        match self.ingest.metadata.attach_key(self.id, &query).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(id = %self.id, "idempotency key taken by another upload"),
+            Err(err) => {
+                tracing::warn!(id = %self.id, error = ?err, "could not record the idempotency key")
+            }
+        }
+    }
+
     /// Undoes the upload and hands back the error to answer with.
-    async fn roll_back(mut self, err: ApiError) -> ApiError {
+    async fn roll_back(self, err: ApiError) -> ApiError {
+        self.discard().await;
+        err
+    }
+
+    /// Removes everything of the upload: storage first, the row last.
+    async fn discard(mut self) {
         self.armed = false;
         let cleanup = Cleanup {
             ingest: self.ingest.clone(),
@@ -493,11 +643,11 @@ impl Session {
             multipart: self.multipart.take(),
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
+            keyed: self.keyed,
         };
-        // Awaited, so the error answer comes after the roll-back; spawned, so dropping this
+        // Awaited, so the answer comes after the roll-back; spawned, so dropping this
         // request does not abandon it half-way.
         let _ = self.ingest.cleanups.spawn(cleanup).await;
-        err
     }
 }
 
@@ -514,6 +664,7 @@ impl Drop for Session {
             multipart: self.multipart.take(),
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
+            keyed: self.keyed,
         };
         drop(self.ingest.cleanups.spawn(cleanup));
     }
@@ -527,6 +678,10 @@ struct Cleanup {
     /// A multipart upload was started; without its handle (the start failed half-way) it
     /// is looked for in storage.
     multipart_begun: bool,
+    /// The row holds an idempotency key: it is freed first, so that the client's retry
+    /// is not refused (409) while storage is being cleaned, or, should that fail, until
+    /// the row counts as crashed.
+    keyed: bool,
 }
 
 impl Cleanup {
@@ -534,6 +689,12 @@ impl Cleanup {
     /// that fails until it succeeds or the attempts run out.
     async fn run(mut self) {
         let id = self.id;
+        if self.keyed {
+            // Once: if the database fails here, deleting the row frees the key later.
+            if let Err(err) = self.ingest.metadata.clear_key(id).await {
+                tracing::debug!(%id, error = ?err, "freeing the idempotency key of a failed upload failed");
+            }
+        }
         let mut pause = std::time::Duration::from_millis(100);
         for attempt in 1..=CLEANUP_ATTEMPTS {
             match self.step().await {

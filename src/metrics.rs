@@ -21,8 +21,10 @@ pub static BACKEND_MISCONFIGURED: std::sync::LazyLock<IntCounterVec> =
     });
 
 /// Every `outcome` of `media_uploads_total`.
-pub const UPLOAD_OUTCOMES: [&str; 8] = [
+pub const UPLOAD_OUTCOMES: [&str; 10] = [
     "stored",
+    "replayed",
+    "conflict",
     "rejected",
     "too_large",
     "aborted",
@@ -177,8 +179,9 @@ impl HttpMetrics {
 /// Uploads and downloads of media.
 #[derive(Clone, Debug)]
 pub struct MediaMetrics {
-    /// By outcome: stored, rejected, too_large, aborted, denied, unavailable, limited,
-    /// failed.
+    /// By outcome: stored, replayed (an `Idempotency-Key` retry answered with the stored
+    /// media), conflict (409/422 on an `Idempotency-Key`), rejected, too_large, aborted,
+    /// denied, unavailable, limited, failed.
     pub uploads: IntCounterVec,
     pub upload_bytes: IntCounter,
     pub upload_size: Histogram,

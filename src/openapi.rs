@@ -3,8 +3,7 @@
 //! `routes/`); a copy is checked in as `docs/openapi.json`, and a test fails when it differs
 //! from what this module generates (`UPDATE_OPENAPI=1 cargo test --lib openapi` rewrites it).
 //!
-//! Every status an operation declares is one its handler can answer today; statuses of
-//! features that do not exist yet (Idempotency-Key: 409, 422) are left out.
+//! Every status an operation declares is one its handler can answer today.
 
 #![allow(dead_code)] // The schema types and operation functions exist for the document only.
 
@@ -71,8 +70,10 @@ pub async fn serve() -> HttpResponse {
         Forbidden,
         NotFound,
         RequestTimeout,
+        Conflict,
         PayloadTooLarge,
         RangeNotSatisfiable,
+        UnprocessableContent,
         TooManyRequests,
         InternalError,
         ServiceUnavailable
@@ -188,10 +189,11 @@ struct Deleted {
 /// One error.
 #[derive(ToSchema)]
 struct ErrorItem {
-    /// 1005 access denied (401, 403), 1006 not found (404), 1008 required parameter
-    /// missing (400), 1009 parameter value not valid (400, 408, 413, 416), 1011 service not
-    /// ready (503), 1014 internal error (500), 1015 too many requests (429), 1025 invalid
-    /// request (405).
+    /// 1004 resource already exists (409: an upload with the Idempotency-Key is still in
+    /// progress), 1005 access denied (401, 403), 1006 not found (404), 1008 required
+    /// parameter missing (400), 1009 parameter value not valid (400, 408, 413, 416, 422),
+    /// 1011 service not ready (503), 1014 internal error (500), 1015 too many requests
+    /// (429), 1025 invalid request (405).
     #[schema(schema_with = error_code)]
     code: u16,
     #[schema(example = "Parameter value is not valid")]
@@ -205,7 +207,7 @@ struct ErrorItem {
 fn error_code() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::Integer)
-        .enum_values(Some([1005, 1006, 1008, 1009, 1011, 1014, 1015, 1025]))
+        .enum_values(Some([1004, 1005, 1006, 1008, 1009, 1011, 1014, 1015, 1025]))
         .build()
 }
 
@@ -318,6 +320,21 @@ struct RequestTimeout(#[to_schema] Error);
 
 #[derive(ToResponse)]
 #[response(
+    description = "An upload with this Idempotency-Key is still in progress \
+    (code 1004); refused before the body is read (with `Expect: 100-continue`, before it is \
+    sent). Retry once it has finished"
+)]
+struct Conflict(#[to_schema] Error);
+
+#[derive(ToResponse)]
+#[response(
+    description = "The Idempotency-Key was used by this account for an upload \
+    with other content (code 1009); nothing of this upload was kept"
+)]
+struct UnprocessableContent(#[to_schema] Error);
+
+#[derive(ToResponse)]
+#[response(
     description = "The body is over the limit, or over the size rule of the media \
     profile for its extension, by Content-Length before it is read or while streaming \
     (code 1009, the details naming the rule); nothing was kept"
@@ -360,11 +377,17 @@ struct ServiceUnavailable(#[to_schema] Error);
 ///
 /// The raw bytes of the file as the body (not multipart), 1 byte up to the configured limit
 /// (37 MiB by default). All or nothing: a refused or failed upload leaves nothing behind.
-/// With `Expect: 100-continue` the token, scope, extension and Content-Length are checked
-/// before the body is sent. When a media profile is configured (`media.profile`:
+/// With `Expect: 100-continue` the token, scope, extension, Idempotency-Key and
+/// Content-Length are checked before the body is sent. When a media profile is configured (`media.profile`:
 /// `whatsapp`), its per-type rules apply too: a body over the size rule of its extension
 /// is 413, content against a rule (an `.ogg` that is not Opus, an MP4 that is not
 /// streamable or not H.264 with AAC) is 400, both code 1009 with details naming the rule.
+///
+/// With an `Idempotency-Key`, a retry by the same account with the same key and the same
+/// bytes answers the media stored by the first upload (201, same id and `Location`,
+/// `Idempotent-Replayed: true`) and keeps nothing of its own; other bytes are 422; a retry
+/// while the first upload is still streaming is 409. A key is free again once its media
+/// expired or was deleted, or once its first upload counts as crashed.
 #[utoipa::path(
     post,
     path = "/v1/media",
@@ -380,17 +403,31 @@ struct ServiceUnavailable(#[to_schema] Error);
             description = "RFC 9530 `sha-256=:<base64>:`; verified before the upload \
                 commits, a mismatch or a malformed sha-256 member is 400 (code 1009) and \
                 nothing is kept. Members of other algorithms are ignored."),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "IETF httpapi draft: 1-255 visible ASCII characters (0x21-0x7E), \
+                or the same in double quotes (a Structured Field string; the key is what \
+                the quotes enclose). Per account; kept as long as the media. Invalid, or \
+                sent twice, is 400 (code 1009).",
+            example = "4b1c7e0e-5d7f-4a43-9f5e-3f4a1b2c9d10"),
     ),
     request_body(content = FileBytes, content_type = "application/octet-stream",
         description = "The file's bytes"),
     responses(
-        (status = 201, description = "Stored", body = Created,
-            headers(("Location" = String, description = "`/v1/media/<id>`"))),
+        (status = 201, description = "Stored (or, for an Idempotency-Key retry, stored \
+            before)", body = Created,
+            headers(
+                ("Location" = String, description = "`/v1/media/<id>`"),
+                ("Idempotent-Replayed" = String,
+                    description = "`true` when an Idempotency-Key retry answers the media \
+                        its first upload stored; absent otherwise"),
+            )),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
+        (status = 422, response = UnprocessableContent),
         (status = 429, response = TooManyRequests),
         (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),

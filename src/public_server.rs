@@ -93,7 +93,7 @@ pub fn start(
                 )
                 .expect(fn_service(move |req: Request| {
                     let state = expect_state.clone();
-                    async move { expect_continue(&state, req) }
+                    async move { expect_continue(&state, req).await }
                 }))
                 .finish(map_config(app, move |()| AppConfig::default()));
             // What `HttpService::tcp` does, with the stream wrapped so that actix-http's
@@ -114,9 +114,10 @@ pub fn start(
 }
 
 /// Decides an `Expect: 100-continue` request: an upload is refused with its final answer
-/// (401, 403, 400, 413, 429 for an account with all its uploads running) before the
-/// client sends its body; anything else continues.
-fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<BoxBody>> {
+/// (401, 403, 400, 413, 429 for an account with all its uploads running, 409 for an
+/// `Idempotency-Key` whose upload still streams) before the client sends its body;
+/// anything else continues.
+async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<BoxBody>> {
     if req.method() != Method::POST || req.path() != "/v1/media" {
         return Ok(req);
     }
@@ -131,11 +132,21 @@ fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<B
     };
     let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
         caller.require(SCOPE_WRITE)?;
-        routes::upload::check_headers(req.headers(), state.ingest.max_upload_bytes, state.profile)?;
-        state.limits.upload_allowed(&caller.account)
+        let key = routes::upload::check_headers(
+            req.headers(),
+            state.ingest.max_upload_bytes,
+            state.profile,
+        )?;
+        state.limits.upload_allowed(&caller.account)?;
+        Ok((caller, key))
     });
+    let key_in_use = match &checked {
+        Ok((caller, Some(key))) => state.ingest.key_in_use(&caller.account, key).await,
+        _ => false,
+    };
     match checked {
-        Ok(()) => Ok(req),
+        Ok(_) if key_in_use => Err(refusal(ApiError::IdempotencyKeyInUse)),
+        Ok(_) => Ok(req),
         Err(err) => Err(refusal(err)),
     }
 }

@@ -6,7 +6,9 @@ mod helpers;
 use chrono::{Duration, DurationRound, Utc};
 use helpers::{Backend, Services, TempDir};
 use media_node::domain::{AccountId, FileExtension, MediaId};
-use media_node::metadata::{DueQuery, MediaStatus, Metadata, NewMedia, Pool};
+use media_node::metadata::{
+    DueQuery, KeyHolder, KeyQuery, KeyedInsert, MediaStatus, Metadata, NewMedia, Pool,
+};
 
 async fn repo(backend: Backend, dir: &TempDir) -> Metadata {
     let url = match backend {
@@ -67,6 +69,11 @@ contract!(
     a_stale_upload_can_neither_commit_nor_revive,
     delete_rechecks_the_claimed_state,
     the_multipart_upload_of_a_row_reaches_the_reaper,
+    an_idempotency_key_names_one_live_row_per_account,
+    a_dead_holder_loses_its_key_and_stays_for_the_reaper,
+    a_key_is_taken_off_a_claimed_row_without_hindering_the_reaper,
+    racing_keyed_inserts_let_one_win,
+    attach_key_only_when_no_live_row_holds_it,
 );
 
 fn due(now: chrono::DateTime<Utc>, limit: u32) -> DueQuery {
@@ -536,4 +543,334 @@ async fn postgres_over_tls() {
     )
     .unwrap();
     assert!(wrong_ca.ping().await.is_err());
+}
+
+fn key_query<'a>(owner: &'a AccountId, key: &'a str, now: chrono::DateTime<Utc>) -> KeyQuery<'a> {
+    KeyQuery {
+        owner,
+        key,
+        now,
+        stale_before: now - Duration::hours(1),
+    }
+}
+
+async fn an_idempotency_key_names_one_live_row_per_account(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let stale_before = now - Duration::hours(1);
+    let first = new_media("acct", now);
+    assert_eq!(
+        repo.insert_uploading_keyed(&first, "k", stale_before)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    assert_eq!(
+        repo.get(first.id).await.unwrap().unwrap().idempotency_key,
+        Some("k".to_owned())
+    );
+    // While it streams, another insert with the key writes nothing and names it.
+    let second = new_media("acct", now);
+    assert_eq!(
+        repo.insert_uploading_keyed(&second, "k", stale_before)
+            .await
+            .unwrap(),
+        KeyedInsert::Held(KeyHolder::Streaming(first.id))
+    );
+    assert!(repo.get(second.id).await.unwrap().is_none());
+    // Another account, or another key: independent.
+    let other_account = new_media("other", now);
+    assert_eq!(
+        repo.insert_uploading_keyed(&other_account, "k", stale_before)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    let other_key = new_media("acct", now);
+    assert_eq!(
+        repo.insert_uploading_keyed(&other_key, "K", stale_before)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    // Ready: named with its hash.
+    assert!(repo
+        .mark_ready(first.id, 3, "abc", stale_before)
+        .await
+        .unwrap());
+    let holder = KeyHolder::Ready {
+        id: first.id,
+        sha256: "abc".to_owned(),
+    };
+    assert_eq!(
+        repo.insert_uploading_keyed(&second, "k", stale_before)
+            .await
+            .unwrap(),
+        KeyedInsert::Held(holder.clone())
+    );
+    let owner = AccountId::parse("acct").unwrap();
+    assert_eq!(
+        repo.key_holder(&key_query(&owner, "k", now)).await.unwrap(),
+        Some(holder)
+    );
+    assert_eq!(repo.count().await.unwrap(), 3);
+    // A failed upload gives its key up before its clean-up: the row stays, keyless.
+    assert!(repo.clear_key(other_key.id).await.unwrap());
+    assert!(!repo.clear_key(other_key.id).await.unwrap());
+    let row = repo.get(other_key.id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.idempotency_key),
+        (MediaStatus::Uploading, None)
+    );
+    assert_eq!(
+        repo.key_holder(&key_query(&owner, "K", now)).await.unwrap(),
+        None
+    );
+    // Deleted: the key is free.
+    assert!(repo.delete(first.id).await.unwrap());
+    assert_eq!(
+        repo.key_holder(&key_query(&owner, "k", now)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        repo.insert_uploading_keyed(&second, "k", stale_before)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+}
+
+async fn a_dead_holder_loses_its_key_and_stays_for_the_reaper(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let owner = AccountId::parse("acct").unwrap();
+    // Crashed two hours ago, heartbeat as old.
+    let crashed = new_media("acct", now - Duration::hours(2));
+    assert_eq!(
+        repo.insert_uploading_keyed(&crashed, "crashed", LONG_AGO)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    // Ready, expired an hour ago.
+    let mut expired = new_media("acct", now - Duration::hours(25));
+    expired.expires_at = now - Duration::hours(1);
+    assert_eq!(
+        repo.insert_uploading_keyed(&expired, "expired", LONG_AGO)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    assert!(repo
+        .mark_ready(expired.id, 1, "00", LONG_AGO)
+        .await
+        .unwrap());
+    // Started two hours ago, heartbeat a minute ago: live.
+    let slow = new_media("acct", now - Duration::hours(2));
+    assert_eq!(
+        repo.insert_uploading_keyed(&slow, "slow", LONG_AGO)
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    assert!(repo
+        .heartbeat(slow.id, now - Duration::minutes(1), LONG_AGO)
+        .await
+        .unwrap());
+
+    for key in ["crashed", "expired"] {
+        assert_eq!(
+            repo.key_holder(&key_query(&owner, key, now)).await.unwrap(),
+            None,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        repo.key_holder(&key_query(&owner, "slow", now))
+            .await
+            .unwrap(),
+        Some(KeyHolder::Streaming(slow.id))
+    );
+    assert_eq!(
+        repo.release_dead_key(&key_query(&owner, "slow", now))
+            .await
+            .unwrap(),
+        0,
+        "a live upload keeps its key"
+    );
+
+    let mut successors = Vec::new();
+    for key in ["crashed", "expired"] {
+        let successor = new_media("acct", now);
+        assert_eq!(
+            repo.insert_uploading_keyed(&successor, key, now - Duration::hours(1))
+                .await
+                .unwrap(),
+            KeyedInsert::Inserted,
+            "{key}"
+        );
+        assert_eq!(
+            repo.get(successor.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .idempotency_key,
+            Some(key.to_owned())
+        );
+        successors.push(successor.id);
+    }
+    for old in [crashed.id, expired.id] {
+        let row = repo.get(old).await.unwrap().expect("the row stays");
+        assert_eq!(row.idempotency_key, None);
+    }
+    // The reaper takes exactly the dead rows, and may delete them.
+    let batch = due(now, 10);
+    let claimed = repo.claim_due(&batch).await.unwrap();
+    let mut ids: Vec<MediaId> = claimed.iter().map(|c| c.id).collect();
+    ids.sort_by_key(|id| id.to_string());
+    let mut dead = vec![crashed.id, expired.id];
+    dead.sort_by_key(|id| id.to_string());
+    assert_eq!(ids, dead);
+    assert_eq!(
+        repo.delete_claimed(&ids, batch.claim, now).await.unwrap(),
+        2
+    );
+    assert_eq!(repo.count().await.unwrap(), 3);
+    assert_eq!(
+        repo.insert_uploading_keyed(&new_media("acct", now), "slow", now - Duration::hours(1))
+            .await
+            .unwrap(),
+        KeyedInsert::Held(KeyHolder::Streaming(slow.id))
+    );
+}
+
+async fn a_key_is_taken_off_a_claimed_row_without_hindering_the_reaper(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let owner = AccountId::parse("acct").unwrap();
+    let crashed = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading_keyed(&crashed, "k", LONG_AGO)
+        .await
+        .unwrap();
+    // The reaper claims the crashed upload first, and is busy with its object.
+    let batch = due(now, 10);
+    let claimed = repo.claim_due(&batch).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    // A new upload takes the key meanwhile.
+    let successor = new_media("acct", now);
+    assert_eq!(
+        repo.insert_uploading_keyed(&successor, "k", now - Duration::hours(1))
+            .await
+            .unwrap(),
+        KeyedInsert::Inserted
+    );
+    // The reaper's claim still deletes the crashed row, and only it.
+    assert_eq!(
+        repo.delete_claimed(&[crashed.id, successor.id], batch.claim, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(repo.get(crashed.id).await.unwrap().is_none());
+    assert_eq!(
+        repo.key_holder(&key_query(&owner, "k", now)).await.unwrap(),
+        Some(KeyHolder::Streaming(successor.id))
+    );
+}
+
+async fn racing_keyed_inserts_let_one_win(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    // A crashed holder first, so every racer also clears its key.
+    let crashed = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading_keyed(&crashed, "race", LONG_AGO)
+        .await
+        .unwrap();
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let repo = repo.clone();
+        racers.spawn(async move {
+            let media = new_media("acct", now);
+            let outcome = repo
+                .insert_uploading_keyed(&media, "race", now - Duration::hours(1))
+                .await
+                .unwrap();
+            (media.id, outcome)
+        });
+    }
+    let outcomes = racers.join_all().await;
+    let winners: Vec<MediaId> = outcomes
+        .iter()
+        .filter(|(_, o)| *o == KeyedInsert::Inserted)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    for (_, outcome) in &outcomes {
+        assert!(
+            matches!(outcome, KeyedInsert::Inserted | KeyedInsert::Contended)
+                || *outcome == KeyedInsert::Held(KeyHolder::Streaming(winners[0])),
+            "{outcome:?}"
+        );
+    }
+    // The winner and the crashed row (keyless now, for the reaper).
+    assert_eq!(repo.count().await.unwrap(), 2);
+    assert_eq!(
+        repo.get(crashed.id).await.unwrap().unwrap().idempotency_key,
+        None
+    );
+}
+
+async fn attach_key_only_when_no_live_row_holds_it(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let owner = AccountId::parse("acct").unwrap();
+    let ready = |media: NewMedia| {
+        let repo = repo.clone();
+        async move {
+            repo.insert_uploading(&media).await.unwrap();
+            assert!(repo.mark_ready(media.id, 1, "00", LONG_AGO).await.unwrap());
+            media.id
+        }
+    };
+    // `a` expires in an hour, `b` in a day.
+    let mut short = new_media("acct", now);
+    short.expires_at = now + Duration::hours(1);
+    let a = ready(short).await;
+    let b = ready(new_media("acct", now)).await;
+    let query = key_query(&owner, "k", now);
+    assert!(repo.attach_key(a, &query).await.unwrap());
+    // Held by `a`: `b` cannot have it (the unique index decides), and `a` keeps it.
+    assert!(!repo.attach_key(b, &query).await.unwrap());
+    assert_eq!(repo.get(b).await.unwrap().unwrap().idempotency_key, None);
+    assert_eq!(
+        repo.key_holder(&query).await.unwrap(),
+        Some(KeyHolder::Ready {
+            id: a,
+            sha256: "00".to_owned()
+        })
+    );
+    // Two hours later `a` has expired: the key moves to `b`.
+    let later = key_query(&owner, "k", now + Duration::hours(2));
+    assert!(repo.attach_key(b, &later).await.unwrap());
+    assert_eq!(repo.get(a).await.unwrap().unwrap().idempotency_key, None);
+    assert_eq!(
+        repo.key_holder(&later).await.unwrap(),
+        Some(KeyHolder::Ready {
+            id: b,
+            sha256: "00".to_owned()
+        })
+    );
+    // An uploading row never gets a key this way.
+    let uploading = new_media("other", now);
+    repo.insert_uploading(&uploading).await.unwrap();
+    let other = AccountId::parse("other").unwrap();
+    assert!(!repo
+        .attach_key(uploading.id, &key_query(&other, "k", now))
+        .await
+        .unwrap());
 }

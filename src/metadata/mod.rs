@@ -55,6 +55,8 @@ pub struct MediaRecord {
     pub expires_at: DateTime<Utc>,
     /// What the first bytes showed, when the detector recognised them.
     pub detected_mime_type: Option<String>,
+    /// The `Idempotency-Key` the row holds, if any (see `insert_uploading_keyed`).
+    pub idempotency_key: Option<String>,
 }
 
 /// What is known of an upload before its first byte.
@@ -65,6 +67,38 @@ pub struct NewMedia {
     pub extension: FileExtension,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// An account's `Idempotency-Key` and the instants that decide whether the row holding it
+/// still does: media that expired at `now`, and uploads whose heartbeat is older than
+/// `stale_before` (crashed), hold it no more.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyQuery<'a> {
+    pub owner: &'a AccountId,
+    pub key: &'a str,
+    pub now: DateTime<Utc>,
+    pub stale_before: DateTime<Utc>,
+}
+
+/// The live row holding an account's `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHolder {
+    /// An upload still streaming: its heartbeat is fresh.
+    Streaming(MediaId),
+    /// Ready media, not expired, with the SHA-256 of its content (lower-case hex).
+    Ready { id: MediaId, sha256: String },
+}
+
+/// What `insert_uploading_keyed` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedInsert {
+    /// The row was inserted and holds the key.
+    Inserted,
+    /// Nothing was inserted: another live row holds the key.
+    Held(KeyHolder),
+    /// Nothing was inserted: the key changed hands several times while this tried (rows
+    /// holding it came and went); the caller answers as for an upload still streaming.
+    Contended,
 }
 
 /// Where a page of an account's listing starts: after this row (newest first).
@@ -443,6 +477,90 @@ impl Metadata {
         )
     }
 
+    /// Inserts the row of an upload sent with an `Idempotency-Key` (see `KeyQuery`), holding
+    /// the key, unless a live row holds it already: then nothing is inserted and that row is
+    /// returned. A row that no longer holds its key (crashed upload, expired media) first
+    /// loses it, by a statement that changes only such rows, so a live holder is never
+    /// displaced and a row the reaper or a purge works on only loses its key. The unique
+    /// index on `(owner, idempotency_key)` decides between uploads racing for the key, on
+    /// any number of replicas: one inserts, the others see it.
+    pub async fn insert_uploading_keyed(
+        &self,
+        media: &NewMedia,
+        key: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<KeyedInsert> {
+        let query = KeyQuery {
+            owner: &media.owner,
+            key,
+            now: media.created_at,
+            stale_before,
+        };
+        // Each turn ends when a row holds the key; a holder that vanishes between the
+        // insert and the look-up (a failed upload rolled back, a delete) costs another turn.
+        for _ in 0..3 {
+            self.release_dead_key(&query).await?;
+            let inserted = on_pool!(
+                self,
+                "insert_uploading",
+                |pool| postgres::insert_uploading_keyed(pool, media, key).await,
+                sqlite::insert_uploading_keyed(pool, media, key).await
+            )?;
+            if inserted {
+                return Ok(KeyedInsert::Inserted);
+            }
+            if let Some(holder) = self.key_holder(&query).await? {
+                return Ok(KeyedInsert::Held(holder));
+            }
+        }
+        Ok(KeyedInsert::Contended)
+    }
+
+    /// The live row holding an account's key, if any.
+    pub async fn key_holder(&self, query: &KeyQuery<'_>) -> Result<Option<KeyHolder>> {
+        on_pool!(
+            self,
+            "key_holder",
+            |pool| postgres::key_holder(pool, query).await,
+            sqlite::key_holder(pool, query).await
+        )
+    }
+
+    /// Takes an account's key off the row holding it when that row no longer counts (an
+    /// upload whose heartbeat is older than `stale_before`, media expired at `now`): only
+    /// the key changes, the row stays for the reaper. How many rows lost it (0 or 1).
+    pub async fn release_dead_key(&self, query: &KeyQuery<'_>) -> Result<u64> {
+        on_pool!(
+            self,
+            "release_dead_key",
+            |pool| postgres::release_dead_key(pool, query).await,
+            sqlite::release_dead_key(pool, query).await
+        )
+    }
+
+    /// Gives the ready media `id` of `query.owner` the key, if no live row holds it (a row
+    /// that no longer counts loses it first). False, and nothing changes, otherwise.
+    pub async fn attach_key(&self, id: MediaId, query: &KeyQuery<'_>) -> Result<bool> {
+        self.release_dead_key(query).await?;
+        on_pool!(
+            self,
+            "attach_key",
+            |pool| postgres::attach_key(pool, id, query).await,
+            sqlite::attach_key(pool, id, query).await
+        )
+    }
+
+    /// Takes the key off the row `id`, whatever its state: an upload that failed frees its
+    /// key before its clean-up runs. False when it held none.
+    pub async fn clear_key(&self, id: MediaId) -> Result<bool> {
+        on_pool!(
+            self,
+            "clear_key",
+            |pool| postgres::clear_key(pool, id).await,
+            sqlite::clear_key(pool, id).await
+        )
+    }
+
     /// Marks an upload complete. False, and nothing changes, when the upload may no longer
     /// commit: its row is gone, a reaper claimed it, or its heartbeat is older than
     /// `stale_before` (the reaper may take it at any moment). This is the fence between a
@@ -703,6 +821,11 @@ impl Metadata {
             Pool::Sqlite(pool) => pool.close().await,
         }
     }
+}
+
+/// Whether a statement failed on a unique index (another row holds the key).
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// Size columns are `bigint`; a negative one can only come from outside this service.

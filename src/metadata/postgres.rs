@@ -5,14 +5,14 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    size_from_db, Claimed, Due, DueQuery, ListCursor, MediaRecord, MediaStatus, NewMedia,
-    PurgeQuery, Result,
+    is_unique_violation, size_from_db, Claimed, Due, DueQuery, KeyHolder, KeyQuery, ListCursor,
+    MediaRecord, MediaStatus, NewMedia, PurgeQuery, Result,
 };
 use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
     "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at, \
-     detected_mime_type";
+     detected_mime_type, idempotency_key";
 
 fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
     let owner: String = row.try_get("owner")?;
@@ -29,6 +29,7 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
         created_at: row.try_get("created_at")?,
         expires_at: row.try_get("expires_at")?,
         detected_mime_type: row.try_get("detected_mime_type")?,
+        idempotency_key: row.try_get("idempotency_key")?,
     })
 }
 
@@ -47,6 +48,105 @@ pub(super) async fn insert_uploading(pool: &PgPool, media: &NewMedia) -> Result<
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// `insert_uploading` with an idempotency key; false, and nothing inserted, when another
+/// row holds the key (the unique index on `(owner, idempotency_key)`).
+pub(super) async fn insert_uploading_keyed(
+    pool: &PgPool,
+    media: &NewMedia,
+    key: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO media \
+             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at, \
+              idempotency_key) \
+         VALUES ($1, $2, $3, $4, 'uploading', $5, $6, $5, $7) \
+         ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+    )
+    .bind(media.id.as_uuid())
+    .bind(media.owner.as_str())
+    .bind(media.extension.as_str())
+    .bind(media.extension.content_type())
+    .bind(media.created_at)
+    .bind(media.expires_at)
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A row of `owner` ($1) holding `key` ($2) that no longer counts: expired at $3, or an
+/// upload whose heartbeat is older than $4.
+const DEAD_KEY_HOLDER: &str = "owner = $1 AND idempotency_key = $2 \
+     AND (expires_at <= $3 \
+          OR (status = 'uploading' AND COALESCE(heartbeat_at, created_at) <= $4))";
+
+pub(super) async fn release_dead_key(pool: &PgPool, query: &KeyQuery<'_>) -> Result<u64> {
+    let done = sqlx::query(&format!(
+        "UPDATE media SET idempotency_key = NULL WHERE {DEAD_KEY_HOLDER}"
+    ))
+    .bind(query.owner.as_str())
+    .bind(query.key)
+    .bind(query.now)
+    .bind(query.stale_before)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Option<KeyHolder>> {
+    let row = sqlx::query(&format!(
+        "SELECT id, status, sha256 FROM media \
+         WHERE owner = $1 AND idempotency_key = $2 AND NOT ({DEAD_KEY_HOLDER})"
+    ))
+    .bind(query.owner.as_str())
+    .bind(query.key)
+    .bind(query.now)
+    .bind(query.stale_before)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let id = MediaId::from(row.try_get::<Uuid, _>("id")?);
+    let status: String = row.try_get("status")?;
+    Ok(Some(match MediaStatus::parse(&status)? {
+        MediaStatus::Uploading => KeyHolder::Streaming(id),
+        MediaStatus::Ready => KeyHolder::Ready {
+            id,
+            sha256: row
+                .try_get::<Option<String>, _>("sha256")?
+                .ok_or_else(|| super::MetadataError::Corrupt(format!("{id} has no sha256")))?,
+        },
+    }))
+}
+
+pub(super) async fn attach_key(pool: &PgPool, id: MediaId, query: &KeyQuery<'_>) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE media SET idempotency_key = $3 \
+         WHERE id = $1 AND owner = $2 AND status = 'ready' AND idempotency_key IS NULL",
+    )
+    .bind(id.as_uuid())
+    .bind(query.owner.as_str())
+    .bind(query.key)
+    .execute(pool)
+    .await;
+    match done {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(err) if is_unique_violation(&err) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+pub(super) async fn clear_key(pool: &PgPool, id: MediaId) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE media SET idempotency_key = NULL WHERE id = $1 AND idempotency_key IS NOT NULL",
+    )
+    .bind(id.as_uuid())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// The rows an upload may still write to: its own, not claimed, not stale ($2).

@@ -7,11 +7,15 @@ use serde_json::json;
 use super::AppState;
 use crate::auth::SCOPE_WRITE;
 use crate::body::BodyGuard;
-use crate::domain::FileExtension;
+use crate::domain::{FileExtension, IdempotencyKey};
 use crate::error::{meta, ApiError};
 use crate::ingest::Declared;
 
 pub const EXTENSION_HEADER: HeaderName = HeaderName::from_static("x-gr-file-extension");
+/// The IETF httpapi draft's header: retries with the same key and bytes get the same id.
+pub const IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set (`true`) on the answer to a retry that returns the media stored before.
+pub const IDEMPOTENT_REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 pub async fn upload(
     req: HttpRequest,
@@ -25,10 +29,11 @@ pub async fn upload(
     };
     let result = store(&req, body, &state).await;
     outcome.label = match &result {
+        Ok((_, true)) => "replayed",
         Ok(_) => "stored",
         Err(err) => err.upload_outcome(),
     };
-    result
+    result.map(|(response, _)| response)
 }
 
 /// The `media_uploads_total` sample of one upload request.
@@ -43,14 +48,16 @@ impl Drop for Outcome {
     }
 }
 
+/// The answer, and whether it replays an earlier upload.
 async fn store(
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<(HttpResponse, bool), ApiError> {
     let req = req.clone();
     let caller = state.caller(&req, SCOPE_WRITE).await?;
     let extension = extension(req.headers())?;
+    let key = idempotency_key(req.headers())?;
     // Refuse by the declared length before reading a byte of the body.
     let declared = Declared {
         length: declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?,
@@ -69,25 +76,56 @@ async fn store(
     let body = crate::profile::Profiled::new(body, state.profile, &extension, declared.length);
     let stored = state
         .ingest
-        .upload(caller.account, extension, declared, &slot, detected, body)
+        .upload(
+            caller.account,
+            extension,
+            declared,
+            &slot,
+            detected,
+            key,
+            body,
+        )
         .await?;
     let id = stored.id.to_string();
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/v1/media/{id}")))
-        .json(json!({ "media": [{ "id": id }], "meta": meta() })))
+    let mut response = HttpResponse::Created();
+    response.insert_header((header::LOCATION, format!("/v1/media/{id}")));
+    if stored.replayed {
+        response.insert_header((IDEMPOTENT_REPLAYED_HEADER, "true"));
+    }
+    let response = response.json(json!({ "media": [{ "id": id }], "meta": meta() }));
+    Ok((response, stored.replayed))
 }
 
-/// The checks of an upload's headers that come after the token: the extension and the
-/// declared length (also against the `profile`'s rule for the extension).
-/// `Expect: 100-continue` runs them too, before the body is sent.
+/// The checks of an upload's headers that come after the token: the extension, the
+/// idempotency key and the declared length (also against the `profile`'s rule for the
+/// extension). `Expect: 100-continue` runs them too, before the body is sent; the key, if
+/// any, is returned.
 pub fn check_headers(
     headers: &HeaderMap,
     limit: u64,
     profile: crate::profile::Profile,
-) -> Result<(), ApiError> {
+) -> Result<Option<IdempotencyKey>, ApiError> {
     let extension = extension(headers)?;
+    let key = idempotency_key(headers)?;
     let length = declared_length_allowed(headers, limit)?;
-    profile.check_declared(&extension, length)
+    profile.check_declared(&extension, length)?;
+    Ok(key)
+}
+
+/// The `Idempotency-Key`, if sent; sent twice it is ambiguous and refused.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER);
+    let Some(raw) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidParameter(
+            "send exactly one Idempotency-Key header".to_owned(),
+        ));
+    }
+    IdempotencyKey::parse(raw.as_bytes())
+        .map(Some)
+        .map_err(|msg| ApiError::InvalidParameter(msg.to_owned()))
 }
 
 /// The declared `Content-Length`, if any, once it is known to be allowed.

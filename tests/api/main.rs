@@ -9,6 +9,7 @@ mod delete;
 mod download;
 mod errors;
 mod http_layer;
+mod idempotency;
 mod limits;
 mod openapi;
 mod ops;
