@@ -408,7 +408,8 @@ struct ServiceUnavailable(#[to_schema] Error);
                 or the same in double quotes (a Structured Field string; the key is what \
                 the quotes enclose). Per account; kept as long as the media. Invalid, or \
                 sent twice, is 400 (code 1009).",
-            example = "4b1c7e0e-5d7f-4a43-9f5e-3f4a1b2c9d10"),
+            example = "4b1c7e0e-5d7f-4a43-9f5e-3f4a1b2c9d10",
+            pattern = "^([!#-~][!-~]{0,254}|\"[!-~]{1,255}\")$"),
     ),
     request_body(content = FileBytes, content_type = "application/octet-stream",
         description = "The file's bytes"),

@@ -7,7 +7,22 @@ use std::time::Duration;
 
 use media_node::settings::Settings;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_media-node");
+/// The binary measured: this build's, or `MEDIA_NODE_BIN` (another build, for a before and
+/// after in one run).
+pub fn binary() -> String {
+    std::env::var("MEDIA_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_media-node").to_owned())
+}
+
+/// Settings for the measured server from `BENCH_SERVER_ENV` (`KEY=VALUE,KEY=VALUE`, e.g.
+/// `MEDIA_NODE__DATABASE__MAX_CONNECTIONS=2`), for trying a setting.
+pub fn server_env() -> Vec<(String, String)> {
+    std::env::var("BENCH_SERVER_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
 pub const MIB: usize = 1024 * 1024;
 
 pub struct Server {
@@ -20,7 +35,7 @@ impl Server {
     /// A `media-node` process over the backends of `settings`, with `extra` environment.
     pub fn start(settings: &Settings, extra: &[(&str, String)]) -> Self {
         let port = free_port();
-        let child = Command::new(BIN)
+        let child = Command::new(binary())
             .env("MEDIA_NODE__SERVER__HOST", "127.0.0.1")
             .env("MEDIA_NODE__SERVER__PORT", port.to_string())
             .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
@@ -28,6 +43,7 @@ impl Server {
             .env("MEDIA_NODE__LOG__LEVEL", "warn")
             .envs(crate::helpers::process_env(settings))
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(server_env())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
