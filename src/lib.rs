@@ -6,6 +6,7 @@
 //! upload's "row, stream, commit or roll back" lives in `ingest`; `startup` assembles the
 //! HTTP servers from `settings`.
 
+pub mod allocator;
 pub mod auth;
 pub mod body;
 pub mod connections;

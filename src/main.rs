@@ -67,8 +67,17 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Before the runtime starts its threads.
+    media_node::allocator::tune();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    runtime.block_on(start());
+}
+
+async fn start() {
     let cli = Cli::parse();
     if let Err(err) = run(cli).await {
         // The whole cause chain, so a failed start says why.

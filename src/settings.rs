@@ -173,6 +173,12 @@ pub struct S3Settings {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<Secret>,
     pub allow_http: bool,
+    /// Whether each request body sent to S3 is signed by its SHA-256 (SigV4), a second
+    /// pass over every byte beside the upload's own hash. Off: bodies go as
+    /// UNSIGNED-PAYLOAD, protected in transit by TLS (and media-node still hashes what it
+    /// receives). Worth turning on only for plain HTTP (`allow_http`) across a network.
+    #[serde(default)]
+    pub sign_payload: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

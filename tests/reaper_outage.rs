@@ -80,6 +80,7 @@ async fn storage_outage_during_a_pass_loses_nothing() {
             access_key_id: Some(var("MEDIA_NODE_TEST_S3_ACCESS_KEY_ID")),
             secret_access_key: Some(Secret::new(var("MEDIA_NODE_TEST_S3_SECRET_ACCESS_KEY"))),
             allow_http: true,
+            sign_payload: false,
         },
     };
     let storage = Storage::from_settings(&storage_settings).unwrap();
