@@ -20,8 +20,9 @@
 //! Run: `scripts/bench load` (starts PostgreSQL and the S3 server). Subsets through the
 //! environment: `BENCH_BACKENDS=s3,local`, `BENCH_SIZES=4k,100k,1m,37m`,
 //! `BENCH_CONCURRENCY=1,8,32,128`, `BENCH_TARGETS=media-node,bare,presigned,multipart`,
-//! `BENCH_MEMORY=0` to skip the memory run; `MEDIA_NODE_BIN` measures another build of the
-//! server, `BENCH_SERVER_ENV=KEY=VALUE,...` gives it settings.
+//! `BENCH_MEMORY=0` to skip the memory run, `BENCH_MEMORY=local` to run it on local disk
+//! instead of S3; `MEDIA_NODE_BIN` measures another build of the server,
+//! `BENCH_SERVER_ENV=KEY=VALUE,...` gives it settings.
 
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
@@ -706,9 +707,14 @@ async fn memory(settings: &Settings) {
         media_node::metadata::Metadata::connect(settings.database.url.expose(), 1).unwrap();
     let rows = metadata.count().await.unwrap();
     println!(
-        "\n{CLIENTS} concurrent 37 MiB uploads, budget {} MiB: server RSS {:.1} MiB before, \
+        "\n{CLIENTS} concurrent 37 MiB uploads on {}, budget {} MiB: server RSS {:.1} MiB before, \
          peak {:.1} MiB (budget + {:.1} MiB); {} stored, refused: {}; afterwards {rows} rows, \
          {objects} objects, {pending} unfinished multipart uploads; {:.1} s",
+        if settings.storage.url.starts_with("s3://") {
+            "PostgreSQL + S3"
+        } else {
+            "SQLite + local disk"
+        },
         budget / MIB as u64,
         before as f64 / 1024.0,
         peak as f64 / 1024.0,
@@ -769,9 +775,15 @@ async fn main() {
         matrix(&pair, &sizes, &concurrencies).await;
     }
 
-    if std::env::var("BENCH_MEMORY").as_deref() != Ok("0") {
+    let memory_on = std::env::var("BENCH_MEMORY").unwrap_or_else(|_| "s3".to_owned());
+    if memory_on != "0" {
         let dir = TempDir::new();
-        let mut settings = test_settings(Backend::Production, &dir).await;
+        let backend = if memory_on == "local" {
+            Backend::Embedded
+        } else {
+            Backend::Production
+        };
+        let mut settings = test_settings(backend, &dir).await;
         settings.storage.part_size_bytes = PART_SIZE;
         memory(&settings).await;
     }
