@@ -646,13 +646,29 @@ async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
 /// Sends an upload head with `Expect: 100-continue` and returns the first answer's status
 /// line and head, without sending any of the body.
 pub async fn expect_continue(port: u16, token: Option<&str>, length: u64) -> (TcpStream, String) {
+    let mut headers = vec![
+        ("X-Gr-File-Extension", "bin".to_owned()),
+        ("X-Request-Id", "expect-1".to_owned()),
+    ];
+    if let Some(token) = token {
+        headers.push(("Authorization", format!("Bearer {token}")));
+    }
+    expect_continue_with(port, &headers, length).await
+}
+
+/// `expect_continue` with the upload's own headers (besides Host, Content-Length and
+/// Expect).
+pub async fn expect_continue_with(
+    port: u16,
+    headers: &[(&str, String)],
+    length: u64,
+) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut head = format!(
-        "POST /v1/media HTTP/1.1\r\nHost: x\r\nX-Gr-File-Extension: bin\r\n\
-         Content-Length: {length}\r\nExpect: 100-continue\r\nX-Request-Id: expect-1\r\n"
+        "POST /v1/media HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n"
     );
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();

@@ -238,30 +238,13 @@ async fn a_retry_while_the_first_streams_is_409_before_its_body(backend: Backend
         .contains("Idempotency-Key"));
 
     // With `Expect: 100-continue` the client is told before it sends anything.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port()))
-            .await
-            .unwrap();
-        let head = format!(
-            "POST /v1/media HTTP/1.1\r\nHost: x\r\nX-Gr-File-Extension: bin\r\n\
-             Authorization: Bearer {token}\r\nIdempotency-Key: slow\r\n\
-             Content-Length: 4000\r\nExpect: 100-continue\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-                .await
-                .expect("an answer to the head")
-                .unwrap();
-            assert_eq!(n, 1, "closed without an answer: {answer:?}");
-            answer.push(byte[0]);
-        }
-        let head = String::from_utf8(answer).unwrap();
-        assert!(head.starts_with("HTTP/1.1 409"), "{head}");
-    }
+    let headers = [
+        ("X-Gr-File-Extension", "bin".to_owned()),
+        ("Authorization", format!("Bearer {token}")),
+        ("Idempotency-Key", "slow".to_owned()),
+    ];
+    let (_stream, head) = crate::http_layer::expect_continue_with(app.port(), &headers, 4000).await;
+    assert!(head.starts_with("HTTP/1.1 409"), "{head}");
     // Only the first upload's row exists.
     assert_eq!(app.row_count().await, 1);
 

@@ -216,26 +216,15 @@ async fn raw_upload(
     (status, json)
 }
 
-/// The status line of the answer to an upload head sent with `Expect: 100-continue`.
+/// The answer to an upload head sent with `Expect: 100-continue`.
 async fn expect_continue(app: &TestApp, token: &str, extension: &str, length: usize) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", app.port())).await.unwrap();
-    let head = format!(
-        "POST /v1/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         X-Gr-File-Extension: {extension}\r\nContent-Length: {length}\r\n\
-         Expect: 100-continue\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    while !answer.ends_with(b"\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("an answer to the head")
-            .unwrap();
-        assert_eq!(n, 1, "closed without an answer: {answer:?}");
-        answer.push(byte[0]);
-    }
-    String::from_utf8(answer).unwrap()
+    let headers = [
+        ("Authorization", format!("Bearer {token}")),
+        ("X-Gr-File-Extension", extension.to_owned()),
+    ];
+    crate::http_layer::expect_continue_with(app.port(), &headers, length as u64)
+        .await
+        .1
 }
 
 async fn media_that_follows_the_rules_is_stored(backend: Backend) {
