@@ -21,7 +21,8 @@
 //! environment: `BENCH_BACKENDS=s3,local`, `BENCH_SIZES=4k,100k,1m,37m`,
 //! `BENCH_CONCURRENCY=1,8,32,128`, `BENCH_TARGETS=media-node,bare,presigned,multipart`,
 //! `BENCH_MEMORY=0` to skip the memory run, `BENCH_MEMORY=local` to run it on local disk
-//! instead of S3; `MEDIA_NODE_BIN` measures another build of the server,
+//! instead of S3, `BENCH_MEMORY_CLIENTS=N` for fewer than 128 uploads in it (under a heap
+//! profiler); `MEDIA_NODE_BIN` measures another build of the server,
 //! `BENCH_SERVER_ENV=KEY=VALUE,...` gives it settings.
 
 #[path = "../tests/api/helpers.rs"]
@@ -677,19 +678,23 @@ async fn matrix(pair: &Pair, sizes: &[usize], concurrencies: &[usize]) {
 /// 128 concurrent 37 MiB uploads against a fresh server: its peak memory against the
 /// budget, and every upload either stored or refused with nothing left behind.
 async fn memory(settings: &Settings) {
-    const CLIENTS: usize = 128;
+    // `BENCH_MEMORY_CLIENTS` runs fewer (under a heap profiler, say).
+    let clients: usize = std::env::var("BENCH_MEMORY_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(128);
     let budget = settings.limits.upload_memory_budget_bytes;
     let server = Server::start(settings, &[]);
     server.wait().await;
     let client = reqwest::Client::new();
     let data = Bytes::from(content(helpers::MAX_UPLOAD as usize, 9));
     let (before, _) = server.rss_kib();
-    let tokens: Vec<String> = (0..CLIENTS)
+    let tokens: Vec<String> = (0..clients)
         .map(|w| server.token_for(&format!("memory-{w}")))
         .collect();
     let url = server.url("/v1/media");
     let started = Instant::now();
-    let cell = drive(CLIENTS, CLIENTS, move |_, worker| {
+    let cell = drive(clients, clients, move |_, worker| {
         let request = client
             .post(&url)
             .bearer_auth(&tokens[worker])
@@ -707,7 +712,7 @@ async fn memory(settings: &Settings) {
         media_node::metadata::Metadata::connect(settings.database.url.expose(), 1).unwrap();
     let rows = metadata.count().await.unwrap();
     println!(
-        "\n{CLIENTS} concurrent 37 MiB uploads on {}, budget {} MiB: server RSS {:.1} MiB before, \
+        "\n{clients} concurrent 37 MiB uploads on {}, budget {} MiB: server RSS {:.1} MiB before, \
          peak {:.1} MiB (budget + {:.1} MiB); {} stored, refused: {}; afterwards {rows} rows, \
          {objects} objects, {pending} unfinished multipart uploads; {:.1} s",
         if settings.storage.url.starts_with("s3://") {
@@ -727,7 +732,7 @@ async fn memory(settings: &Settings) {
         },
         started.elapsed().as_secs_f64(),
     );
-    assert_eq!(cell.ok + cell.statuses.values().sum::<usize>(), CLIENTS);
+    assert_eq!(cell.ok + cell.statuses.values().sum::<usize>(), clients);
     assert_eq!(
         rows as usize, cell.ok,
         "a row for every stored upload, no other"

@@ -67,6 +67,46 @@ impl PartBuffer {
     }
 }
 
+/// The chunks of a body forwarded as it arrives (a streamed PUT): copied into full
+/// chunks, the latest full one always held back, so that nothing sent before the body has
+/// ended can complete the write. What decides whether the upload is kept (its digest, a
+/// retry's comparison) runs first; then `rest` gives the last bytes.
+pub struct HeldChunks {
+    filling: PartBuffer,
+    held: Option<Bytes>,
+}
+
+impl HeldChunks {
+    pub fn new(chunk_size: usize) -> Self {
+        Self {
+            filling: PartBuffer::new(chunk_size),
+            held: None,
+        }
+    }
+
+    /// Copies from the front of `rest` until a chunk may be sent; returns it (and `rest`
+    /// keeps what was not copied yet). Call until it returns `None`.
+    pub fn push(&mut self, rest: &mut &[u8]) -> Option<Bytes> {
+        while !rest.is_empty() {
+            if let Some(full) = self.filling.fill(rest) {
+                if let Some(previous) = self.held.replace(full) {
+                    return Some(previous);
+                }
+            }
+        }
+        None
+    }
+
+    /// What is left once the body has ended: never empty when anything was pushed.
+    pub fn rest(mut self) -> Vec<Bytes> {
+        let last = self.filling.take();
+        self.held
+            .into_iter()
+            .chain((!last.is_empty()).then_some(last))
+            .collect()
+    }
+}
+
 /// How slow a request body may be.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
@@ -231,6 +271,37 @@ mod tests {
             vec![&b"abcdefghij"[..], b"klmnopqrst", b"uvwxyz0123"]
         );
         assert!(buffer.take().is_empty());
+    }
+
+    /// Whatever the sizes and chunking, the bytes handed out before the end are fewer
+    /// than the body, and with the rest they are the body.
+    #[test]
+    fn held_chunks_never_give_out_the_last_bytes_before_the_end() {
+        for total in [1usize, 9, 10, 11, 20, 29, 30, 31, 100] {
+            for step in [1usize, 3, 10, 17, 100] {
+                let body: Vec<u8> = (0..total).map(|i| i as u8).collect();
+                let mut chunks = HeldChunks::new(10);
+                let mut sent = Vec::new();
+                for piece in body.chunks(step) {
+                    let mut rest = piece;
+                    while let Some(chunk) = chunks.push(&mut rest) {
+                        assert_eq!(chunk.len(), 10);
+                        sent.extend_from_slice(&chunk);
+                    }
+                    assert!(rest.is_empty());
+                }
+                assert!(
+                    sent.len() < total,
+                    "{total}/{step}: all sent before the end"
+                );
+                let rest = chunks.rest();
+                assert!(!rest.is_empty() && rest.len() <= 2);
+                for chunk in rest {
+                    sent.extend_from_slice(&chunk);
+                }
+                assert_eq!(sent, body, "{total}/{step}");
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! holder crashed or expired is taken off that row (which stays for the reaper) and the
 //! upload goes on as a first one.
 //!
+//! With `storage.s3.streamed_put`, a body that declares a length larger than a part goes
+//! to S3 as one PUT, forwarded in 256 KiB chunks as it arrives, holding a reservation of
+//! five chunks instead of part buffers. Its last chunk is held back until the checks above
+//! have passed; a PUT stopped before it never completes, and S3 keeps nothing.
+//!
 //! The same rule holds for multipart uploads: on S3 the row says a multipart upload is
 //! being created before it is, and then names it, so every multipart upload is found
 //! through its row; on local disk its staging file is named after the object.
@@ -31,16 +36,32 @@ use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use crate::body::PartBuffer;
+use crate::body::{HeldChunks, PartBuffer};
 use crate::domain::{AccountId, FileExtension, IdempotencyKey, MediaId};
 use crate::error::ApiError;
 use crate::limits::{Reservation, UploadSlot};
 use crate::metadata::{KeyHolder, KeyQuery, KeyedInsert, Metadata, NewMedia};
 use crate::metrics::MediaMetrics;
-use crate::storage::{Storage, StorageError, UploadId};
+use crate::storage::{Storage, StorageError, StreamedPut, UploadId};
 
 /// Parts sent to storage concurrently while the next one fills.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
+
+/// Chunks of a streamed PUT: what is copied together before it is forwarded, so that a
+/// client sending 1-byte chunks does not make 1-byte writes to S3.
+const STREAM_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The memory a streamed PUT reserves: the chunk being filled, the one held back, those
+/// queued for the connection and the one being written.
+const STREAM_WINDOW_BYTES: u64 = 5 * STREAM_CHUNK_BYTES as u64;
+
+/// What the end of a body decides.
+enum Decision {
+    /// Store it: its SHA-256, and the retry whose key it takes over, if any.
+    Store(String, Option<Retry>),
+    /// A retry with the bytes of ready media: that media answers.
+    Replay(Stored),
+}
 
 /// What an upload needs from the application.
 #[derive(Debug, Clone)]
@@ -177,8 +198,13 @@ impl Ingest {
     {
         // The first part buffer's memory, before the row: an upload that finds no room
         // waits here with its body unread, and one refused leaves nothing behind.
+        let streamed = self.streams(declared);
         let first = slot
-            .reserve(self.part_reservation(declared.length, 0))
+            .reserve(if streamed {
+                STREAM_WINDOW_BYTES
+            } else {
+                self.part_reservation(declared.length, 0)
+            })
             .await?;
         let _in_flight = InFlight::enter(&self.metrics);
         let now = Utc::now();
@@ -207,6 +233,7 @@ impl Ingest {
             ingest: self.clone(),
             id,
             multipart: None,
+            streamed: None,
             object_written: false,
             multipart_begun: false,
             armed: true,
@@ -215,7 +242,12 @@ impl Ingest {
             keyed,
             _heartbeat: Heartbeat::start(self, id),
         };
-        match session.stream(&mut body, declared, slot, first).await {
+        let outcome = if streamed {
+            session.stream_put(&mut body, declared, first).await
+        } else {
+            session.stream(&mut body, declared, slot, first).await
+        };
+        match outcome {
             Ok(stored) if stored.replayed => {
                 // The first upload's media answers; nothing of this one stays.
                 session.discard().await;
@@ -439,6 +471,8 @@ struct Session {
     ingest: Ingest,
     id: MediaId,
     multipart: Option<Multipart>,
+    /// A streamed single PUT under way (`storage.s3.streamed_put`).
+    streamed: Option<StreamedPut>,
     /// A single PUT or a completed multipart upload went through: an object may exist.
     object_written: bool,
     /// A multipart upload was started, maybe without its handle (a failed start).
@@ -515,6 +549,119 @@ impl Session {
             }
         }
 
+        let sha256 = match self.decide(size, hasher, declared).await? {
+            Decision::Store(sha256, adopt_key) => (sha256, adopt_key),
+            Decision::Replay(stored) => return Ok(stored),
+        };
+        // From here an object may exist even if the call fails (an answer lost on the way
+        // back), so a roll-back deletes it too.
+        self.object_written = true;
+        match self.multipart.as_mut() {
+            Some(multipart) => {
+                let last = pending.take();
+                if !last.is_empty() {
+                    multipart
+                        .send(PutPayload::from(last), reservation.take())
+                        .await?;
+                }
+                multipart.finish().await?;
+            }
+            None => {
+                let storage = &self.ingest.storage;
+                let _timer = storage.timer("put");
+                storage
+                    .store()
+                    .put(&key, PutPayload::from(pending.take()))
+                    .await
+                    .map_err(StorageError::from)?;
+            }
+        }
+        self.multipart = None;
+        drop(reservation);
+        self.commit(size, sha256).await
+    }
+
+    /// Streams a body of declared length into one PUT, forwarded in window-sized chunks
+    /// as it arrives. The last chunk is held back until the checks that decide whether
+    /// the upload is kept have passed: without it the PUT never completes, and S3 keeps
+    /// nothing. `window` is the memory reserved for the chunks in flight.
+    async fn stream_put<S, E>(
+        &mut self,
+        body: &mut S,
+        declared: Declared,
+        window: Reservation,
+    ) -> Result<Stored, ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Into<ApiError>,
+    {
+        let limit = self.ingest.max_upload_bytes;
+        let length = declared.length.unwrap_or_default();
+        // Kept in the session, so that a clean-up settles it (a cancelled request included).
+        let put = self
+            .ingest
+            .storage
+            .start_streamed_put(self.id, length)
+            .await?;
+        let put = self.streamed.insert(put);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        // The last bytes are never sent before the end of the body is known.
+        let mut chunks = HeldChunks::new(STREAM_CHUNK_BYTES);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(Into::into)?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            hasher.update(&chunk);
+            let mut rest = &chunk[..];
+            while let Some(ready) = chunks.push(&mut rest) {
+                if let Err(err) = put.send(ready).await {
+                    return Err(self.ingest.storage.explain_put_failure(err).await.into());
+                }
+            }
+        }
+        let sha256 = match self.decide(size, hasher, declared).await? {
+            Decision::Store(sha256, adopt_key) => (sha256, adopt_key),
+            // Left to the clean-up, which cancels it.
+            Decision::Replay(stored) => return Ok(stored),
+        };
+        self.object_written = true;
+        let Some(put) = self.streamed.as_mut() else {
+            return Err(ApiError::Unavailable(anyhow::anyhow!(
+                "the streamed PUT went missing"
+            )));
+        };
+        let mut rest = chunks.rest();
+        let last = rest.pop().unwrap_or_default();
+        let mut sent = Ok(());
+        for chunk in rest {
+            sent = put.send(chunk).await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        if sent.is_ok() {
+            sent = put.finish(last).await;
+        }
+        if let Err(err) = sent {
+            return Err(self.ingest.storage.explain_put_failure(err).await.into());
+        }
+        self.streamed = None;
+        drop(window);
+        self.commit(size, sha256).await
+    }
+
+    /// What the whole body decides, before its last bytes reach storage: an empty body is
+    /// refused, so is one that does not match its `Content-Digest`; a retry of ready
+    /// media with the same bytes replays it, with other bytes is refused.
+    async fn decide(
+        &mut self,
+        size: u64,
+        hasher: Sha256,
+        declared: Declared,
+    ) -> Result<Decision, ApiError> {
         if size == 0 {
             return Err(ApiError::MissingParameter(
                 "the request body is empty: send the file's bytes".to_owned(),
@@ -543,12 +690,12 @@ impl Session {
                 .await?;
             match original {
                 Some(original) if retry.sha256 == sha256 => {
-                    return Ok(Stored {
+                    return Ok(Decision::Replay(Stored {
                         id: original.id,
                         size_bytes: original.size_bytes.unwrap_or(size),
                         sha256,
                         replayed: true,
-                    });
+                    }));
                 }
                 Some(_) => return Err(ApiError::IdempotencyKeyReused),
                 // Deleted or expired while this one streamed: this upload is stored and
@@ -556,32 +703,15 @@ impl Session {
                 None => adopt_key = Some(retry),
             }
         }
-        // From here an object may exist even if the call fails (an answer lost on the way
-        // back), so a roll-back deletes it too.
-        self.object_written = true;
-        match self.multipart.as_mut() {
-            Some(multipart) => {
-                let last = pending.take();
-                if !last.is_empty() {
-                    multipart
-                        .send(PutPayload::from(last), reservation.take())
-                        .await?;
-                }
-                multipart.finish().await?;
-            }
-            None => {
-                let storage = &self.ingest.storage;
-                let _timer = storage.timer("put");
-                storage
-                    .store()
-                    .put(&key, PutPayload::from(pending.take()))
-                    .await
-                    .map_err(StorageError::from)?;
-            }
-        }
-        self.multipart = None;
-        drop(reservation);
+        Ok(Decision::Store(sha256, adopt_key))
+    }
 
+    /// Marks the stored upload ready, and gives it the key of a retry whose original went.
+    async fn commit(
+        &mut self,
+        size: u64,
+        (sha256, adopt_key): (String, Option<Retry>),
+    ) -> Result<Stored, ApiError> {
         if !self
             .ingest
             .metadata
@@ -641,6 +771,7 @@ impl Session {
             ingest: self.ingest.clone(),
             id: self.id,
             multipart: self.multipart.take(),
+            streamed: self.streamed.take(),
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
             keyed: self.keyed,
@@ -662,6 +793,7 @@ impl Drop for Session {
             ingest: self.ingest.clone(),
             id: self.id,
             multipart: self.multipart.take(),
+            streamed: self.streamed.take(),
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
             keyed: self.keyed,
@@ -674,6 +806,9 @@ struct Cleanup {
     ingest: Ingest,
     id: MediaId,
     multipart: Option<Multipart>,
+    /// A streamed PUT: cancelled mid-body, or, once its whole body was sent, waited for,
+    /// so that the object is not written after it was deleted.
+    streamed: Option<StreamedPut>,
     object_written: bool,
     /// A multipart upload was started; without its handle (the start failed half-way) it
     /// is looked for in storage.
@@ -723,6 +858,9 @@ impl Cleanup {
             }
             self.multipart = None;
             self.multipart_begun = false;
+        }
+        if let Some(mut put) = self.streamed.take() {
+            put.settle().await;
         }
         if self.multipart_begun {
             // Started, but its id never reached us: find it the slow way.
@@ -776,6 +914,16 @@ impl Ingest {
             Some(len) if len > offset => part.min(len - offset),
             _ => part,
         }
+    }
+
+    /// Whether the body goes to storage as one streamed PUT: when they are on, for a body
+    /// that declares a length larger than a part (smaller ones go in one PUT from memory,
+    /// which object_store retries).
+    fn streams(&self, declared: Declared) -> bool {
+        self.storage.streams_puts()
+            && declared
+                .length
+                .is_some_and(|length| length > self.part_size as u64)
     }
 
     /// Uploads whose heartbeat is older than this count as crashed.

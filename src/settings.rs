@@ -179,6 +179,13 @@ pub struct S3Settings {
     /// receives). Worth turning on only for plain HTTP (`allow_http`) across a network.
     #[serde(default)]
     pub sign_payload: bool,
+    /// Whether an upload that declares a `Content-Length` larger than one part goes to S3
+    /// as one PUT whose body is forwarded as it arrives (a small window of memory, no part
+    /// buffers), instead of a multipart upload. Off by default: a multipart upload retries
+    /// a failed part, tolerates a client that pauses longer than S3's own idle limit, and
+    /// holds an S3 connection only while a part is sent. Needs `sign_payload = false`.
+    #[serde(default)]
+    pub streamed_put: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +375,11 @@ impl Settings {
         anyhow::ensure!(
             self.storage.part_size_bytes >= 5 * 1024 * 1024,
             "storage.part_size_bytes must be at least 5 MiB (the S3 minimum part size)"
+        );
+        anyhow::ensure!(
+            !(self.storage.s3.streamed_put && self.storage.s3.sign_payload),
+            "storage.s3.streamed_put needs storage.s3.sign_payload = false: a body forwarded \
+             as it arrives cannot be signed by a hash known only at its end"
         );
         anyhow::ensure!(
             self.reaper.batch_size > 0,
@@ -981,5 +993,25 @@ mod tests {
         .unwrap();
         assert_eq!(settings.limits.account_requests_per_second, Some(20));
         assert_eq!(settings.limits.account_memory_share, 0.25);
+    }
+
+    #[test]
+    fn streamed_puts_need_unsigned_payloads() {
+        let streamed = ("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "true");
+        let err = load_with(
+            "development",
+            &[streamed, ("MEDIA_NODE__STORAGE__S3__SIGN_PAYLOAD", "true")],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("streamed_put"), "{err:#}");
+        let settings = load_with("development", &[streamed]).unwrap();
+        assert!(settings.storage.s3.streamed_put);
+        assert!(
+            !load_with("development", &[])
+                .unwrap()
+                .storage
+                .s3
+                .streamed_put
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! Keys are `<prefix>/<media id>`: nothing the client sends ever reaches a key.
 
 mod s3_uploads;
+mod streamed_put;
 mod streaming;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use object_store::{
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 pub use s3_uploads::PendingUpload;
+pub use streamed_put::StreamedPut;
 
 use crate::domain::MediaId;
 use crate::settings::StorageSettings;
@@ -123,6 +125,8 @@ pub struct Storage {
     read_idle_timeout: Duration,
     prefix: Option<Path>,
     kind: Kind,
+    /// The client of streamed single PUTs (`storage.s3.streamed_put`), when they are on.
+    puts: Option<Arc<streamed_put::PutClient>>,
     description: String,
     /// Durations of calls by operation, once metrics are attached.
     timings: Option<prometheus::HistogramVec>,
@@ -167,6 +171,7 @@ impl Storage {
                 store,
                 prefix: None,
                 kind: Kind::Local { root },
+                puts: None,
                 description: format!("file://{dir}"),
                 timings: None,
             })
@@ -189,6 +194,18 @@ impl Storage {
                 streaming::read_client(CONNECT_TIMEOUT, settings.read_idle_timeout, allow_http);
             let reads = build_s3(bucket, settings, reads)?;
             let s3 = Arc::new(s3);
+            let puts = settings
+                .s3
+                .streamed_put
+                .then(|| {
+                    streamed_put::PutClient::new(
+                        CONNECT_TIMEOUT,
+                        settings.read_idle_timeout,
+                        POOL_IDLE_TIMEOUT,
+                    )
+                })
+                .transpose()?
+                .map(Arc::new);
             Ok(Self {
                 store: s3.clone(),
                 reads: Arc::new(reads),
@@ -198,6 +215,7 @@ impl Storage {
                     store: s3,
                     lister: Arc::new(lister),
                 },
+                puts,
                 description: format!("s3://{bucket}/{prefix}"),
                 timings: None,
             })
@@ -308,13 +326,18 @@ impl Storage {
     /// never exists, for which "not found" is the healthy answer.
     pub async fn ping(&self) -> Result<()> {
         let _timer = self.timer("ping");
-        let probe = match &self.prefix {
-            Some(prefix) => prefix.clone().join(".readiness-probe"),
-            None => Path::from(".readiness-probe"),
-        };
+        let probe = self.probe_key();
         match self.store.head(&probe).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A key that never exists, under the prefix.
+    fn probe_key(&self) -> Path {
+        match &self.prefix {
+            Some(prefix) => prefix.clone().join(".readiness-probe"),
+            None => Path::from(".readiness-probe"),
         }
     }
 
@@ -329,6 +352,57 @@ impl Storage {
     /// row first; otherwise (local disk) object_store's own writer is used.
     pub fn uploads_by_id(&self) -> bool {
         matches!(self.kind, Kind::S3 { .. })
+    }
+
+    /// Whether a body of known length may go to storage as one streamed PUT
+    /// (`storage.s3.streamed_put`).
+    pub fn streams_puts(&self) -> bool {
+        self.puts.is_some()
+    }
+
+    /// Starts one PUT of `length` bytes to `id`'s object, its body given as it arrives.
+    pub async fn start_streamed_put(&self, id: MediaId, length: u64) -> Result<StreamedPut> {
+        match (&self.kind, &self.puts) {
+            (Kind::S3 { store, .. }, Some(puts)) => {
+                // Timed from the body's end to S3's answer: the time the client waits on
+                // storage, whatever its own speed.
+                let timing = self
+                    .timings
+                    .as_ref()
+                    .map(|h| h.with_label_values(&["put_streamed"]));
+                puts.start(store.as_ref(), &self.key(id), length, timing)
+                    .await
+            }
+            _ => Err(StorageError(object_store::Error::NotSupported {
+                source: "streamed PUTs need S3 with storage.s3.streamed_put".into(),
+            })),
+        }
+    }
+
+    /// Why a streamed PUT broke off. S3 may refuse the request (a wrong key, no such
+    /// bucket) before reading its body and close the connection, and the client then
+    /// sees the connection break rather than the answer. So a failure that looks passing
+    /// is checked with a listing of the prefix, whose answer S3 always sends: if it shows
+    /// a configuration fault, that is the error.
+    pub async fn explain_put_failure(&self, err: StorageError) -> StorageError {
+        if err.fault() != StorageFault::Unavailable {
+            return err;
+        }
+        // A prefix under which nothing is stored: the answer is short however many
+        // objects there are.
+        let probe = self.probe_key();
+        let _timer = self.timer("list");
+        match self.store.list_with_delimiter(Some(&probe)).await {
+            Err(probe) => {
+                let probe = StorageError::from(probe);
+                if probe.fault() == StorageFault::Misconfigured {
+                    probe
+                } else {
+                    err
+                }
+            }
+            Ok(_) => err,
+        }
     }
 
     fn multipart_store(&self) -> Result<&AmazonS3> {
@@ -519,6 +593,9 @@ fn local_pending(root: &std::path::Path, path: &std::path::Path) -> PendingUploa
 
 /// Time to open a connection to object storage.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long an unused connection to object storage is kept for the next request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn build_s3(
     bucket: &str,

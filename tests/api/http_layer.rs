@@ -206,6 +206,40 @@ crate::on_both_backends!(a_stalled_body_is_answered_408_and_rolled_back);
 
 async fn a_stalled_body_is_answered_408_and_rolled_back(backend: Backend) {
     let process = Process::start(backend, &[("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "2s")]).await;
+    stalled_body_is_answered_408(&process).await;
+}
+
+/// The same with `storage.s3.streamed_put`: the PUT under way is cut before its declared
+/// length, and S3 keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_streamed_put_is_answered_408_and_rolled_back() {
+    let process = Process::start(
+        Backend::Production,
+        &[
+            ("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "2s"),
+            ("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "true"),
+        ],
+    )
+    .await;
+    stalled_body_is_answered_408(&process).await;
+    let text = reqwest::get(process.server.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        helpers::labelled_value(
+            &text,
+            "media_storage_operation_duration_seconds_count",
+            &[("operation", "create_multipart")]
+        ),
+        None,
+        "the body went as a streamed PUT, not a multipart upload: {text}"
+    );
+}
+
+async fn stalled_body_is_answered_408(process: &Process) {
     let data = content(6 * 1024 * 1024, 62);
     let mut stream = TcpStream::connect(("127.0.0.1", process.server.port))
         .await

@@ -14,4 +14,5 @@ mod limits;
 mod openapi;
 mod ops;
 mod profile;
+mod streamed_put;
 mod upload;
