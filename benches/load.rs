@@ -21,8 +21,9 @@
 //! environment: `BENCH_BACKENDS=s3,local`, `BENCH_SIZES=4k,100k,1m,37m`,
 //! `BENCH_CONCURRENCY=1,8,32,128`, `BENCH_TARGETS=media-node,bare,presigned,multipart`,
 //! `BENCH_MEMORY=0` to skip the memory run, `BENCH_MEMORY=local` to run it on local disk
-//! instead of S3, `BENCH_MEMORY_CLIENTS=N` for fewer than 128 uploads in it (under a heap
-//! profiler); `MEDIA_NODE_BIN` measures another build of the server,
+//! instead of S3, `BENCH_MEMORY_CLIENTS=N` for fewer than 128 uploads in it,
+//! `BENCH_MEMORY_STATS=1` for glibc's `malloc_stats()` of the server after them (through
+//! gdb); `MEDIA_NODE_BIN` measures another build of the server,
 //! `BENCH_SERVER_ENV=KEY=VALUE,...` gives it settings.
 
 #[path = "../tests/api/helpers.rs"]
@@ -704,7 +705,10 @@ async fn memory(settings: &Settings) {
         async move { drain(request.await, 201).await }
     })
     .await;
-    let (_, peak) = server.rss_kib();
+    let (after, peak) = server.rss_kib();
+    if std::env::var("BENCH_MEMORY_STATS").is_ok_and(|v| v == "1") {
+        server.malloc_stats();
+    }
     let storage = Storage::from_settings(&settings.storage).unwrap();
     let objects = storage.object_keys().await.unwrap().len();
     let pending = storage.all_pending_uploads().await.unwrap().len();
@@ -713,7 +717,8 @@ async fn memory(settings: &Settings) {
     let rows = metadata.count().await.unwrap();
     println!(
         "\n{clients} concurrent 37 MiB uploads on {}, budget {} MiB: server RSS {:.1} MiB before, \
-         peak {:.1} MiB (budget + {:.1} MiB); {} stored, refused: {}; afterwards {rows} rows, \
+         peak {:.1} MiB (budget + {:.1} MiB), {:.1} MiB once they ended; {} stored, refused: {}; \
+         afterwards {rows} rows, \
          {objects} objects, {pending} unfinished multipart uploads; {:.1} s",
         if settings.storage.url.starts_with("s3://") {
             "PostgreSQL + S3"
@@ -724,6 +729,7 @@ async fn memory(settings: &Settings) {
         before as f64 / 1024.0,
         peak as f64 / 1024.0,
         peak as f64 / 1024.0 - budget as f64 / MIB as f64,
+        after as f64 / 1024.0,
         cell.ok,
         if cell.statuses.is_empty() {
             "none".to_owned()

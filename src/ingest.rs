@@ -549,7 +549,7 @@ impl Session {
             }
         }
 
-        let sha256 = match self.decide(size, hasher, declared).await? {
+        let decided = match self.decide(size, hasher, declared).await? {
             Decision::Store(sha256, adopt_key) => (sha256, adopt_key),
             Decision::Replay(stored) => return Ok(stored),
         };
@@ -578,11 +578,11 @@ impl Session {
         }
         self.multipart = None;
         drop(reservation);
-        self.commit(size, sha256).await
+        self.commit(size, decided).await
     }
 
-    /// Streams a body of declared length into one PUT, forwarded in window-sized chunks
-    /// as it arrives. The last chunk is held back until the checks that decide whether
+    /// Streams a body of declared length into one PUT, forwarded in 256 KiB chunks as it
+    /// arrives. The last chunk is held back until the checks that decide whether
     /// the upload is kept have passed: without it the PUT never completes, and S3 keeps
     /// nothing. `window` is the memory reserved for the chunks in flight.
     async fn stream_put<S, E>(
@@ -622,7 +622,7 @@ impl Session {
                 }
             }
         }
-        let sha256 = match self.decide(size, hasher, declared).await? {
+        let decided = match self.decide(size, hasher, declared).await? {
             Decision::Store(sha256, adopt_key) => (sha256, adopt_key),
             // Left to the clean-up, which cancels it.
             Decision::Replay(stored) => return Ok(stored),
@@ -650,7 +650,7 @@ impl Session {
         }
         self.streamed = None;
         drop(window);
-        self.commit(size, sha256).await
+        self.commit(size, decided).await
     }
 
     /// What the whole body decides, before its last bytes reach storage: an empty body is

@@ -85,6 +85,20 @@ impl Server {
     }
 
     /// Resident set size now and at its peak (KiB), from /proc.
+    /// glibc's `malloc_stats()` of the server (arenas and mapped chunks), printed on its
+    /// stderr through gdb: where memory is held, for `BENCH_MEMORY_STATS=1`.
+    pub fn malloc_stats(&self) {
+        let status = Command::new("gdb")
+            .args(["-p", &self.child.id().to_string(), "-batch", "-ex"])
+            .arg("call (void) malloc_stats()")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("malloc_stats: gdb did not run ({status:?})");
+        }
+    }
+
     pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let field = |name: &str| {

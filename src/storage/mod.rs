@@ -392,8 +392,16 @@ impl Storage {
         // objects there are.
         let probe = self.probe_key();
         let _timer = self.timer("list");
-        match self.store.list_with_delimiter(Some(&probe)).await {
-            Err(probe) => {
+        // Storage that is down would hold the answer to the client for the whole request
+        // timeout: the probe gets a few seconds, then the first error stands.
+        let listed = tokio::time::timeout(
+            EXPLAIN_TIMEOUT,
+            self.store.list_with_delimiter(Some(&probe)),
+        )
+        .await;
+        match listed {
+            Err(_) => err,
+            Ok(Err(probe)) => {
                 let probe = StorageError::from(probe);
                 if probe.fault() == StorageFault::Misconfigured {
                     probe
@@ -401,7 +409,7 @@ impl Storage {
                     err
                 }
             }
-            Ok(_) => err,
+            Ok(Ok(_)) => err,
         }
     }
 
@@ -593,6 +601,9 @@ fn local_pending(root: &std::path::Path, path: &std::path::Path) -> PendingUploa
 
 /// Time to open a connection to object storage.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a failed streamed PUT waits for the listing that explains it.
+const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long an unused connection to object storage is kept for the next request.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
