@@ -5,7 +5,8 @@
 //! behind on purpose, so the reaper finds the key and finishes the job later.
 //!
 //! Memory per upload is bounded by the part size, in bytes whatever the client's chunking:
-//! one part-sized buffer being filled plus at most `MAX_PARTS_IN_FLIGHT` parts being sent.
+//! one part-sized buffer being filled plus at most `storage.parts_in_flight` parts being
+//! sent.
 //! Each of those buffers holds a reservation from the replica's memory budget (`limits`),
 //! taken before the buffer is filled and given back when its part reached storage. The
 //! first is taken before the row is written, so an upload refused for want of memory
@@ -44,9 +45,6 @@ use crate::metadata::{KeyHolder, KeyQuery, KeyedInsert, Metadata, NewMedia};
 use crate::metrics::MediaMetrics;
 use crate::storage::{Storage, StorageError, StreamedPut, UploadId};
 
-/// Parts sent to storage concurrently while the next one fills.
-const MAX_PARTS_IN_FLIGHT: usize = 2;
-
 /// Chunks of a streamed PUT: what is copied together before it is forwarded, so that a
 /// client sending 1-byte chunks does not make 1-byte writes to S3.
 const STREAM_CHUNK_BYTES: usize = 256 * 1024;
@@ -70,6 +68,8 @@ pub struct Ingest {
     pub storage: Storage,
     pub max_upload_bytes: u64,
     pub part_size: usize,
+    /// Parts of one upload sent to storage at once while the next one fills.
+    pub parts_in_flight: usize,
     pub retention: chrono::Duration,
     /// `reaper.stale_upload_after`: an upload whose heartbeat is older may be reaped, and
     /// may no longer commit.
@@ -316,6 +316,8 @@ struct Multipart {
     parts: JoinSet<Result<(usize, Option<PartId>), StorageError>>,
     sent: std::collections::BTreeMap<usize, PartId>,
     next_index: usize,
+    /// Parts sent at once, at most.
+    in_flight: usize,
 }
 
 enum PartWriter {
@@ -372,6 +374,7 @@ impl Multipart {
             parts: JoinSet::new(),
             sent: Default::default(),
             next_index: 0,
+            in_flight: ingest.parts_in_flight.max(1),
         })
     }
 
@@ -381,7 +384,7 @@ impl Multipart {
         payload: PutPayload,
         reservation: Option<Reservation>,
     ) -> Result<(), StorageError> {
-        while self.parts.len() >= MAX_PARTS_IN_FLIGHT {
+        while self.parts.len() >= self.in_flight {
             self.join_one().await?;
         }
         let index = self.next_index;

@@ -152,10 +152,18 @@ pub fn redact_url(raw: &str) -> String {
     parsed.to_string()
 }
 
+fn default_parts_in_flight() -> usize {
+    2
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageSettings {
     pub url: String,
     pub part_size_bytes: usize,
+    /// Parts of one multipart upload sent at once while the next one fills; each holds a
+    /// part's worth of the memory budget.
+    #[serde(default = "default_parts_in_flight")]
+    pub parts_in_flight: usize,
     /// Whole-request limit of control calls to object storage (put, part, complete,
     /// delete, head); streamed reads have none.
     #[serde(with = "humantime_serde")]
@@ -380,6 +388,10 @@ impl Settings {
             !(self.storage.s3.streamed_put && self.storage.s3.sign_payload),
             "storage.s3.streamed_put needs storage.s3.sign_payload = false: a body forwarded \
              as it arrives cannot be signed by a hash known only at its end"
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&self.storage.parts_in_flight),
+            "storage.parts_in_flight must be between 1 and 16"
         );
         anyhow::ensure!(
             self.reaper.batch_size > 0,
@@ -993,6 +1005,34 @@ mod tests {
         .unwrap();
         assert_eq!(settings.limits.account_requests_per_second, Some(20));
         assert_eq!(settings.limits.account_memory_share, 0.25);
+    }
+
+    #[test]
+    fn parts_in_flight_are_bounded() {
+        assert_eq!(
+            load_with("development", &[])
+                .unwrap()
+                .storage
+                .parts_in_flight,
+            2
+        );
+        for refused in ["0", "17"] {
+            let err = load_with(
+                "development",
+                &[("MEDIA_NODE__STORAGE__PARTS_IN_FLIGHT", refused)],
+            )
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("storage.parts_in_flight"),
+                "{err:#}"
+            );
+        }
+        let settings = load_with(
+            "development",
+            &[("MEDIA_NODE__STORAGE__PARTS_IN_FLIGHT", "4")],
+        )
+        .unwrap();
+        assert_eq!(settings.storage.parts_in_flight, 4);
     }
 
     #[test]

@@ -106,6 +106,7 @@ impl Application {
             storage: storage.clone(),
             max_upload_bytes: settings.limits.max_upload_bytes,
             part_size: settings.storage.part_size_bytes,
+            parts_in_flight: settings.storage.parts_in_flight,
             retention,
             stale_upload_after: settings.reaper.stale_upload_after,
             metrics: metrics.media.clone(),

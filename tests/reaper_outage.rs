@@ -72,6 +72,7 @@ async fn storage_outage_during_a_pass_loses_nothing() {
     let storage_settings = StorageSettings {
         url: format!("s3://{}/outage", var("MEDIA_NODE_TEST_S3_BUCKET")),
         part_size_bytes: 5 * 1024 * 1024,
+        parts_in_flight: 2,
         request_timeout: Duration::from_secs(60),
         read_idle_timeout: Duration::from_secs(30),
         s3: S3Settings {

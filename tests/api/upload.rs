@@ -23,6 +23,7 @@ on_both_backends!(
     concurrent_uploads_are_all_readable,
     mass_cancellation_strands_no_rows,
     content_digest_is_verified_before_commit,
+    multipart_uploads_round_trip_with_one_to_four_parts_in_flight,
 );
 
 async fn upload_answers_the_exact_created_body(backend: Backend) {
@@ -83,6 +84,25 @@ async fn multipart_sized_upload_round_trips(backend: Backend) {
     let body = response.bytes().await.unwrap();
     assert!(body == data, "content differs");
     assert_eq!(app.pending_multipart_uploads().await, 0);
+}
+
+/// `storage.parts_in_flight`: one part at a time (each waits for the one before) up to
+/// four, the parts reach storage whole and in order, and their memory is given back.
+async fn multipart_uploads_round_trip_with_one_to_four_parts_in_flight(backend: Backend) {
+    for in_flight in [1, 4] {
+        let app = TestApp::spawn_with(backend, |s| s.storage.parts_in_flight = in_flight).await;
+        let token = app.token("acct");
+        let data = content(4 * 5 * 1024 * 1024 + 1234, 40 + in_flight as u8);
+        let id = app.upload_ok(&token, "mp4", data.clone()).await;
+        let body = app.get(&token, &id).await.bytes().await.unwrap();
+        assert!(body == data, "{in_flight} in flight: content differs");
+        assert_eq!(app.pending_multipart_uploads().await, 0);
+        let text = app.metrics_text().await;
+        assert_eq!(
+            crate::helpers::metric_value(&text, "media_upload_memory_bytes"),
+            Some(0.0)
+        );
+    }
 }
 
 /// S3 bodies go as UNSIGNED-PAYLOAD by default; with `storage.s3.sign_payload` each
