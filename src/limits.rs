@@ -39,6 +39,8 @@ pub struct LimitsConfig {
     pub account_memory_share: f64,
     pub memory_wait: Duration,
     pub max_uploads_per_account: u32,
+    /// Uploads that may wait for memory at once on a replica; one more is refused at once.
+    pub max_waiting_uploads: u32,
     pub account_requests_per_second: Option<u32>,
     pub account_request_burst: Option<u32>,
 }
@@ -64,6 +66,9 @@ struct Inner {
     account_share_kib: u32,
     wait: Duration,
     max_uploads_per_account: usize,
+    /// Reservations waiting now, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     rate: Option<Quota>,
     /// How long an unused rate limiter takes to refill: an entry idle for longer loses
     /// nothing when dropped.
@@ -87,7 +92,8 @@ pub struct LimitMetrics {
     pub memory_budget: IntGauge,
     /// Reservations that could not be had at once and waited.
     pub memory_waits: IntCounter,
-    /// Uploads refused after waiting, by the limit that was full: `replica` or `account`.
+    /// Uploads refused for want of memory, by the limit that was full: `replica` or
+    /// `account` after waiting, `queue` at once when `max_waiting_uploads` already wait.
     pub memory_refusals: IntCounterVec,
     /// Requests refused at once by an account limit: `concurrent_uploads` or `request_rate`.
     pub account_refusals: IntCounterVec,
@@ -114,7 +120,8 @@ impl LimitMetrics {
             memory_refusals: IntCounterVec::new(
                 Opts::new(
                     "media_upload_memory_refusals_total",
-                    "Uploads refused after waiting for memory, by the limit that was full",
+                    "Uploads refused for want of memory, by the limit that was full: replica or \
+                     account after waiting, queue at once (too many waiting already)",
                 ),
                 &["limit"],
             )
@@ -128,7 +135,7 @@ impl LimitMetrics {
             )
             .unwrap(),
         };
-        for limit in ["replica", "account"] {
+        for limit in ["replica", "account", "queue"] {
             metrics.memory_refusals.with_label_values(&[limit]);
         }
         for limit in ["concurrent_uploads", "request_rate"] {
@@ -184,6 +191,8 @@ impl Limits {
                 account_share_kib,
                 wait: config.memory_wait,
                 max_uploads_per_account: config.max_uploads_per_account as usize,
+                waiting: AtomicUsize::new(0),
+                max_waiting: config.max_waiting_uploads as usize,
                 rate,
                 refill,
                 accounts: Mutex::new(HashMap::new()),
@@ -365,13 +374,14 @@ impl UploadSlot {
         let account = self.account.memory.clone();
         let replica = inner.memory.clone();
         let deadline = Instant::now() + inner.wait;
-        let mut waited = false;
+        // Taken when the reservation must wait, given back when it ends.
+        let mut queued: Option<Waiting> = None;
         // The account's share first, and only then the replica's budget: an upload waiting
         // for its account's share holds nothing of the replica's meanwhile.
         let account_permit = match account.clone().try_acquire_many_owned(kib) {
             Ok(permit) => permit,
             Err(_) => {
-                waited = true;
+                queued = Some(self.queue()?);
                 inner.metrics.memory_waits.inc();
                 // Refused while waiting for the account's share: the account is to blame
                 // (429) only if the replica had room; otherwise the replica is full (503).
@@ -391,7 +401,8 @@ impl UploadSlot {
         let replica_permit = match replica.clone().try_acquire_many_owned(kib) {
             Ok(permit) => permit,
             Err(_) => {
-                if !waited {
+                if queued.is_none() {
+                    queued = Some(self.queue()?);
                     inner.metrics.memory_waits.inc();
                 }
                 tokio::time::timeout_at(deadline, replica.acquire_many_owned(kib))
@@ -400,6 +411,7 @@ impl UploadSlot {
                     .map_err(|_| self.refused("replica"))?
             }
         };
+        drop(queued);
         let bytes = i64::from(kib) * 1024;
         inner.metrics.memory_in_use.add(bytes);
         Ok(Reservation {
@@ -409,6 +421,21 @@ impl UploadSlot {
             gauge: inner.metrics.memory_in_use.clone(),
             bytes,
         })
+    }
+
+    /// A place among the reservations that wait; none when `limits.max_waiting_uploads`
+    /// already wait (503 at once). A waiting upload does not read its body, and the HTTP
+    /// layer holds what the client sent meanwhile (up to about 300 KiB a connection), so
+    /// waiters are memory the budget does not see: their number is what bounds it.
+    fn queue(&self) -> Result<Waiting, ApiError> {
+        let inner = &self.limits;
+        let before = inner.waiting.fetch_add(1, Ordering::AcqRel);
+        let place = Waiting(inner.clone());
+        if before >= inner.max_waiting {
+            drop(place);
+            return Err(self.refused("queue"));
+        }
+        Ok(place)
     }
 
     fn refused(&self, limit: &'static str) -> ApiError {
@@ -426,6 +453,15 @@ impl UploadSlot {
             },
             _ => ApiError::MemoryBudget,
         }
+    }
+}
+
+/// A reservation waiting for memory, counted until dropped.
+struct Waiting(Arc<Inner>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -458,12 +494,23 @@ mod tests {
     use super::*;
 
     fn limits(budget: u64, share: f64, uploads: u32, rps: Option<u32>) -> Limits {
+        limits_waiting(budget, share, uploads, rps, 1000)
+    }
+
+    fn limits_waiting(
+        budget: u64,
+        share: f64,
+        uploads: u32,
+        rps: Option<u32>,
+        waiting: u32,
+    ) -> Limits {
         Limits::new(
             &LimitsConfig {
                 memory_budget_bytes: budget,
                 account_memory_share: share,
                 memory_wait: Duration::from_millis(200),
                 max_uploads_per_account: uploads,
+                max_waiting_uploads: waiting,
                 account_requests_per_second: rps,
                 account_request_burst: None,
             },
@@ -500,6 +547,44 @@ mod tests {
         assert_eq!(limits.free_bytes(), 512 * 1024);
         let other = limits.begin_upload(&account("other")).unwrap();
         other.reserve(512 * 1024).await.unwrap();
+    }
+
+    /// Waiting uploads hold their clients' bytes outside the budget: beyond
+    /// `max_waiting_uploads` of them, one more is refused at once instead of waiting.
+    #[tokio::test]
+    async fn no_more_uploads_wait_than_allowed() {
+        let limits = limits_waiting(1024 * 1024, 1.0, 100, None, 2);
+        let holder = limits.begin_upload(&account("holder")).unwrap();
+        let held = holder.reserve(1024 * 1024).await.unwrap();
+        let slots: Vec<UploadSlot> = (0..3)
+            .map(|i| limits.begin_upload(&account(&format!("w{i}"))).unwrap())
+            .collect();
+        let (first, second) = (slots[0].reserve(1024), slots[1].reserve(1024));
+        let third = async {
+            // Once the two others wait.
+            while limits.inner.waiting.load(Ordering::Acquire) < 2 {
+                tokio::task::yield_now().await;
+            }
+            let started = Instant::now();
+            let refused = slots[2].reserve(1024).await.err().unwrap();
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "refused at once"
+            );
+            assert!(matches!(refused, ApiError::MemoryBudget), "{refused:?}");
+            drop(held);
+        };
+        let (first, second, ()) = tokio::join!(first, second, third);
+        assert!(
+            first.is_ok() && second.is_ok(),
+            "the two waiting got their turn"
+        );
+        let refusals = &limits.inner.metrics.memory_refusals;
+        assert_eq!(refusals.with_label_values(&["queue"]).get(), 1);
+        assert_eq!(refusals.with_label_values(&["replica"]).get(), 0);
+        assert_eq!(limits.inner.waiting.load(Ordering::Acquire), 0);
+        // No place left taken: with room, nobody waits, and a new waiter is let in.
+        let _full = slots[0].reserve(1024 * 1024 - 2048).await.unwrap();
     }
 
     #[test]

@@ -152,6 +152,10 @@ pub fn redact_url(raw: &str) -> String {
     parsed.to_string()
 }
 
+fn default_max_waiting_uploads() -> u32 {
+    128
+}
+
 fn default_parts_in_flight() -> usize {
     2
 }
@@ -263,6 +267,11 @@ pub struct LimitSettings {
     pub account_memory_share: f64,
     /// Uploads one account may run at once on a replica; more are answered 429 at once.
     pub max_uploads_per_account: u32,
+    /// Uploads that may wait for room in the budget at once on a replica; one more that
+    /// would wait is answered 503 at once. Each waiting upload holds what its client has
+    /// sent in the HTTP layer's buffers, outside the budget.
+    #[serde(default = "default_max_waiting_uploads")]
+    pub max_waiting_uploads: u32,
     /// Requests a second one account may make on a replica; unset turns the limit off.
     pub account_requests_per_second: Option<u32>,
     /// Requests an account may make at once above the rate; unset: one second's worth.
@@ -276,6 +285,7 @@ impl LimitSettings {
             account_memory_share: self.account_memory_share,
             memory_wait: self.upload_memory_wait,
             max_uploads_per_account: self.max_uploads_per_account,
+            max_waiting_uploads: self.max_waiting_uploads,
             account_requests_per_second: self.account_requests_per_second,
             account_request_burst: self.account_request_burst,
         }

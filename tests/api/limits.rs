@@ -443,3 +443,44 @@ async fn uploads_larger_than_the_budget_allows_at_once_all_get_through(backend: 
     }
     wait_for_memory(&app, 0).await;
 }
+
+crate::on_both_backends!(beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once);
+
+/// `limits.max_waiting_uploads`: a waiting upload holds what its client sent in the HTTP
+/// layer, outside the budget, so no more than that many wait; one more is answered 503
+/// with `Retry-After` at once (here none may wait, while the wait itself would be 30 s),
+/// and writes nothing.
+async fn beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.limits.upload_memory_budget_bytes = 2 * PART;
+        s.limits.account_memory_share = 1.0;
+        s.limits.upload_memory_wait = Duration::from_secs(30);
+        s.limits.max_waiting_uploads = 0;
+    })
+    .await;
+    let token = app.token("acct");
+    let first = SlowUpload::start(&app, &token).await;
+    let second = SlowUpload::start(&app, &token).await;
+    wait_for_memory(&app, 2 * PART).await;
+    wait_for_rows(&app, 2).await;
+
+    let started = std::time::Instant::now();
+    let response = app
+        .upload(&app.token("other"), "bin", content(4096, 1))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after the wait: {:?}",
+        started.elapsed()
+    );
+    assert!(retry_after(&response) >= 1);
+    assert_error(response, 503, 1011).await;
+    let refusals = &app.metrics.limits.memory_refusals;
+    assert_eq!(refusals.with_label_values(&["queue"]).get(), 1);
+    assert_eq!(refusals.with_label_values(&["replica"]).get(), 0);
+    assert_eq!(app.row_count().await, 2);
+
+    first.abandon().await;
+    second.abandon().await;
+    app.assert_eventually_empty().await;
+}
