@@ -308,7 +308,10 @@ async fn storage_that_stops_taking_the_body_is_503_within_the_idle_limit() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.freeze();
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(20), upload)
+    // About 5 s here: the idle limit (1 s), the listing that looks for a configuration
+    // fault (3 s at most), the roll-back. The bound is generous for a loaded machine; what
+    // it catches is a hang, which would last as long as the link stays dead.
+    let answer = tokio::time::timeout(Duration::from_secs(60), upload)
         .await
         .expect("the upload hung on a dead storage link")
         .unwrap();
