@@ -2,7 +2,7 @@
 gets N connections, each an upload of its own account declaring 37 MiB and sending 256 KiB
 of body, then holding still. 32 of them fill the 256 MiB budget with 8 MiB reservations;
 the others would wait. Prints the server's resident memory (VmRSS, VmHWM) as the
-connections open, and the answers they got.
+connections open, the answers they got, and what stays resident 15 s later.
 
     python3 benches/waiting_flood.py target/release/media-node 3000
 
@@ -75,6 +75,10 @@ async def flood(port, pid):
             print(f"{i + 1} connections: {memory(pid)}", flush=True)
     await asyncio.gather(*tasks)
     print(f"all answered: {memory(pid)}; answers {answers}", flush=True)
+    for writer in opened:
+        writer.close()
+    await asyncio.sleep(15)
+    print(f"15 s later: {memory(pid)}", flush=True)
 
 
 def main():

@@ -283,6 +283,7 @@ impl Application {
             public.stop(true).await;
         });
         let admin_task = tokio::spawn(self.admin);
+        let trimmer = tokio::spawn(crate::allocator::trim_periodically());
 
         // The server ends once its workers have stopped; whatever happens, the stop does
         // not outlast its deadline.
@@ -314,6 +315,7 @@ impl Application {
         if !self.state.ingest.cleanups.wait_until(deadline).await {
             tracing::warn!("some cancelled uploads were not cleaned up; the reaper will");
         }
+        trimmer.abort();
         admin.stop(true).await;
         admin_task.await??;
         // A connection still held by a clean-up that missed the deadline must not hold the
