@@ -53,10 +53,41 @@ const STREAM_CHUNK_BYTES: usize = 256 * 1024;
 /// queued for the connection and the one being written.
 const STREAM_WINDOW_BYTES: u64 = 5 * STREAM_CHUNK_BYTES as u64;
 
+/// The bytes of a body so far: counted against the upload limit and hashed as they
+/// arrive, the same for every way to storage.
+struct Tally {
+    size: u64,
+    limit: u64,
+    hasher: Sha256,
+}
+
+impl Tally {
+    fn new(limit: u64) -> Self {
+        Self {
+            size: 0,
+            limit,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Counts and hashes `chunk`; 413 once the body is over the limit.
+    fn count(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(ApiError::PayloadTooLarge { limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+}
+
 /// What the end of a body decides.
 enum Decision {
     /// Store it: its SHA-256, and the retry whose key it takes over, if any.
-    Store(String, Option<Retry>),
+    Store {
+        sha256: String,
+        adopt_key: Option<Retry>,
+    },
     /// A retry with the bytes of ready media: that media answers.
     Replay(Stored),
 }
@@ -505,11 +536,9 @@ impl Session {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<ApiError>,
     {
-        let limit = self.ingest.max_upload_bytes;
         let part_size = self.ingest.part_size;
         let key = self.ingest.storage.key(self.id);
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
+        let mut tally = Tally::new(self.ingest.max_upload_bytes);
         // One part-sized buffer the body is copied into: memory is bounded by bytes, whatever
         // the client's chunking (a body of 1-byte chunks must not keep a million `Bytes`).
         let mut pending = PartBuffer::new(part_size);
@@ -520,17 +549,13 @@ impl Session {
 
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Into::into)?;
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            hasher.update(&chunk);
+            tally.count(&chunk)?;
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 if reservation.is_none() {
                     // The next part's memory, whole, before it is filled; meanwhile the
                     // body is not read (backpressure).
-                    let offset = size - rest.len() as u64;
+                    let offset = tally.size - rest.len() as u64;
                     let bytes = self.ingest.part_reservation(declared.length, offset);
                     let next = slot.reserve(bytes).await?;
                     pending.begin(next.bytes());
@@ -552,8 +577,13 @@ impl Session {
             }
         }
 
-        let decided = match self.decide(size, hasher, declared).await? {
-            Decision::Store(sha256, adopt_key) => (sha256, adopt_key),
+        let size = tally.size;
+        let (sha256, adopt_key) = match self
+            .ingest
+            .decide(tally, declared, self.retry.take())
+            .await?
+        {
+            Decision::Store { sha256, adopt_key } => (sha256, adopt_key),
             Decision::Replay(stored) => return Ok(stored),
         };
         // From here an object may exist even if the call fails (an answer lost on the way
@@ -581,7 +611,7 @@ impl Session {
         }
         self.multipart = None;
         drop(reservation);
-        self.commit(size, decided).await
+        self.commit(size, sha256, adopt_key).await
     }
 
     /// Streams a body of declared length into one PUT, forwarded in 256 KiB chunks as it
@@ -598,7 +628,6 @@ impl Session {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<ApiError>,
     {
-        let limit = self.ingest.max_upload_bytes;
         let length = declared.length.unwrap_or_default();
         // Kept in the session, so that a clean-up settles it (a cancelled request included).
         let put = self
@@ -607,17 +636,12 @@ impl Session {
             .start_streamed_put(self.id, length)
             .await?;
         let put = self.streamed.insert(put);
-        let mut hasher = Sha256::new();
-        let mut size: u64 = 0;
+        let mut tally = Tally::new(self.ingest.max_upload_bytes);
         // The last bytes are never sent before the end of the body is known.
         let mut chunks = HeldChunks::new(STREAM_CHUNK_BYTES);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Into::into)?;
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            hasher.update(&chunk);
+            tally.count(&chunk)?;
             let mut rest = &chunk[..];
             while let Some(ready) = chunks.push(&mut rest) {
                 if let Err(err) = put.send(ready).await {
@@ -625,17 +649,17 @@ impl Session {
                 }
             }
         }
-        let decided = match self.decide(size, hasher, declared).await? {
-            Decision::Store(sha256, adopt_key) => (sha256, adopt_key),
+        let size = tally.size;
+        let (sha256, adopt_key) = match self
+            .ingest
+            .decide(tally, declared, self.retry.take())
+            .await?
+        {
+            Decision::Store { sha256, adopt_key } => (sha256, adopt_key),
             // Left to the clean-up, which cancels it.
             Decision::Replay(stored) => return Ok(stored),
         };
         self.object_written = true;
-        let Some(put) = self.streamed.as_mut() else {
-            return Err(ApiError::Unavailable(anyhow::anyhow!(
-                "the streamed PUT went missing"
-            )));
-        };
         let mut rest = chunks.rest();
         let last = rest.pop().unwrap_or_default();
         let mut sent = Ok(());
@@ -653,67 +677,15 @@ impl Session {
         }
         self.streamed = None;
         drop(window);
-        self.commit(size, decided).await
-    }
-
-    /// What the whole body decides, before its last bytes reach storage: an empty body is
-    /// refused, so is one that does not match its `Content-Digest`; a retry of ready
-    /// media with the same bytes replays it, with other bytes is refused.
-    async fn decide(
-        &mut self,
-        size: u64,
-        hasher: Sha256,
-        declared: Declared,
-    ) -> Result<Decision, ApiError> {
-        if size == 0 {
-            return Err(ApiError::MissingParameter(
-                "the request body is empty: send the file's bytes".to_owned(),
-            ));
-        }
-        // The hash computed on the way decides a declared digest, before the last bytes
-        // reach storage.
-        let digest = hasher.finalize();
-        if declared
-            .sha256
-            .is_some_and(|expected| expected != digest.as_slice())
-        {
-            return Err(ApiError::InvalidParameter(
-                "the body does not match its Content-Digest".to_owned(),
-            ));
-        }
-        let sha256 = hex::encode(digest);
-        // A retry is decided here too, before the last bytes reach storage: a small one
-        // never writes an object at all.
-        let mut adopt_key = None;
-        if let Some(retry) = self.retry.take() {
-            let original = self
-                .ingest
-                .metadata
-                .find_readable(retry.original, &retry.owner, Utc::now())
-                .await?;
-            match original {
-                Some(original) if retry.sha256 == sha256 => {
-                    return Ok(Decision::Replay(Stored {
-                        id: original.id,
-                        size_bytes: original.size_bytes.unwrap_or(size),
-                        sha256,
-                        replayed: true,
-                    }));
-                }
-                Some(_) => return Err(ApiError::IdempotencyKeyReused),
-                // Deleted or expired while this one streamed: this upload is stored and
-                // takes the key, as a first upload would have.
-                None => adopt_key = Some(retry),
-            }
-        }
-        Ok(Decision::Store(sha256, adopt_key))
+        self.commit(size, sha256, adopt_key).await
     }
 
     /// Marks the stored upload ready, and gives it the key of a retry whose original went.
     async fn commit(
         &mut self,
         size: u64,
-        (sha256, adopt_key): (String, Option<Retry>),
+        sha256: String,
+        adopt_key: Option<Retry>,
     ) -> Result<Stored, ApiError> {
         if !self
             .ingest
@@ -917,6 +889,59 @@ impl Ingest {
             Some(len) if len > offset => part.min(len - offset),
             _ => part,
         }
+    }
+
+    /// What the whole body decides, before its last bytes reach storage: an empty body is
+    /// refused, so is one that does not match its `Content-Digest`; a retry of ready
+    /// media with the same bytes replays it, with other bytes is refused.
+    async fn decide(
+        &self,
+        tally: Tally,
+        declared: Declared,
+        retry: Option<Retry>,
+    ) -> Result<Decision, ApiError> {
+        let Tally { size, hasher, .. } = tally;
+        if size == 0 {
+            return Err(ApiError::MissingParameter(
+                "the request body is empty: send the file's bytes".to_owned(),
+            ));
+        }
+        // The hash computed on the way decides a declared digest, before the last bytes
+        // reach storage.
+        let digest = hasher.finalize();
+        if declared
+            .sha256
+            .is_some_and(|expected| expected != digest.as_slice())
+        {
+            return Err(ApiError::InvalidParameter(
+                "the body does not match its Content-Digest".to_owned(),
+            ));
+        }
+        let sha256 = hex::encode(digest);
+        // A retry is decided here too, before the last bytes reach storage: a small one
+        // never writes an object at all.
+        let mut adopt_key = None;
+        if let Some(retry) = retry {
+            let original = self
+                .metadata
+                .find_readable(retry.original, &retry.owner, Utc::now())
+                .await?;
+            match original {
+                Some(original) if retry.sha256 == sha256 => {
+                    return Ok(Decision::Replay(Stored {
+                        id: original.id,
+                        size_bytes: original.size_bytes.unwrap_or(size),
+                        sha256,
+                        replayed: true,
+                    }));
+                }
+                Some(_) => return Err(ApiError::IdempotencyKeyReused),
+                // Deleted or expired while this one streamed: this upload is stored and
+                // takes the key, as a first upload would have.
+                None => adopt_key = Some(retry),
+            }
+        }
+        Ok(Decision::Store { sha256, adopt_key })
     }
 
     /// Whether the body goes to storage as one streamed PUT: when they are on, for a body
