@@ -197,6 +197,58 @@ async fn the_shutdown_deadline_aborts_uploads_without_leftovers() {
     assert!(storage.all_pending_uploads().await.unwrap().is_empty());
 }
 
+/// The same with `storage.s3.streamed_put`: the PUT under way when the deadline cuts the
+/// upload off is stopped before its declared length, so S3 keeps nothing, and the row goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_deadline_cuts_a_streamed_put_off_without_leftovers() {
+    let Draining {
+        dir: _dir,
+        settings,
+        env: _,
+        server,
+        token,
+    } = Draining::start_with(Backend::Production, "0s", "1s", |s| {
+        s.storage.s3.streamed_put = true;
+    })
+    .await;
+    let metadata = Metadata::connect(settings.database.url.expose(), 2).unwrap();
+    let storage = Storage::from_settings(&settings.storage).unwrap();
+    let size = 20 * 1024 * 1024;
+    let upload = tokio::spawn(
+        reqwest::Client::new()
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "mp4")
+            .header("Content-Length", size)
+            .body(slow_body(content(size, 52), Duration::from_secs(1)))
+            .send(),
+    );
+    wait_for_in_flight_upload(&server).await;
+    for _ in 0..200 {
+        if metadata.count().await.unwrap() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metadata.count().await.unwrap(), 1);
+    // A second of body: the PUT has its first chunks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let streamed = server.metric("media_upload_memory_bytes").await;
+    assert_eq!(streamed, 1.25 * 1024.0 * 1024.0, "a streamed PUT's window");
+
+    server.signal("TERM");
+    let (status, logs) = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}\n{logs}");
+    let answer = upload.await.unwrap();
+    assert!(
+        answer.as_ref().map_or(true, |r| r.status() != 201),
+        "the cut-off upload must not succeed: {answer:?}"
+    );
+    assert_eq!(metadata.count().await.unwrap(), 0, "{logs}");
+    assert!(storage.object_keys().await.unwrap().is_empty());
+    assert!(storage.all_pending_uploads().await.unwrap().is_empty());
+}
+
 /// A shutdown timeout under a second is not truncated to zero (which cut every request off
 /// at once): an upload that needs a few hundred milliseconds more finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,17 +282,7 @@ async fn a_sub_second_shutdown_timeout_is_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_stop_ends_by_its_deadline() {
     let services = Services::from_env();
-    let endpoint = url::Url::parse(&services.s3_endpoint).unwrap();
-    let s3 = tokio::net::lookup_host((
-        endpoint.host_str().unwrap().to_owned(),
-        endpoint.port_or_known_default().unwrap(),
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = TcpProxy::start(s3).await;
-    let proxied = format!("http://127.0.0.1:{}", proxy.port);
+    let (proxy, proxied) = TcpProxy::for_s3(&services.s3_endpoint).await;
     let Draining {
         dir: _dir,
         settings,

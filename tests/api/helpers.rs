@@ -618,6 +618,22 @@ impl TcpProxy {
         (proxy, url.to_string())
     }
 
+    /// A proxy in front of the S3 server at `endpoint`, and the endpoint through it.
+    pub async fn for_s3(endpoint: &str) -> (Self, String) {
+        let endpoint = url::Url::parse(endpoint).unwrap();
+        let target = tokio::net::lookup_host((
+            endpoint.host_str().unwrap().to_owned(),
+            endpoint.port_or_known_default().unwrap(),
+        ))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+        let proxy = Self::start(target).await;
+        let proxied = format!("http://127.0.0.1:{}", proxy.port);
+        (proxy, proxied)
+    }
+
     /// Refuses new connections and drops the open ones.
     pub async fn cut(self) {
         self.cut.notify_one();
@@ -890,6 +906,9 @@ pub fn process_env(settings: &Settings) -> Vec<(&'static str, String)> {
             "MEDIA_NODE__STORAGE__S3__ALLOW_HTTP",
             s3.allow_http.to_string(),
         ));
+    }
+    if s3.streamed_put {
+        env.push(("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "true".to_owned()));
     }
     if let Some(region) = &s3.region {
         env.push(("MEDIA_NODE__STORAGE__S3__REGION", region.clone()));

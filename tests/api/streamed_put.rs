@@ -268,17 +268,7 @@ async fn storage_refusing_the_configuration_is_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_that_stops_taking_the_body_is_503_within_the_idle_limit() {
     let services = crate::helpers::Services::from_env();
-    let endpoint = url::Url::parse(&services.s3_endpoint).unwrap();
-    let target = tokio::net::lookup_host((
-        endpoint.host_str().unwrap().to_owned(),
-        endpoint.port_or_known_default().unwrap(),
-    ))
-    .await
-    .unwrap()
-    .next()
-    .unwrap();
-    let proxy = crate::helpers::TcpProxy::start(target).await;
-    let proxied = format!("http://127.0.0.1:{}", proxy.port);
+    let (proxy, proxied) = crate::helpers::TcpProxy::for_s3(&services.s3_endpoint).await;
     let app = TestApp::spawn_with(Backend::Production, |s| {
         s.storage.s3.streamed_put = true;
         s.storage.s3.endpoint = Some(proxied);
