@@ -26,8 +26,12 @@
 //!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track.
 //! - OGG: the first page's first packet must start with `OpusHead` (the first logical
 //!   stream is Opus, not Vorbis, Speex or FLAC).
-//! - WebP: animated when a `VP8X` chunk has the animation flag or an `ANIM`/`ANMF` chunk
-//!   comes before the image data; decided from the first chunks.
+//! - WebP: every chunk header is read and checked against the RIFF size (a chunk that
+//!   runs past it, a file that ends before it or goes on after it, a `VP8X` that is not
+//!   10 bytes are refused); animated means the `VP8X` animation flag with an `ANIM` chunk
+//!   and `ANMF` frames, the flag and the chunks agreeing (see `WebpWalker`). A static file
+//!   is held to the static limit as soon as its first chunks show it, an animated one to
+//!   the animated limit from its first frame.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -279,7 +283,7 @@ enum Inspector {
     Any,
     Ogg(OggHead),
     Iso(BoxWalker),
-    Webp(WebpHead),
+    Webp(WebpWalker),
 }
 
 impl Check {
@@ -288,7 +292,7 @@ impl Check {
             Content::Any => Inspector::Any,
             Content::OggOpus => Inspector::Ogg(OggHead::default()),
             Content::IsoMedia { h264_aac } => Inspector::Iso(BoxWalker::new(h264_aac)),
-            Content::Webp => Inspector::Webp(WebpHead::default()),
+            Content::Webp => Inspector::Webp(WebpWalker::default()),
         };
         Self {
             rule,
@@ -759,88 +763,246 @@ fn fourcc(kind: &[u8; 4]) -> String {
     kind.escape_ascii().to_string()
 }
 
-/// The first chunks of a WebP file, until it shows whether it is animated.
+/// Walks the chunks of a WebP file (a RIFF container) as they stream past, skipping their
+/// payloads by count: only the ten bytes of `VP8X` are kept. The rules are the WebP
+/// container specification's (developers.google.com/speed/webp/docs/riff_container):
+/// - the RIFF size is the size of the file after its first 8 bytes: a file that ends
+///   before it or goes on after it is refused, and so is a chunk that runs past it (each
+///   chunk padded to an even size);
+/// - the first chunk is `VP8 ` or `VP8L` (a simple file: static) or a `VP8X` of exactly
+///   10 bytes (an extended file);
+/// - an extended file is animated when, and only when, its `VP8X` has the animation flag:
+///   then an `ANIM` chunk comes before its `ANMF` frames, there is at least one frame and
+///   no image outside them; without the flag there is neither `ANIM` nor `ANMF`, and a
+///   `VP8 `/`VP8L` image. The flag and the chunks must agree, so one bit cannot make a
+///   static image an animated sticker (whose size rule is five times the static one).
 #[derive(Debug, Default)]
-struct WebpHead {
-    /// Bytes of the RIFF header or of a chunk header being read.
+struct WebpWalker {
+    /// Bytes of the RIFF header (12) or of a chunk header (8) being read.
     header: Vec<u8>,
-    riff_read: bool,
-    /// Bytes of the current chunk's payload still to skip.
+    /// Bytes walked so far.
+    position: u64,
+    /// Where the RIFF chunk ends (its size + 8), once its header was read.
+    riff_end: Option<u64>,
+    /// Bytes of the current chunk's payload (and padding) still to skip.
     skip: u64,
-    /// Inside a `VP8X` chunk, before its flags byte.
-    flags_next: bool,
+    /// Inside a `VP8X` chunk: its payload so far (kept, 10 bytes).
+    vp8x: Option<Vec<u8>>,
+    layout: WebpLayout,
+    /// An `ANIM` chunk was seen.
+    anim: bool,
+    /// `ANMF` frames seen.
+    frames: u64,
+    /// A `VP8 ` or `VP8L` image seen outside frames.
+    image: bool,
+    /// What the size rule is judged by: static once the file shows it, animated once its
+    /// first frame comes.
     animated: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum WebpLayout {
+    /// No chunk read yet.
+    #[default]
+    Start,
+    /// `VP8 ` or `VP8L` first.
+    Simple,
+    /// `VP8X` first; with or without the animation flag.
+    Extended { animation: bool },
 }
 
 /// The `VP8X` flag of an animated image.
 const ANIMATION_FLAG: u8 = 0x02;
+const RIFF_HEADER: usize = 12;
+const CHUNK_HEADER: usize = 8;
+const VP8X_SIZE: u64 = 10;
+const ANIM_SIZE: u32 = 6;
+/// An `ANMF` payload's frame header, before the frame's own chunks.
+const ANMF_HEADER: u32 = 16;
 
-impl WebpHead {
+impl WebpWalker {
     fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
-        while self.animated.is_none() && !data.is_empty() {
-            if self.flags_next {
-                self.flags_next = false;
-                if data[0] & ANIMATION_FLAG != 0 {
-                    self.animated = Some(true);
-                    return Ok(());
+        while !data.is_empty() {
+            if let Some(kept) = self.vp8x.as_mut() {
+                let take = (VP8X_SIZE as usize - kept.len()).min(data.len());
+                kept.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                self.position += take as u64;
+                if kept.len() == VP8X_SIZE as usize {
+                    let flags = kept[0];
+                    self.vp8x = None;
+                    let animation = flags & ANIMATION_FLAG != 0;
+                    self.layout = WebpLayout::Extended { animation };
+                    if !animation {
+                        self.animated = Some(false);
+                    }
                 }
-                // The rest of VP8X; an ANIM chunk may still follow.
-                data = &data[1..];
                 continue;
             }
             if self.skip > 0 {
                 let take = self.skip.min(data.len() as u64);
                 self.skip -= take;
+                self.position += take;
                 data = &data[take as usize..];
                 continue;
             }
-            let wanted = if self.riff_read { 8 } else { 12 };
-            let take = (wanted - self.header.len()).min(data.len());
+            // What is left of the RIFF chunk; nothing may follow it.
+            let left = match self.riff_end {
+                Some(end) if self.position >= end => {
+                    return Err(malformed_webp(&format!(
+                        "bytes after the end of its RIFF chunk, which its RIFF size puts at \
+                         byte {end}"
+                    )))
+                }
+                Some(end) => end - self.position,
+                None => u64::MAX,
+            };
+            let wanted = if self.riff_end.is_some() {
+                CHUNK_HEADER
+            } else {
+                RIFF_HEADER
+            };
+            let take = (wanted - self.header.len())
+                .min(data.len())
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
             self.header.extend_from_slice(&data[..take]);
             data = &data[take..];
+            self.position += take as u64;
+            if self.riff_end.is_none() && self.header.len() >= 4 && &self.header[..4] != b"RIFF" {
+                return Err(not_webp());
+            }
             if self.header.len() < wanted {
                 continue;
             }
             let header = std::mem::take(&mut self.header);
-            if !self.riff_read {
-                if &header[..4] != b"RIFF" || &header[8..12] != b"WEBP" {
+            let size = u32::from_le_bytes(header[4..8].try_into().expect("four bytes"));
+            if self.riff_end.is_none() {
+                if &header[8..12] != b"WEBP" {
                     return Err(not_webp());
                 }
-                self.riff_read = true;
+                self.riff_end = Some(8 + u64::from(size));
                 continue;
             }
-            let size = u64::from(u32::from_le_bytes(
-                header[4..8].try_into().expect("four bytes"),
-            ));
-            // Chunks are padded to an even size.
-            let padded = size + (size & 1);
-            match &header[..4] {
-                b"ANIM" | b"ANMF" => self.animated = Some(true),
-                b"VP8 " | b"VP8L" | b"ALPH" => self.animated = Some(false),
-                b"VP8X" if size > 0 => {
-                    self.flags_next = true;
-                    self.skip = padded - 1;
-                }
-                _ => self.skip = padded,
+            self.chunk(header[..4].try_into().expect("four bytes"), size)?;
+        }
+        Ok(())
+    }
+
+    /// A chunk header was read; `position` is at its payload.
+    fn chunk(&mut self, kind: [u8; 4], size: u32) -> Result<(), String> {
+        let name = fourcc(&kind);
+        let padded = u64::from(size) + u64::from(size & 1);
+        let riff_end = self.riff_end.expect("the RIFF header came first");
+        if self.position + padded > riff_end {
+            return Err(malformed_webp(&format!(
+                "a {name} chunk of {size} bytes that runs past the end of its RIFF chunk"
+            )));
+        }
+        self.skip = padded;
+        let image = &kind == b"VP8 " || &kind == b"VP8L";
+        match (self.layout, &kind) {
+            (WebpLayout::Start, _) if image => {
+                self.layout = WebpLayout::Simple;
+                self.image = true;
+                self.animated = Some(false);
             }
+            (WebpLayout::Start, b"VP8X") => {
+                if u64::from(size) != VP8X_SIZE {
+                    return Err(malformed_webp(&format!(
+                        "a VP8X chunk of {size} bytes, not {VP8X_SIZE}"
+                    )));
+                }
+                self.skip = 0;
+                self.vp8x = Some(Vec::with_capacity(VP8X_SIZE as usize));
+            }
+            (WebpLayout::Start, _) => {
+                return Err(malformed_webp(&format!(
+                    "its first chunk is {name}, not VP8, VP8L or VP8X"
+                )))
+            }
+            (_, b"VP8X") => return Err(malformed_webp("a VP8X chunk that is not the first")),
+            (WebpLayout::Simple, b"ANIM" | b"ANMF" | b"VP8 " | b"VP8L" | b"ALPH") => {
+                return Err(malformed_webp(&format!(
+                    "a {name} chunk after the image of a simple file (one without VP8X)"
+                )))
+            }
+            (WebpLayout::Extended { animation: false }, b"ANIM" | b"ANMF") => {
+                return Err(malformed_webp(&format!(
+                    "an {name} chunk in a file whose VP8X has no animation flag"
+                )))
+            }
+            (WebpLayout::Extended { animation: true }, b"ANIM") => {
+                if self.anim || self.frames > 0 {
+                    return Err(malformed_webp("a second ANIM chunk, or one after a frame"));
+                }
+                if size < ANIM_SIZE {
+                    return Err(malformed_webp(&format!(
+                        "an ANIM chunk of {size} bytes, not {ANIM_SIZE}"
+                    )));
+                }
+                self.anim = true;
+            }
+            (WebpLayout::Extended { animation: true }, b"ANMF") => {
+                if !self.anim {
+                    return Err(malformed_webp("an ANMF frame before the ANIM chunk"));
+                }
+                if size < ANMF_HEADER {
+                    return Err(malformed_webp(&format!(
+                        "an ANMF frame of {size} bytes, shorter than its {ANMF_HEADER}-byte \
+                         header"
+                    )));
+                }
+                self.frames += 1;
+                self.animated = Some(true);
+            }
+            (WebpLayout::Extended { animation: true }, b"VP8 " | b"VP8L" | b"ALPH") => {
+                return Err(malformed_webp(&format!(
+                    "a {name} image outside the ANMF frames of a file whose VP8X has the \
+                     animation flag"
+                )))
+            }
+            (WebpLayout::Extended { animation: false }, _) if image => {
+                if self.image {
+                    return Err(malformed_webp(&format!("a second image ({name} chunk)")));
+                }
+                self.image = true;
+            }
+            // ICCP, ALPH, EXIF, XMP and unknown chunks.
+            _ => {}
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), String> {
-        if self.animated.is_none() {
-            if !self.riff_read {
-                return Err(not_webp());
-            }
-            // No image data and no animation seen: counted as static.
-            self.animated = Some(false);
+        let Some(riff_end) = self.riff_end else {
+            return Err(not_webp());
+        };
+        if self.position < riff_end {
+            return Err(malformed_webp(&format!(
+                "file ends after {} bytes, before the {riff_end} of its RIFF size",
+                self.position
+            )));
         }
-        Ok(())
+        if !self.header.is_empty() {
+            return Err(malformed_webp("file ends inside a chunk header"));
+        }
+        match self.layout {
+            WebpLayout::Extended { animation: true } if self.frames == 0 => Err(malformed_webp(
+                "its VP8X has the animation flag, but it has no ANMF frame",
+            )),
+            WebpLayout::Extended { animation: true } | WebpLayout::Simple => Ok(()),
+            _ if !self.image => Err(malformed_webp("no image (VP8 or VP8L chunk)")),
+            _ => Ok(()),
+        }
     }
 }
 
 fn not_webp() -> String {
     "sticker must be a WebP image (RIFF … WEBP)".to_owned()
+}
+
+fn malformed_webp(what: &str) -> String {
+    format!("file is not a valid WebP file ({what})")
 }
 
 #[cfg(test)]
@@ -1069,12 +1231,12 @@ mod tests {
     }
 
     fn webp_animated(file: &[u8], chunk: usize) -> Result<Option<bool>, String> {
-        let mut head = WebpHead::default();
+        let mut walker = WebpWalker::default();
         for piece in file.chunks(chunk) {
-            head.feed(piece)?;
+            walker.feed(piece)?;
         }
-        head.finish()?;
-        Ok(head.animated)
+        walker.finish()?;
+        Ok(walker.animated)
     }
 
     fn riff(chunks: &[Vec<u8>]) -> Vec<u8> {
@@ -1098,21 +1260,28 @@ mod tests {
 
     #[test]
     fn webp_static_or_animated() {
-        let vp8x = |flags: u8| chunk(b"VP8X", &[flags, 0, 0, 0, 63, 0, 0, 63, 0, 0]);
         for (file, animated) in [
             (riff(&[chunk(b"VP8 ", &[1; 31])]), false),
             (riff(&[chunk(b"VP8L", &[1; 40])]), false),
-            (riff(&[vp8x(0x12), chunk(b"ANIM", &[0; 6])]), true),
-            // The flag missing, but an ANIM chunk after an ICC profile.
+            (
+                riff(&[vp8x(0x12), chunk(b"ANIM", &[0; 6]), anmf(30), anmf(31)]),
+                true,
+            ),
+            // An ICC profile before ANIM, metadata after the frames.
             (
                 riff(&[
-                    vp8x(0x20),
+                    vp8x(0x22),
                     chunk(b"ICCP", &[5; 301]),
                     chunk(b"ANIM", &[0; 6]),
+                    anmf(9),
+                    chunk(b"EXIF", &[0; 12]),
                 ]),
                 true,
             ),
-            (riff(&[vp8x(0x10), chunk(b"ALPH", &[1; 9])]), false),
+            (
+                riff(&[vp8x(0x10), chunk(b"ALPH", &[1; 9]), chunk(b"VP8 ", &[1; 9])]),
+                false,
+            ),
             (riff(&[vp8x(0x00), chunk(b"VP8 ", &[1; 9])]), false),
         ] {
             for size in [1, 2, 5, 13, 1000] {
@@ -1121,6 +1290,81 @@ mod tests {
         }
         assert!(webp_animated(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", 1).is_err());
         assert!(webp_animated(b"RIFF", 1).is_err());
+    }
+
+    /// A `VP8X` chunk with `flags` and a 64x64 canvas.
+    fn vp8x(flags: u8) -> Vec<u8> {
+        chunk(b"VP8X", &[flags, 0, 0, 0, 63, 0, 0, 63, 0, 0])
+    }
+
+    /// An `ANMF` frame: its 16-byte header and a `VP8L` image.
+    fn anmf(image: usize) -> Vec<u8> {
+        let mut payload = vec![0; 16];
+        payload.extend(chunk(b"VP8L", &vec![1; image]));
+        chunk(b"ANMF", &payload)
+    }
+
+    #[test]
+    fn webp_animation_is_judged_by_its_frames() {
+        // The animation flag on a static image: its VP8L is outside any frame.
+        let flagged = riff(&[vp8x(0x02), chunk(b"VP8L", &[1; 40])]);
+        // The flag and ANIM, but no frame follows.
+        let no_frames = riff(&[vp8x(0x02), chunk(b"ANIM", &[0; 6])]);
+        // Frames without the flag, and frames without ANIM before them.
+        let unflagged = riff(&[vp8x(0x00), chunk(b"ANIM", &[0; 6]), anmf(20)]);
+        let no_anim = riff(&[vp8x(0x02), anmf(20)]);
+        for (file, reason) in [
+            (&flagged, "VP8L"),
+            (&no_frames, "ANMF"),
+            (&unflagged, "animation flag"),
+            (&no_anim, "ANIM"),
+        ] {
+            for size in [1, 7, 4096] {
+                let refused = webp_animated(file, size).unwrap_err();
+                assert!(refused.contains("not a valid WebP file"), "{refused}");
+                assert!(refused.contains(reason), "{reason}: {refused}");
+            }
+        }
+        // The flag, ANIM and frames: animated.
+        let moving = riff(&[vp8x(0x12), chunk(b"ANIM", &[0; 6]), anmf(20), anmf(21)]);
+        for size in [1, 7, 4096] {
+            assert_eq!(webp_animated(&moving, size), Ok(Some(true)));
+        }
+    }
+
+    #[test]
+    fn webp_chunk_sizes_are_checked() {
+        let image = chunk(b"VP8L", &[1; 40]);
+        let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+        // Twelve bytes of header and a chunk type: nothing else.
+        cases.push((b"RIFF\x08\0\0\0WEBPVP8X".to_vec(), "ends"));
+        let mut huge = b"VP8X".to_vec();
+        huge.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        huge.extend_from_slice(&[0; 10]);
+        cases.push((riff(&[huge, image.clone()]), "past the end"));
+        // A VP8X chunk of four bytes instead of ten.
+        cases.push((riff(&[chunk(b"VP8X", &[0; 4]), image.clone()]), "VP8X"));
+        // The RIFF size says more than the body has, or less.
+        let good = riff(std::slice::from_ref(&image));
+        let mut longer = good.clone();
+        longer[4..8].copy_from_slice(&(good.len() as u32 + 92).to_le_bytes());
+        cases.push((longer, "RIFF size"));
+        let mut shorter = good.clone();
+        shorter[4..8].copy_from_slice(&(good.len() as u32 - 8 - 20).to_le_bytes());
+        cases.push((shorter, "past the end"));
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0; 30]);
+        cases.push((trailing, "after"));
+        // No image at all.
+        cases.push((riff(&[vp8x(0x10), chunk(b"ALPH", &[1; 9])]), "no image"));
+        for (file, reason) in &cases {
+            for size in [1, 5, 4096] {
+                let refused = webp_animated(file, size).unwrap_err();
+                assert!(refused.contains("not a valid WebP file"), "{refused}");
+                assert!(refused.contains(reason), "{reason}: {refused}");
+            }
+        }
+        assert_eq!(webp_animated(&good, 3), Ok(Some(false)));
     }
 
     fn ogg_page(packet: &[u8]) -> Vec<u8> {
@@ -1275,8 +1519,8 @@ mod tests {
             .unwrap_err();
         assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("5 MB")));
         // A static sticker is held to 100 KB, an animated one to 500 KB.
-        let mut still = riff(&[chunk(b"VP8L", &[1; 40])]);
-        still.resize(100_001, 0);
+        let still = riff(&[chunk(b"VP8L", &vec![1; 99_982])]);
+        assert_eq!(still.len(), 100_002);
         let err = through(&still, "webp", None, 1000).await.unwrap_err();
         assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("static")));
         // Declared over the static limit: refused as soon as the head shows it is static.
@@ -1284,14 +1528,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(&err, ApiError::OverProfileLimit(_)));
-        let mut moving = riff(&[
-            chunk(b"VP8X", &[0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            chunk(b"ANIM", &[0; 6]),
-        ]);
-        moving.resize(400_000, 0);
-        assert!(through(&moving, "webp", None, 4096).await.is_ok());
-        moving.resize(500_001, 0);
-        let err = through(&moving, "webp", None, 4096).await.unwrap_err();
+        let moving = |frame: usize| riff(&[vp8x(0x12), chunk(b"ANIM", &[0; 6]), anmf(frame)]);
+        let file = moving(400_000);
+        assert!(through(&file, "webp", None, 4096).await.is_ok());
+        let file = moving(500_000);
+        let err = through(&file, "webp", None, 4096).await.unwrap_err();
         assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("animated")));
         // Content: a type rule is a 400 naming it, also when decided at the end.
         let vorbis = ogg_page(b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0");

@@ -19,6 +19,7 @@ on_both_backends!(
     media_that_follows_the_rules_is_stored,
     content_against_a_rule_is_refused,
     sizes_over_a_rule_are_refused,
+    malformed_webp_is_refused,
     with_the_profile_off_nothing_changes,
 );
 
@@ -138,6 +139,51 @@ fn static_webp(dir: &Path, name: &str, side: usize, seed: u8) -> Vec<u8> {
     )
 }
 
+/// A still WebP with transparency, lossy: `VP8X`, `ALPH` and `VP8 ` chunks.
+fn alpha_webp(dir: &Path, name: &str, side: usize, seed: u8) -> Vec<u8> {
+    let input = dir.join(format!("noise-{seed}.rgba"));
+    std::fs::write(&input, content(side * side * 4, seed)).unwrap();
+    let input = input.display().to_string();
+    let dimensions = format!("{side}x{side}");
+    ffmpeg(
+        dir,
+        name,
+        &[
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgba",
+            "-s",
+            &dimensions,
+            "-i",
+            &input,
+            "-frames:v",
+            "1",
+            "-c:v",
+            "libwebp",
+            "-pix_fmt",
+            "yuva420p",
+        ],
+    )
+}
+
+/// A simple WebP (`RIFF`, `WEBP`, one `VP8L` chunk) made extended: a `VP8X` chunk with
+/// `flags` and the canvas of a `side`×`side` image put before its image chunk.
+fn with_vp8x(simple: &[u8], flags: u8, side: u32) -> Vec<u8> {
+    let canvas = (side - 1).to_le_bytes();
+    let mut vp8x = b"VP8X".to_vec();
+    vp8x.extend_from_slice(&10u32.to_le_bytes());
+    vp8x.extend_from_slice(&[flags, 0, 0, 0]);
+    vp8x.extend_from_slice(&canvas[..3]);
+    vp8x.extend_from_slice(&canvas[..3]);
+    let mut out = simple[..12].to_vec();
+    out.extend(vp8x);
+    out.extend_from_slice(&simple[12..]);
+    let riff = (out.len() - 8) as u32;
+    out[4..8].copy_from_slice(&riff.to_le_bytes());
+    out
+}
+
 /// `file` with a `free` box after it that brings it to `total` bytes.
 fn padded(file: &[u8], total: usize) -> Vec<u8> {
     let free = total - file.len();
@@ -241,6 +287,8 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         "an animated sticker over the static limit: {}",
         animated.len()
     );
+    let transparent = alpha_webp(d, "alpha.webp", 64, 11);
+    assert_eq!(&transparent[12..16], b"VP8X");
     let image = noise_image(d, "small.png", (300, 300), 3, &[]);
     let files = [
         ("mp4", video.clone()),
@@ -249,6 +297,7 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         ("m4a", sound(d, "fast.m4a", "aac", true)),
         ("webp", webp),
         ("webp", animated),
+        ("webp", transparent),
         ("png", image),
         ("jpg", noise_image(d, "small.jpg", (300, 300), 4, &[])),
         // A document: only limits.max_upload_bytes, 6 MB passes (multipart on the way).
@@ -427,6 +476,71 @@ async fn sizes_over_a_rule_are_refused(backend: Backend) {
     assert_nothing_stays(&app, 0).await;
     // One byte less is a video like any other.
     app.upload_ok(&token, "mp4", padded(&base, 16_000_000))
+        .await;
+    assert_nothing_stays(&app, 1).await;
+}
+
+async fn malformed_webp_is_refused(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = whatsapp(backend).await;
+    let token = app.token("acct");
+
+    // A static image over the static limit, with the VP8X animation flag set: no frames.
+    let still = static_webp(d, "big.webp", 340, 8);
+    assert!(
+        still.len() > 300_000 && still.len() < 500_000,
+        "{}",
+        still.len()
+    );
+    assert_eq!(&still[12..16], b"VP8L");
+    let flagged = with_vp8x(&still, 0x02, 340);
+    // Unflagged, the same image is a static sticker over 100 KB.
+    let unflagged = with_vp8x(&still, 0x00, 340);
+
+    let small = static_webp(d, "small.webp", 64, 1);
+    // Twelve bytes of RIFF header and a chunk type.
+    let sixteen = b"RIFF\x08\0\0\0WEBPVP8X".to_vec();
+    // A VP8X chunk that claims 0xFFFFFFF0 bytes.
+    let mut huge = with_vp8x(&small, 0x00, 64);
+    huge[16..20].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    // A VP8X chunk of four bytes.
+    let mut short_vp8x = small[..12].to_vec();
+    short_vp8x.extend_from_slice(b"VP8X\x04\0\0\0\0\0\0\0");
+    short_vp8x.extend_from_slice(&small[12..]);
+    let riff = (short_vp8x.len() - 8) as u32;
+    short_vp8x[4..8].copy_from_slice(&riff.to_le_bytes());
+    // RIFF sizes that do not match the body.
+    let mut longer = small.clone();
+    longer[4..8].copy_from_slice(&(small.len() as u32 + 100).to_le_bytes());
+    let mut trailing = small.clone();
+    trailing.extend_from_slice(&[0; 30]);
+
+    for (body, reason) in [
+        (flagged, "VP8L"),
+        (sixteen, "ends"),
+        (huge, "past the end"),
+        (short_vp8x, "VP8X"),
+        (longer, "RIFF size"),
+        (trailing, "after"),
+    ] {
+        let error = assert_error(app.upload(&token, "webp", body).await, 400, 1009).await;
+        let details = details(&error);
+        assert!(
+            details.starts_with("whatsapp profile: .webp file is not a valid WebP file"),
+            "{details}"
+        );
+        assert!(details.contains(reason), "{reason}: {details}");
+        assert_nothing_stays(&app, 0).await;
+    }
+    let error = assert_error(app.upload(&token, "webp", unflagged).await, 413, 1009).await;
+    assert_eq!(
+        details(&error),
+        "whatsapp profile: static stickers (webp) are at most 100 KB"
+    );
+    assert_nothing_stays(&app, 0).await;
+    // Made extended by the same helper, a small image is a sticker like any other.
+    app.upload_ok(&token, "webp", with_vp8x(&small, 0x00, 64))
         .await;
     assert_nothing_stays(&app, 1).await;
 }
