@@ -24,8 +24,11 @@
 //!   those two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the
 //!   rest is skipped by count. For `.mp4` and `.3gp`, video tracks must be `avc1`/`avc3`
 //!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track.
-//! - OGG: the first page's first packet must start with `OpusHead` (the first logical
-//!   stream is Opus, not Vorbis, Speex or FLAC).
+//! - OGG: every page is checked (capture pattern, version 0, checksum, a body as long as
+//!   its lacing says), one logical stream at a time (begun by a BOS page, its pages in
+//!   sequence, a chained stream only after the previous one's EOS), and every stream's
+//!   first packet must start with `OpusHead`: not Vorbis, Speex or FLAC, and no second
+//!   stream beside the Opus one (see `OggWalker`).
 //! - WebP: every chunk header is read and checked against the RIFF size (a chunk that
 //!   runs past it, a file that ends before it or goes on after it, a `VP8X` that is not
 //!   10 bytes are refused); animated means the `VP8X` animation flag with an `ANIM` chunk
@@ -281,7 +284,7 @@ pub struct Check {
 #[derive(Debug)]
 enum Inspector {
     Any,
-    Ogg(OggHead),
+    Ogg(OggWalker),
     Iso(BoxWalker),
     Webp(WebpWalker),
 }
@@ -290,7 +293,7 @@ impl Check {
     pub fn new(rule: Rule, declared: Option<u64>) -> Self {
         let inspector = match rule.content {
             Content::Any => Inspector::Any,
-            Content::OggOpus => Inspector::Ogg(OggHead::default()),
+            Content::OggOpus => Inspector::Ogg(OggWalker::default()),
             Content::IsoMedia { h264_aac } => Inspector::Iso(BoxWalker::new(h264_aac)),
             Content::Webp => Inspector::Webp(WebpWalker::default()),
         };
@@ -356,54 +359,244 @@ fn content_refusal(extension: &str, reason: String) -> Refusal {
     Refusal::Content(format!("whatsapp profile: .{extension} {reason}"))
 }
 
-/// The first page of an Ogg file, up to the first bytes of its first packet.
-#[derive(Debug, Default)]
-struct OggHead {
-    head: Vec<u8>,
-    decided: bool,
+/// Walks the pages of an Ogg file as they stream past, in constant memory: a page's
+/// header and segment table are kept (at most 282 bytes), its body only counted and
+/// checksummed, except the first bytes of the first packet of each stream. The rules:
+/// - every page is well formed (RFC 3533): the capture pattern `OggS`, version 0, the
+///   checksum over the whole page, and the body its lacing values promise (a file that
+///   ends inside a page is refused);
+/// - there is one logical stream at a time (RFC 3533 §4: streams are multiplexed, or
+///   chained one after the other): the first page begins it (BOS), its pages come in
+///   sequence, nothing of it follows its last page (EOS), and a new stream begins only
+///   after it has ended. A second stream multiplexed beside the first is refused, because
+///   WhatsApp takes Opus only ("audio/ogg (OPUS codecs only)"): a file of Opus and Vorbis
+///   is not one;
+/// - the first packet of every stream begins with `OpusHead` (RFC 7845 §5.1).
+#[derive(Debug)]
+struct OggWalker {
+    /// The header (27 bytes) and segment table of the page being read.
+    header: Vec<u8>,
+    /// Body bytes of the current page still to come (once its header is complete).
+    body_left: u32,
+    /// The checksum so far of the current page, and the one its header carries.
+    crc: u32,
+    expected_crc: u32,
+    /// The first bytes of a stream's first packet, while they are collected; how many.
+    magic: Vec<u8>,
+    magic_wanted: usize,
+    /// Pages read; the current stream's serial and last sequence number; whether it ended.
+    pages: u64,
+    serial: u32,
+    sequence: u32,
+    ended: bool,
 }
 
 /// An Ogg page header without its segment table.
 const OGG_PAGE_HEADER: usize = 27;
 const OPUS_MAGIC: &[u8] = b"OpusHead";
+/// Header type flags (RFC 3533 §6).
+const OGG_BOS: u8 = 0x02;
+const OGG_EOS: u8 = 0x04;
 
-impl OggHead {
-    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), String> {
-        while !self.decided && !chunk.is_empty() {
-            let need = self.needed() - self.head.len();
-            let take = need.min(chunk.len());
-            self.head.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-            if self.head.len() == OGG_PAGE_HEADER && !self.head.starts_with(b"OggS") {
-                return Err(Self::not_opus("it is not an Ogg file"));
+/// The Ogg checksum: CRC-32 with the polynomial 0x04c11db7, unreflected, initial value
+/// and final XOR 0 (RFC 3533 §6), a byte at a time.
+const OGG_CRC: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u32) << 24;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+fn ogg_crc(mut crc: u32, data: &[u8]) -> u32 {
+    for &byte in data {
+        crc = (crc << 8) ^ OGG_CRC[usize::from((crc >> 24) as u8 ^ byte)];
+    }
+    crc
+}
+
+impl Default for OggWalker {
+    fn default() -> Self {
+        Self {
+            header: Vec::with_capacity(OGG_PAGE_HEADER + 255),
+            body_left: 0,
+            crc: 0,
+            expected_crc: 0,
+            magic: Vec::new(),
+            magic_wanted: 0,
+            pages: 0,
+            serial: 0,
+            sequence: 0,
+            ended: false,
+        }
+    }
+}
+
+impl OggWalker {
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            if self.in_body() {
+                let take = (self.body_left as usize).min(data.len());
+                let bytes = &data[..take];
+                data = &data[take..];
+                self.crc = ogg_crc(self.crc, bytes);
+                self.body_left -= take as u32;
+                if self.magic.len() < self.magic_wanted {
+                    let more = (self.magic_wanted - self.magic.len()).min(bytes.len());
+                    self.magic.extend_from_slice(&bytes[..more]);
+                    if self.magic.len() == self.magic_wanted {
+                        self.check_magic()?;
+                    }
+                }
+                if self.body_left == 0 {
+                    self.end_page()?;
+                }
+                continue;
             }
-            if self.head.len() == self.needed() {
-                return self.decide();
+            let wanted = match self.header.get(OGG_PAGE_HEADER - 1) {
+                Some(&segments) => OGG_PAGE_HEADER + usize::from(segments),
+                None => OGG_PAGE_HEADER,
+            };
+            let take = (wanted - self.header.len()).min(data.len());
+            let before = self.header.len();
+            self.header.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if before < 4 && self.header.len() >= 4 {
+                self.check_capture()?;
+            }
+            let complete = match self.header.get(OGG_PAGE_HEADER - 1) {
+                Some(&segments) => self.header.len() == OGG_PAGE_HEADER + usize::from(segments),
+                None => false,
+            };
+            if complete {
+                self.begin_page()?;
             }
         }
         Ok(())
     }
 
-    /// Bytes needed to decide: the page header, its segment table, the packet's magic.
-    fn needed(&self) -> usize {
-        match self.head.get(OGG_PAGE_HEADER - 1) {
-            Some(&segments) => OGG_PAGE_HEADER + usize::from(segments) + OPUS_MAGIC.len(),
-            None => OGG_PAGE_HEADER,
-        }
+    /// Whether the current page's header is complete and its body being read.
+    fn in_body(&self) -> bool {
+        self.body_left > 0
     }
 
-    fn decide(&mut self) -> Result<(), String> {
-        self.decided = true;
-        let head = std::mem::take(&mut self.head);
-        if !head.starts_with(b"OggS") {
+    fn check_capture(&self) -> Result<(), String> {
+        if &self.header[..4] == b"OggS" {
+            return Ok(());
+        }
+        if self.pages == 0 {
             return Err(Self::not_opus("it is not an Ogg file"));
         }
-        let packet = match head.get(OGG_PAGE_HEADER - 1) {
-            Some(&segments) => head
-                .get(OGG_PAGE_HEADER + usize::from(segments)..)
-                .unwrap_or_default(),
-            None => &[],
-        };
+        Err(malformed_ogg(&format!(
+            "not an Ogg page where page {} should begin",
+            self.pages + 1
+        )))
+    }
+
+    /// A page's header and segment table were read.
+    fn begin_page(&mut self) -> Result<(), String> {
+        let header = &self.header;
+        let number = self.pages + 1;
+        if header[4] != 0 {
+            return Err(malformed_ogg(&format!(
+                "page {number} is of version {}; the only version is 0",
+                header[4]
+            )));
+        }
+        let flags = header[5];
+        let serial = u32::from_le_bytes(header[14..18].try_into().expect("four bytes"));
+        let sequence = u32::from_le_bytes(header[18..22].try_into().expect("four bytes"));
+        self.expected_crc = u32::from_le_bytes(header[22..26].try_into().expect("four bytes"));
+        let lacing = &header[OGG_PAGE_HEADER..];
+        let body: u32 = lacing.iter().map(|&l| u32::from(l)).sum();
+        let begins = flags & OGG_BOS != 0;
+        if begins {
+            if self.pages > 0 && !self.ended {
+                return Err(Self::not_opus(&format!(
+                    "a second logical stream (serial {serial}) is multiplexed with the first: \
+                     one Opus stream at a time"
+                )));
+            }
+            // The first packet: its lacing values up to the first one under 255.
+            let first = lacing
+                .iter()
+                .position(|&l| l < 255)
+                .map_or(body as usize, |end| {
+                    lacing[..=end].iter().map(|&l| usize::from(l)).sum()
+                });
+            self.magic.clear();
+            self.magic_wanted = first.min(OPUS_MAGIC.len());
+            self.serial = serial;
+            self.ended = false;
+        } else if self.pages == 0 {
+            return Err(malformed_ogg(
+                "its first page does not begin a stream (no BOS flag)",
+            ));
+        } else if serial != self.serial {
+            return Err(malformed_ogg(&format!(
+                "page {number} belongs to stream serial {serial}, which never began, inside \
+                 stream {}",
+                self.serial
+            )));
+        } else if self.ended {
+            return Err(malformed_ogg(&format!(
+                "page {number} follows the last page (EOS) of its stream"
+            )));
+        } else if Some(sequence) != self.sequence.checked_add(1) {
+            return Err(malformed_ogg(&format!(
+                "page {number} has sequence number {sequence} after {}: a page is missing \
+                 or out of order",
+                self.sequence
+            )));
+        }
+        self.sequence = sequence;
+        if flags & OGG_EOS != 0 {
+            self.ended = true;
+        }
+        let mut zeroed = [0u8; OGG_PAGE_HEADER];
+        zeroed.copy_from_slice(&self.header[..OGG_PAGE_HEADER]);
+        zeroed[22..26].fill(0);
+        self.crc = ogg_crc(ogg_crc(0, &zeroed), lacing);
+        self.body_left = body;
+        if begins && self.magic_wanted == 0 {
+            // An empty first packet.
+            self.check_magic()?;
+        }
+        if body == 0 {
+            self.end_page()?;
+        }
+        Ok(())
+    }
+
+    /// The current page's body was read.
+    fn end_page(&mut self) -> Result<(), String> {
+        let number = self.pages + 1;
+        if self.crc != self.expected_crc {
+            return Err(malformed_ogg(&format!(
+                "page {number} has a bad checksum: its bytes are not those it was written with"
+            )));
+        }
+        self.pages += 1;
+        self.header.clear();
+        Ok(())
+    }
+
+    /// The first bytes of a stream's first packet are in.
+    fn check_magic(&mut self) -> Result<(), String> {
+        let packet = std::mem::take(&mut self.magic);
+        self.magic_wanted = 0;
         if packet.starts_with(OPUS_MAGIC) {
             return Ok(());
         }
@@ -416,22 +609,38 @@ impl OggHead {
         .into_iter()
         .find(|(magic, _)| packet.starts_with(magic))
         .map(|(_, name)| name);
+        let stream = if self.pages == 0 { "first" } else { "next" };
         Err(Self::not_opus(&match codec {
-            Some(codec) => format!("its first stream is {codec}"),
-            None => "its first stream is not Opus".to_owned(),
+            Some(codec) => format!("its {stream} stream is {codec}"),
+            None => format!("its {stream} stream is not Opus"),
         }))
     }
 
     fn finish(&mut self) -> Result<(), String> {
-        if self.decided {
+        if self.header.is_empty() && self.pages > 0 {
             return Ok(());
         }
-        self.decide()
+        if self.pages == 0 && self.header.len() < 4 {
+            return Err(Self::not_opus("it is not an Ogg file"));
+        }
+        let missing = if self.in_body() {
+            format!("{} bytes of its body missing", self.body_left)
+        } else {
+            "its header cut short".to_owned()
+        };
+        Err(malformed_ogg(&format!(
+            "file ends inside an Ogg page (page {}, {missing})",
+            self.pages + 1
+        )))
     }
 
     fn not_opus(why: &str) -> String {
         format!("audio must use the Opus codec ({why})")
     }
+}
+
+fn malformed_ogg(what: &str) -> String {
+    format!("file is not a valid Ogg file ({what})")
 }
 
 /// Walks the boxes of an ISO media file (MP4, 3GP, M4A) as they stream past; see the
@@ -1367,45 +1576,206 @@ mod tests {
         assert_eq!(webp_animated(&good, 3), Ok(Some(false)));
     }
 
-    fn ogg_page(packet: &[u8]) -> Vec<u8> {
-        let mut page = b"OggS\0\x02".to_vec();
-        page.extend_from_slice(&[0; 8]); // granule position
-        page.extend_from_slice(&[1, 2, 3, 4]); // serial
-        page.extend_from_slice(&[0; 4]); // sequence
-        page.extend_from_slice(&[0; 4]); // checksum
-        page.push(1);
-        page.push(packet.len() as u8);
-        page.extend_from_slice(packet);
-        page
-    }
-
     fn ogg(file: &[u8], chunk: usize) -> Result<(), String> {
-        let mut head = OggHead::default();
+        let mut walker = OggWalker::default();
         for piece in file.chunks(chunk) {
-            head.feed(piece)?;
+            walker.feed(piece)?;
         }
-        head.finish()
+        walker.finish()
     }
 
     #[test]
     fn ogg_must_start_with_opus() {
-        let opus = [
-            ogg_page(b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0"),
-            ogg_page(b"OpusTags"),
-        ]
-        .concat();
-        let vorbis = ogg_page(b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0");
+        let opus = opus_stream(7);
+        let vorbis = page(0x02, 7, 0, &[VORBIS_HEAD]);
         for size in [1, 2, 27, 28, 36, 4096] {
             assert_eq!(ogg(&opus, size), Ok(()));
             let refused = ogg(&vorbis, size).unwrap_err();
             assert!(refused.contains("Vorbis"), "{refused}");
             assert!(refused.contains("Opus"), "{refused}");
         }
+        // An empty first packet, and one too short to hold the magic.
+        for first in [&b""[..], b"Opus"] {
+            let refused = ogg(&page(0x02, 7, 0, &[first]), 1).unwrap_err();
+            assert!(refused.contains("not Opus"), "{refused}");
+        }
         assert!(ogg(b"ID3\x04 not ogg at all, and long enough to tell", 3)
             .unwrap_err()
             .contains("not an Ogg file"));
         assert!(ogg(b"OggS", 1).is_err());
         assert!(ogg(&opus[..30], 1).is_err());
+    }
+
+    /// The Ogg checksum (RFC 3533: CRC-32, polynomial 0x04c11db7, no reflection, initial
+    /// value and final XOR 0), bit by bit.
+    fn ogg_checksum(data: &[u8]) -> u32 {
+        let mut crc = 0u32;
+        for &byte in data {
+            crc ^= u32::from(byte) << 24;
+            for _ in 0..8 {
+                crc = if crc & 0x8000_0000 != 0 {
+                    (crc << 1) ^ 0x04c1_1db7
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc
+    }
+
+    /// Sets the checksum of the page that `page` begins with.
+    fn seal(page: &mut [u8]) {
+        page[22..26].fill(0);
+        let segments = usize::from(page[26]);
+        let body: usize = page[27..27 + segments]
+            .iter()
+            .map(|&l| usize::from(l))
+            .sum();
+        let crc = ogg_checksum(&page[..27 + segments + body]);
+        page[22..26].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// A valid Ogg page: `flags` (0x02 first page of a stream, 0x04 last), the stream's
+    /// serial number, the page's sequence number, whole packets, a correct checksum.
+    fn page(flags: u8, serial: u32, sequence: u32, packets: &[&[u8]]) -> Vec<u8> {
+        let mut lacing = Vec::new();
+        for packet in packets {
+            lacing.extend(std::iter::repeat_n(255u8, packet.len() / 255));
+            lacing.push((packet.len() % 255) as u8);
+        }
+        raw_page(flags, serial, sequence, &lacing, &packets.concat())
+    }
+
+    /// A page of these lacing values and body bytes, with a correct checksum.
+    fn raw_page(flags: u8, serial: u32, sequence: u32, lacing: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = b"OggS\0".to_vec();
+        out.push(flags);
+        out.extend_from_slice(&[0; 8]); // granule position
+        out.extend_from_slice(&serial.to_le_bytes());
+        out.extend_from_slice(&sequence.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.push(lacing.len() as u8);
+        out.extend_from_slice(lacing);
+        out.extend_from_slice(body);
+        seal(&mut out);
+        out
+    }
+
+    const OPUS_HEAD: &[u8] = b"OpusHead\x01\x01\x38\x01\x80\xbb\0\0\0\0\0";
+    const VORBIS_HEAD: &[u8] = b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0\0\0\0\0\0\0\0\0\0\0\xb8\x01";
+
+    /// A stream of Opus: its two header pages and two of audio, the last with EOS.
+    fn opus_stream(serial: u32) -> Vec<u8> {
+        [
+            page(0x02, serial, 0, &[OPUS_HEAD]),
+            page(0, serial, 1, &[b"OpusTags\0\0\0\0\0\0\0\0"]),
+            page(0, serial, 2, &[&[0xfc; 40], &[0xfc; 300], &[0xfc; 510]]),
+            page(0x04, serial, 3, &[&[0xfc; 60]]),
+        ]
+        .concat()
+    }
+
+    fn ogg_verdict(file: &[u8]) -> Result<(), String> {
+        let whole = ogg(file, file.len().max(1));
+        for size in [1, 2, 26, 27, 28, 35, 100, 4096] {
+            assert_eq!(ogg(file, size), whole, "chunks of {size}");
+        }
+        whole
+    }
+
+    #[test]
+    fn valid_ogg_opus_passes() {
+        assert_eq!(ogg_verdict(&opus_stream(7)), Ok(()));
+        // Chained: one stream after the other has ended.
+        assert_eq!(
+            ogg_verdict(&[opus_stream(7), opus_stream(8)].concat()),
+            Ok(())
+        );
+        // A packet across pages (the second page continues it), a page of 255 segments.
+        let long = vec![0xfc; 1000];
+        let first = raw_page(0, 7, 2, &[255, 255, 255], &long[..765]);
+        let rest = raw_page(0x05, 7, 3, &[235], &long[765..]);
+        let full = page(0, 7, 2, &[&vec![0xfc; 255 * 254]]);
+        assert_eq!(full[26], 255);
+        for file in [
+            [
+                page(0x02, 7, 0, &[OPUS_HEAD]),
+                page(0, 7, 1, &[b"OpusTags\0\0\0\0\0\0\0\0"]),
+                first,
+                rest,
+            ]
+            .concat(),
+            [
+                page(0x02, 7, 0, &[OPUS_HEAD]),
+                page(0, 7, 1, &[b"OpusTags\0\0\0\0\0\0\0\0"]),
+                full,
+            ]
+            .concat(),
+        ] {
+            assert_eq!(ogg_verdict(&file), Ok(()));
+        }
+    }
+
+    #[test]
+    fn malformed_ogg_is_refused() {
+        let good = opus_stream(7);
+        let second_page = page(0x02, 7, 0, &[OPUS_HEAD]).len();
+        let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+        // One byte of an audio packet changed: the page's checksum no longer matches.
+        let mut corrupt = good.clone();
+        let at = good.len() - 10;
+        corrupt[at] ^= 0x40;
+        cases.push((corrupt, "checksum"));
+        // Version 1, with a checksum that matches it.
+        let mut version = good.clone();
+        version[4] = 1;
+        seal(&mut version);
+        cases.push((version, "version"));
+        // The first page without BOS.
+        let mut no_bos = good.clone();
+        no_bos[5] = 0;
+        seal(&mut no_bos);
+        cases.push((no_bos, "BOS"));
+        // A last page whose lacing claims 65 025 bytes; 19 of them follow.
+        let mut truncated = good[..good.len() - page(0x04, 7, 3, &[&[0xfc; 60]]).len()].to_vec();
+        let mut header = page(0x04, 7, 3, &[]);
+        header.truncate(26);
+        header.push(255);
+        header.extend_from_slice(&[255; 255]);
+        header.extend_from_slice(&[0xfc; 19]);
+        truncated.extend(header);
+        cases.push((truncated, "ends inside an Ogg page"));
+        // A second logical stream multiplexed with the first: a Vorbis one.
+        let multiplexed = [
+            page(0x02, 7, 0, &[OPUS_HEAD]),
+            page(0x02, 9, 0, &[VORBIS_HEAD]),
+            good[second_page..].to_vec(),
+        ]
+        .concat();
+        cases.push((multiplexed, "second logical stream"));
+        // A page of another stream without a BOS page of its own.
+        let stray = [good.clone(), page(0, 9, 0, &[&[1; 10]])].concat();
+        cases.push((stray, "serial"));
+        // A page missing (sequence 2 dropped).
+        let gap = [
+            page(0x02, 7, 0, &[OPUS_HEAD]),
+            page(0, 7, 1, &[b"OpusTags\0\0\0\0\0\0\0\0"]),
+            page(0x04, 7, 3, &[&[0xfc; 60]]),
+        ]
+        .concat();
+        cases.push((gap, "sequence"));
+        // Bytes after the last page that are not a page.
+        cases.push(([good.clone(), vec![0; 40]].concat(), "not an Ogg page"));
+        // A page of the stream after its EOS page.
+        let after_eos = [good.clone(), page(0, 7, 4, &[&[1; 10]])].concat();
+        cases.push((after_eos, "EOS"));
+        // Chained, the second stream Vorbis.
+        let chained = [good.clone(), page(0x02, 8, 0, &[VORBIS_HEAD])].concat();
+        cases.push((chained, "Vorbis"));
+        for (file, reason) in &cases {
+            let refused = ogg_verdict(file).unwrap_err();
+            assert!(refused.contains(reason), "{reason}: {refused}");
+        }
     }
 
     #[test]
@@ -1535,7 +1905,7 @@ mod tests {
         let err = through(&file, "webp", None, 4096).await.unwrap_err();
         assert!(matches!(&err, ApiError::OverProfileLimit(d) if d.contains("animated")));
         // Content: a type rule is a 400 naming it, also when decided at the end.
-        let vorbis = ogg_page(b"\x01vorbis\0\0\0\0\x01\x44\xac\0\0");
+        let vorbis = page(0x02, 7, 0, &[VORBIS_HEAD]);
         let err = through(&vorbis, "ogg", None, 5).await.unwrap_err();
         assert!(
             matches!(&err, ApiError::InvalidParameter(d) if d.starts_with("whatsapp profile: .ogg")),

@@ -20,6 +20,7 @@ on_both_backends!(
     content_against_a_rule_is_refused,
     sizes_over_a_rule_are_refused,
     malformed_webp_is_refused,
+    malformed_ogg_is_refused,
     with_the_profile_off_nothing_changes,
 );
 
@@ -184,6 +185,41 @@ fn with_vp8x(simple: &[u8], flags: u8, side: u32) -> Vec<u8> {
     out
 }
 
+/// Where the pages of an Ogg file begin and end.
+fn ogg_pages(file: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut pages = Vec::new();
+    let mut at = 0;
+    while at < file.len() {
+        assert_eq!(&file[at..at + 4], b"OggS", "a page at {at}");
+        let segments = usize::from(file[at + 26]);
+        let body: usize = file[at + 27..at + 27 + segments]
+            .iter()
+            .map(|&l| usize::from(l))
+            .sum();
+        pages.push(at..at + 27 + segments + body);
+        at += 27 + segments + body;
+    }
+    pages
+}
+
+/// Gives an Ogg page the checksum that matches it (RFC 3533: CRC-32, polynomial
+/// 0x04c11db7, unreflected, over the page with its checksum field zeroed).
+fn seal_ogg_page(page: &mut [u8]) {
+    page[22..26].fill(0);
+    let mut crc = 0u32;
+    for &byte in &*page {
+        crc ^= u32::from(byte) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    page[22..26].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// `file` with a `free` box after it that brings it to `total` bytes.
 fn padded(file: &[u8], total: usize) -> Vec<u8> {
     let free = total - file.len();
@@ -287,6 +323,32 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         "an animated sticker over the static limit: {}",
         animated.len()
     );
+    let voice = ffmpeg(
+        d,
+        "voice.ogg",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=5",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "16k",
+            "-application",
+            "voip",
+        ],
+    );
+    // Two Opus files one after the other: a chained Ogg file (two streams in sequence).
+    let chained = [
+        sound(d, "first.ogg", "libopus", false),
+        sound(d, "second.ogg", "libopus", false),
+    ]
+    .concat();
     let transparent = alpha_webp(d, "alpha.webp", 64, 11);
     assert_eq!(&transparent[12..16], b"VP8X");
     let image = noise_image(d, "small.png", (300, 300), 3, &[]);
@@ -294,6 +356,8 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         ("mp4", video.clone()),
         ("3gp", movie(d, "small.3gp", "libx264", true)),
         ("ogg", sound(d, "opus.ogg", "libopus", false)),
+        ("ogg", voice),
+        ("ogg", chained),
         ("m4a", sound(d, "fast.m4a", "aac", true)),
         ("webp", webp),
         ("webp", animated),
@@ -543,6 +607,72 @@ async fn malformed_webp_is_refused(backend: Backend) {
     app.upload_ok(&token, "webp", with_vp8x(&small, 0x00, 64))
         .await;
     assert_nothing_stays(&app, 1).await;
+}
+
+async fn malformed_ogg_is_refused(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = whatsapp(backend).await;
+    let token = app.token("acct");
+
+    let opus = sound(d, "opus.ogg", "libopus", false);
+    let pages = ogg_pages(&opus);
+    assert!(pages.len() >= 3, "{pages:?}");
+    // A byte of the audio changed: the last page's checksum no longer matches.
+    let mut corrupt = opus.clone();
+    let at = opus.len() - 5;
+    corrupt[at] ^= 0x01;
+    // One field of the first page changed at a time, its checksum made to match.
+    let first = pages[0].clone();
+    let mut version = opus.clone();
+    version[first.start + 4] = 1;
+    seal_ogg_page(&mut version[first.clone()]);
+    let mut no_bos = opus.clone();
+    no_bos[first.start + 5] &= !0x02;
+    seal_ogg_page(&mut no_bos[first.clone()]);
+    // A page whose lacing claims 65 025 bytes, with 19 of them before the body ends.
+    let mut truncated = opus[..pages.last().unwrap().start].to_vec();
+    let last = &opus[pages.last().unwrap().clone()];
+    truncated.extend_from_slice(&last[..26]);
+    truncated.push(255);
+    truncated.extend_from_slice(&[255; 255]);
+    truncated.extend_from_slice(&last[last.len() - 19..]);
+    // Opus with a Vorbis stream multiplexed beside it (ffmpeg, two streams in one file).
+    let multiplexed = ffmpeg(
+        d,
+        "two.ogg",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=880:duration=1",
+            "-map",
+            "0",
+            "-map",
+            "1",
+            "-c:a:0",
+            "libopus",
+            "-c:a:1",
+            "libvorbis",
+        ],
+    );
+    for (body, reason) in [
+        (corrupt, "checksum"),
+        (version, "version"),
+        (no_bos, "BOS"),
+        (truncated, "ends inside an Ogg page"),
+        (multiplexed, "second logical stream"),
+    ] {
+        let error = assert_error(app.upload(&token, "ogg", body).await, 400, 1009).await;
+        let details = details(&error);
+        assert!(details.starts_with("whatsapp profile: .ogg "), "{details}");
+        assert!(details.contains(reason), "{reason}: {details}");
+        assert_nothing_stays(&app, 0).await;
+    }
 }
 
 async fn with_the_profile_off_nothing_changes(backend: Backend) {
