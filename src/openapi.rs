@@ -380,8 +380,9 @@ struct ServiceUnavailable(#[to_schema] Error);
 /// With `Expect: 100-continue` the token, scope, extension, Idempotency-Key and
 /// Content-Length are checked before the body is sent. When a media profile is configured (`media.profile`:
 /// `whatsapp`), its per-type rules apply too: a body over the size rule of its extension
-/// is 413, content against a rule (an `.ogg` that is not Opus, an MP4 that is not
-/// streamable or not H.264 with AAC) is 400, both code 1009 with details naming the rule.
+/// is 413, content against a rule (an `.ogg` that is not Opus, an MP4 that is not H.264
+/// with AAC, a file that is not a valid one of its format) is 400, both code 1009 with
+/// details naming the rule.
 ///
 /// With an `Idempotency-Key`, a retry by the same account with the same key and the same
 /// bytes answers the media stored by the first upload (201, same id and `Location`,

@@ -1,14 +1,40 @@
 //! Media profiles (`media.profile`): per-type rules of a messaging platform, applied to
 //! uploads while they stream. `none` (the default) applies none; `whatsapp` applies the
-//! documented rules of the WhatsApp Business Platform, in decimal megabytes:
+//! rules of WhatsApp's documentation of the media its Cloud API takes, in decimal
+//! megabytes:
 //!
 //! | class | extensions | at most | content |
 //! | --- | --- | --- | --- |
 //! | image | jpeg, jpg, png | 5 MB | |
-//! | audio | aac, amr, mp3, m4a, ogg | 16 MB | `.ogg`: Opus; `.m4a`: streamable |
-//! | video | mp4, 3gp | 16 MB | streamable, H.264 video, AAC audio |
+//! | audio | aac, amr, mp3, m4a, ogg | 16 MB | `.ogg`: Opus only |
+//! | video | mp4, 3gp | 16 MB | H.264 video, AAC audio |
 //! | sticker | webp | 100 KB static, 500 KB animated | WebP |
 //! | document | anything else | `limits.max_upload_bytes` | |
+//!
+//! Every rule names its source beside it, one of these:
+//! - [media]: WhatsApp Cloud API reference, Media, "Supported media types"
+//!   (developers.facebook.com/docs/whatsapp/cloud-api/reference/media#supported-media-types):
+//!   audio `audio/aac`, `audio/amr`, `audio/mpeg`, `audio/mp4`, and `audio/ogg` "(OPUS codecs
+//!   only; base audio/ogg not supported.)", 16 MB; documents 100 MB; images `image/jpeg` and
+//!   `image/png`, 5 MB; stickers `image/webp`, 100 KB static and 500 KB animated; video
+//!   `video/3gp` and `video/mp4`, 16 MB. The pages of the Cloud API's audio, image, sticker
+//!   and video messages repeat these rows.
+//! - [video]: the Cloud API's "Video messages" page, "Supported video formats": "Only H.264
+//!   video codec and AAC audio codec supported. Single audio stream or no audio stream
+//!   only."
+//! - The format's own specification, for a file that is not what its extension says it is,
+//!   or is not a valid file of that format at all: [RFC 3533] (Ogg), [RFC 7845] (Ogg Opus),
+//!   [ISO 14496-12] (the ISO base media file format: MP4, 3GP, M4A), [WebP container] (the
+//!   WebP container specification, developers.google.com/speed/webp/docs/riff_container).
+//!
+//! Not rules, for want of a source that makes them one: the "Video messages" page (as
+//! revised in November 2025) recommends the H.264 Main or Baseline profile without
+//! B-frames, and `moov` boxes before `mdat` (ffmpeg's `-movflags faststart`), "for broader
+//! compatibility", which is advice, not a requirement; so a file whose `moov` follows
+//! `mdat` (ffmpeg's default layout, and many recorders') is taken. What the documentation
+//! does require but a stream cannot tell cheaply (stickers of 512x512 pixels, images of
+//! 8-bit RGB or RGBA) is not checked either; nor is the documents' 100 MB, which
+//! `limits.max_upload_bytes` (37 MiB by default) stays under unless configured otherwise.
 //!
 //! A body over its size rule is refused with 413 (code 1009): by `Content-Length` before a
 //! byte of it is read (also at `Expect: 100-continue`), else as soon as the count passes
@@ -17,9 +43,9 @@
 //!
 //! Content is checked as it passes, in constant memory, never by buffering the file:
 //! - MP4/3GP/M4A: the top-level boxes are walked as they stream past (32-bit size and
-//!   type; size 1: a 64-bit size follows; size 0: the box runs to the end of the file).
-//!   An `mdat` before the `moov` (not streamable, "faststart" missing) or a file that ends
-//!   without a `moov` is refused. Inside `moov`, only the path to each track's handler
+//!   type; size 1: a 64-bit size follows; size 0: the box runs to the end of the file),
+//!   `mdat` skipped by count wherever it is; a file that ends without a `moov` is refused.
+//!   Inside `moov`, only the path to each track's handler
 //!   (`trak/mdia/hdlr`) and sample descriptions (`trak/mdia/minf/stbl/stsd`) is entered;
 //!   those two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the
 //!   rest is skipped by count. For `.mp4` and `.3gp`, video tracks must be `avc1`/`avc3`
@@ -71,10 +97,15 @@ impl TryFrom<String> for Profile {
     }
 }
 
+/// Images: "5 MB" [media].
 pub const IMAGE_MAX_BYTES: u64 = 5_000_000;
+/// Audio: "16 MB" [media].
 pub const AUDIO_MAX_BYTES: u64 = 16_000_000;
+/// Video: "16 MB" [media].
 pub const VIDEO_MAX_BYTES: u64 = 16_000_000;
+/// Static stickers: "100 KB" [media].
 pub const STATIC_STICKER_MAX_BYTES: u64 = 100_000;
+/// Animated stickers: "500 KB" [media].
 pub const ANIMATED_STICKER_MAX_BYTES: u64 = 500_000;
 
 /// The biggest `hdlr` or `stsd` box that is kept to be read; a bigger one is refused.
@@ -97,10 +128,9 @@ pub enum Class {
 pub enum Content {
     /// Nothing is checked.
     Any,
-    /// An Ogg file whose first logical stream is Opus.
+    /// A valid Ogg file of Opus streams, one at a time.
     OggOpus,
-    /// An ISO media file (MP4, 3GP, M4A) with its `moov` before `mdat`; with `h264_aac`,
-    /// H.264 video and AAC audio.
+    /// A valid ISO media file (MP4, 3GP, M4A); with `h264_aac`, H.264 video and AAC audio.
     IsoMedia { h264_aac: bool },
     /// A WebP image, static or animated.
     Webp,
@@ -115,18 +145,26 @@ pub struct Rule {
     pub content: Content,
 }
 
-/// The WhatsApp rule table; every other extension is a document.
+/// The WhatsApp rule table; every other extension is a document. Sources: see the module
+/// docs.
 const WHATSAPP: &[Rule] = &[
+    // image/jpeg, image/png [media]; .jpg is the other spelling of image/jpeg.
     rule("jpeg", Class::Image, Content::Any),
     rule("jpg", Class::Image, Content::Any),
     rule("png", Class::Image, Content::Any),
+    // audio/aac, audio/amr, audio/mpeg [media].
     rule("aac", Class::Audio, Content::Any),
     rule("amr", Class::Audio, Content::Any),
     rule("mp3", Class::Audio, Content::Any),
+    // audio/mp4 [media]: an ISO media file [ISO 14496-12]; no codec is named for it.
     rule("m4a", Class::Audio, Content::IsoMedia { h264_aac: false }),
+    // "audio/ogg (OPUS codecs only; base audio/ogg not supported.)" [media]; an Ogg file
+    // [RFC 3533] of Opus [RFC 7845].
     rule("ogg", Class::Audio, Content::OggOpus),
+    // video/mp4, video/3gp [media]; "Only H.264 video codec and AAC audio codec" [video].
     rule("mp4", Class::Video, Content::IsoMedia { h264_aac: true }),
     rule("3gp", Class::Video, Content::IsoMedia { h264_aac: true }),
+    // image/webp, static or animated [media]; a WebP file [WebP container].
     rule("webp", Class::Sticker, Content::Webp),
 ];
 
@@ -681,7 +719,6 @@ struct Track {
 }
 
 const MOOV: [u8; 4] = *b"moov";
-const MDAT: [u8; 4] = *b"mdat";
 
 impl BoxWalker {
     pub fn new(h264_aac: bool) -> Self {
@@ -797,10 +834,9 @@ impl BoxWalker {
         };
         let Some(&(parent, parent_end)) = self.open.last() else {
             // A top-level box.
+            // mdat, wherever it is, is skipped like any other box: its place is not a rule
+            // (see the module docs).
             return match (kind, payload) {
-                (MDAT, _) => Err("file must be streamable, with its moov box before mdat \
-                                  (for example ffmpeg -movflags +faststart)"
-                    .to_owned()),
                 (MOOV, None) => Err(malformed("a moov box without a size")),
                 (MOOV, Some(payload)) => {
                     self.open.push((MOOV, start + header_len + payload));
@@ -929,6 +965,8 @@ impl BoxWalker {
         if !self.h264_aac {
             return Ok(());
         }
+        // "Only H.264 video codec and AAC audio codec supported" [video]: the sample
+        // entries of H.264 (avc1, avc3) and of MPEG-4 audio (mp4a), ISO/IEC 14496-15 and -14.
         let refuse = |found: String| {
             Err(format!(
                 "video must be H.264 with AAC audio (sample entries avc1 or avc3, and mp4a): \
@@ -956,6 +994,7 @@ impl BoxWalker {
                 return refuse(format!("found {what} {}", fourcc(other)));
             }
         }
+        // video/mp4, video/3gp [media]: a video has a video track.
         if !video {
             return refuse("found no video track".to_owned());
         }
@@ -1313,7 +1352,8 @@ mod tests {
     }
 
     #[test]
-    fn moov_after_mdat_is_refused_at_mdat() {
+    fn moov_after_mdat_is_read_at_the_end() {
+        // ffmpeg's default layout, and many recorders': mdat first, moov last.
         let file = [
             ftyp(),
             bx(b"free", &[]),
@@ -1321,25 +1361,42 @@ mod tests {
             h264_aac(),
         ]
         .concat();
-        let refused = verdict(&file, true).unwrap_err();
-        assert!(refused.contains("streamable"), "{refused}");
-        // Refused by mdat's header alone.
-        let mut walker = BoxWalker::new(true);
-        let head = [ftyp(), bx(b"free", &[])].concat();
-        walker.feed(&head).unwrap();
-        let mdat = bx(b"mdat", &[7; 100]);
-        for byte in &mdat[..7] {
-            walker.feed(&[*byte]).unwrap();
-        }
-        assert!(walker.feed(&mdat[7..8]).is_err());
-        // Also when no moov follows (an m4a without codec rules).
-        let refused = verdict(&[ftyp(), bx(b"mdat", &[1; 10])].concat(), false).unwrap_err();
-        assert!(refused.contains("streamable"), "{refused}");
+        assert_eq!(verdict(&file, true), Ok(()));
+        let audio = [
+            ftyp(),
+            bx(b"mdat", &[7; 300]),
+            moov(&[track(b"soun", &[b"mp4a"])]),
+        ]
+        .concat();
+        assert_eq!(verdict(&audio, false), Ok(()));
+        // The codec rules still hold, decided when moov ends.
+        let mpeg4 = [
+            ftyp(),
+            bx(b"mdat", &[7; 300]),
+            moov(&[track(b"vide", &[b"mp4v"])]),
+        ]
+        .concat();
+        assert!(verdict(&mpeg4, true)
+            .unwrap_err()
+            .contains("found video mp4v"));
+        // A 64-bit mdat is skipped by count like any box.
+        let file = [ftyp(), bx64(b"mdat", &[7; 10]), h264_aac()].concat();
+        assert_eq!(verdict(&file, true), Ok(()));
+        // An mdat that runs to the end of the file (size 0) leaves no room for moov.
+        let mut to_end = ftyp();
+        to_end.extend_from_slice(&[0, 0, 0, 0]);
+        to_end.extend_from_slice(b"mdat");
+        to_end.extend(h264_aac());
+        assert!(verdict(&to_end, true)
+            .unwrap_err()
+            .contains("without a moov"));
     }
 
     #[test]
     fn a_file_without_moov_is_refused() {
         let refused = verdict(&[ftyp(), bx(b"free", &[0; 50])].concat(), true).unwrap_err();
+        assert!(refused.contains("without a moov"), "{refused}");
+        let refused = verdict(&[ftyp(), bx(b"mdat", &[1; 10])].concat(), false).unwrap_err();
         assert!(refused.contains("without a moov"), "{refused}");
         assert!(verdict(&[], true).unwrap_err().contains("without a moov"));
         // Cut inside a box header, inside a skipped box, inside moov.
@@ -1387,9 +1444,6 @@ mod tests {
         walker.feed(&vec![0; 1 << 20]).unwrap();
         assert_eq!(walker.state, Walk::Skip((1 << 40) - 16 - (1 << 20)));
         assert!(walker.finish().unwrap_err().contains("without a moov"));
-        // A 64-bit mdat before moov is still mdat.
-        let file = [ftyp(), bx64(b"mdat", &[7; 10]), h264_aac()].concat();
-        assert!(verdict(&file, true).unwrap_err().contains("streamable"));
     }
 
     #[test]

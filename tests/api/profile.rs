@@ -220,6 +220,18 @@ fn seal_ogg_page(page: &mut [u8]) {
     page[22..26].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The size of the last top-level box of an ISO media file.
+fn moov_tail(file: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        if at + size == file.len() {
+            return size;
+        }
+        at += size;
+    }
+}
+
 /// `file` with a `free` box after it that brings it to `total` bytes.
 fn padded(file: &[u8], total: usize) -> Vec<u8> {
     let free = total - file.len();
@@ -349,12 +361,37 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         sound(d, "second.ogg", "libopus", false),
     ]
     .concat();
+    // A voice memo as phones record them: mono AAC at 16 kHz, moov at the end.
+    let memo = ffmpeg(
+        d,
+        "memo.m4a",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:duration=3",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "32k",
+        ],
+    );
+    assert_eq!(&memo[memo.len() - moov_tail(&memo)..][4..8], b"moov");
     let transparent = alpha_webp(d, "alpha.webp", 64, 11);
     assert_eq!(&transparent[12..16], b"VP8X");
     let image = noise_image(d, "small.png", (300, 300), 3, &[]);
     let files = [
         ("mp4", video.clone()),
         ("3gp", movie(d, "small.3gp", "libx264", true)),
+        // moov after mdat, as ffmpeg writes them by default and many recorders do.
+        ("mp4", movie(d, "slow.mp4", "libx264", false)),
+        ("3gp", movie(d, "slow.3gp", "libx264", false)),
+        ("m4a", sound(d, "slow.m4a", "aac", false)),
+        ("m4a", memo),
         ("ogg", sound(d, "opus.ogg", "libopus", false)),
         ("ogg", voice),
         ("ogg", chained),
@@ -401,21 +438,15 @@ async fn content_against_a_rule_is_refused(backend: Backend) {
     let token = app.token("acct");
 
     for (extension, body, rule) in [
-        // moov after mdat: not streamable.
-        (
-            "mp4",
-            movie(d, "slow.mp4", "libx264", false),
-            "moov box before mdat",
-        ),
-        (
-            "m4a",
-            sound(d, "slow.m4a", "aac", false),
-            "moov box before mdat",
-        ),
-        // MPEG-4 Part 2 video, not H.264.
+        // MPEG-4 Part 2 video, not H.264, before mdat and after it.
         (
             "mp4",
             movie(d, "mpeg4.mp4", "mpeg4", true),
+            "H.264 with AAC audio",
+        ),
+        (
+            "3gp",
+            movie(d, "mpeg4.3gp", "mpeg4", false),
             "H.264 with AAC audio",
         ),
         ("ogg", sound(d, "vorbis.ogg", "libvorbis", false), "Opus"),
