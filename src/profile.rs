@@ -6,7 +6,7 @@
 //! | class | extensions | at most | content |
 //! | --- | --- | --- | --- |
 //! | image | jpeg, jpg, png | 5 MB | |
-//! | audio | aac, amr, mp3, m4a, ogg | 16 MB | `.ogg`: Opus only |
+//! | audio | aac, amr, mp3, m4a, ogg | 16 MB | `.ogg`: Opus only; `.m4a`: no video |
 //! | video | mp4, 3gp | 16 MB | H.264 video, AAC audio |
 //! | sticker | webp | 100 KB static, 500 KB animated | WebP |
 //! | document | anything else | `limits.max_upload_bytes` | |
@@ -44,12 +44,14 @@
 //! Content is checked as it passes, in constant memory, never by buffering the file:
 //! - MP4/3GP/M4A: the top-level boxes are walked as they stream past (32-bit size and
 //!   type; size 1: a 64-bit size follows; size 0: the box runs to the end of the file),
-//!   `mdat` skipped by count wherever it is; a file that ends without a `moov` is refused.
+//!   `mdat` skipped by count wherever it is, to the end of the file: a file without a
+//!   `moov`, with a second one, or cut short inside a box is refused.
 //!   Inside `moov`, only the path to each track's handler
 //!   (`trak/mdia/hdlr`) and sample descriptions (`trak/mdia/minf/stbl/stsd`) is entered;
 //!   those two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the
 //!   rest is skipped by count. For `.mp4` and `.3gp`, video tracks must be `avc1`/`avc3`
-//!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track.
+//!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track; an `.m4a` has
+//!   an audio track and no video track.
 //! - OGG: every page is checked (capture pattern, version 0, checksum, a body as long as
 //!   its lacing says), one logical stream at a time (begun by a BOS page, its pages in
 //!   sequence, a chained stream only after the previous one's EOS), and every stream's
@@ -130,8 +132,9 @@ pub enum Content {
     Any,
     /// A valid Ogg file of Opus streams, one at a time.
     OggOpus,
-    /// A valid ISO media file (MP4, 3GP, M4A); with `h264_aac`, H.264 video and AAC audio.
-    IsoMedia { h264_aac: bool },
+    /// A valid ISO media file (MP4, 3GP, M4A): with `video`, of H.264 video and AAC audio;
+    /// without, of audio alone.
+    IsoMedia { video: bool },
     /// A WebP image, static or animated.
     Webp,
 }
@@ -157,13 +160,13 @@ const WHATSAPP: &[Rule] = &[
     rule("amr", Class::Audio, Content::Any),
     rule("mp3", Class::Audio, Content::Any),
     // audio/mp4 [media]: an ISO media file [ISO 14496-12]; no codec is named for it.
-    rule("m4a", Class::Audio, Content::IsoMedia { h264_aac: false }),
+    rule("m4a", Class::Audio, Content::IsoMedia { video: false }),
     // "audio/ogg (OPUS codecs only; base audio/ogg not supported.)" [media]; an Ogg file
     // [RFC 3533] of Opus [RFC 7845].
     rule("ogg", Class::Audio, Content::OggOpus),
     // video/mp4, video/3gp [media]; "Only H.264 video codec and AAC audio codec" [video].
-    rule("mp4", Class::Video, Content::IsoMedia { h264_aac: true }),
-    rule("3gp", Class::Video, Content::IsoMedia { h264_aac: true }),
+    rule("mp4", Class::Video, Content::IsoMedia { video: true }),
+    rule("3gp", Class::Video, Content::IsoMedia { video: true }),
     // image/webp, static or animated [media]; a WebP file [WebP container].
     rule("webp", Class::Sticker, Content::Webp),
 ];
@@ -332,7 +335,7 @@ impl Check {
         let inspector = match rule.content {
             Content::Any => Inspector::Any,
             Content::OggOpus => Inspector::Ogg(OggWalker::default()),
-            Content::IsoMedia { h264_aac } => Inspector::Iso(BoxWalker::new(h264_aac)),
+            Content::IsoMedia { video } => Inspector::Iso(BoxWalker::new(video)),
             Content::Webp => Inspector::Webp(WebpWalker::default()),
         };
         Self {
@@ -685,7 +688,12 @@ fn malformed_ogg(what: &str) -> String {
 /// module docs.
 #[derive(Debug)]
 pub struct BoxWalker {
-    h264_aac: bool,
+    /// The rules of a video (`.mp4`, `.3gp`), else those of audio (`.m4a`).
+    video: bool,
+    /// The `moov` box was read and passed.
+    moov_seen: bool,
+    /// The type of the top-level box being walked.
+    top: [u8; 4],
     /// Bytes walked so far.
     position: u64,
     state: Walk,
@@ -708,8 +716,6 @@ enum Walk {
     Keep([u8; 4], u64),
     /// Inside a top-level box that runs to the end of the file.
     ToEnd,
-    /// `moov` came and was checked: the rest is not looked at.
-    Done,
 }
 
 #[derive(Debug, Default)]
@@ -721,9 +727,11 @@ struct Track {
 const MOOV: [u8; 4] = *b"moov";
 
 impl BoxWalker {
-    pub fn new(h264_aac: bool) -> Self {
+    pub fn new(video: bool) -> Self {
         Self {
-            h264_aac,
+            video,
+            moov_seen: false,
+            top: [0; 4],
             position: 0,
             state: Walk::Header,
             header: [0; 16],
@@ -736,14 +744,14 @@ impl BoxWalker {
 
     /// Whether the `moov` box was seen, complete, and passed.
     pub fn done(&self) -> bool {
-        self.state == Walk::Done
+        self.moov_seen
     }
 
     /// The next bytes of the file, in chunks of any size.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
         while !data.is_empty() {
             match self.state {
-                Walk::Done | Walk::ToEnd => return Ok(()),
+                Walk::ToEnd => return Ok(()),
                 Walk::Skip(left) => {
                     let take = left.min(data.len() as u64);
                     data = &data[take as usize..];
@@ -790,10 +798,17 @@ impl BoxWalker {
 
     /// The end of the file.
     pub fn finish(&mut self) -> Result<(), String> {
+        // Every box ends where its size says [ISO 14496-12]: a file cut short is refused.
         match self.state {
-            Walk::Done => Ok(()),
             _ if !self.open.is_empty() => Err("file ends inside its moov box".to_owned()),
-            _ => Err("file ends without a moov box".to_owned()),
+            _ if !self.moov_seen => Err("file ends without a moov box".to_owned()),
+            Walk::ToEnd => Ok(()),
+            Walk::Header if self.header_len == 0 => Ok(()),
+            Walk::Header => Err(malformed("it ends inside a box header")),
+            Walk::Skip(_) | Walk::Keep(..) => Err(malformed(&format!(
+                "it ends inside its {} box",
+                fourcc(&self.top)
+            ))),
         }
     }
 
@@ -833,10 +848,13 @@ impl BoxWalker {
             None => None,
         };
         let Some(&(parent, parent_end)) = self.open.last() else {
-            // A top-level box.
-            // mdat, wherever it is, is skipped like any other box: its place is not a rule
-            // (see the module docs).
+            // A top-level box. mdat, wherever it is, is skipped like any other box: its
+            // place is not a rule (see the module docs).
+            self.top = kind;
             return match (kind, payload) {
+                // A file has exactly one moov [ISO 14496-12 §8.2.1]: a second one would
+                // have gone unread, whatever its tracks.
+                (MOOV, _) if self.moov_seen => Err(malformed("a second moov box")),
                 (MOOV, None) => Err(malformed("a moov box without a size")),
                 (MOOV, Some(payload)) => {
                     self.open.push((MOOV, start + header_len + payload));
@@ -954,7 +972,7 @@ impl BoxWalker {
             self.open.pop();
             if kind == MOOV {
                 self.check_tracks()?;
-                self.state = Walk::Done;
+                self.moov_seen = true;
                 self.tracks = Vec::new();
             }
         }
@@ -962,8 +980,8 @@ impl BoxWalker {
     }
 
     fn check_tracks(&self) -> Result<(), String> {
-        if !self.h264_aac {
-            return Ok(());
+        if !self.video {
+            return self.check_audio_tracks();
         }
         // "Only H.264 video codec and AAC audio codec supported" [video]: the sample
         // entries of H.264 (avc1, avc3) and of MPEG-4 audio (mp4a), ISO/IEC 14496-15 and -14.
@@ -997,6 +1015,28 @@ impl BoxWalker {
         // video/mp4, video/3gp [media]: a video has a video track.
         if !video {
             return refuse("found no video track".to_owned());
+        }
+        Ok(())
+    }
+
+    /// audio/mp4 [media]: an audio file, so an audio track and no video; no codec is
+    /// named for it. Cover art is metadata (`udta/meta`), not a track.
+    fn check_audio_tracks(&self) -> Result<(), String> {
+        let refuse = |found: &str| {
+            Err(format!(
+                "audio (audio/mp4) must have an audio track and no video track: found {found}"
+            ))
+        };
+        let mut audio = false;
+        for track in &self.tracks {
+            match track.handler.as_ref() {
+                Some(b"vide") => return refuse("a video track"),
+                Some(b"soun") => audio = true,
+                _ => {}
+            }
+        }
+        if !audio {
+            return refuse("no audio track");
         }
         Ok(())
     }
@@ -1418,6 +1458,56 @@ mod tests {
         assert!(verdict(&to_end, true)
             .unwrap_err()
             .contains("without a moov"));
+    }
+
+    #[test]
+    fn a_file_has_one_moov() {
+        // A second moov after mdat, with HEVC: it would have gone unread.
+        let hevc = moov(&[track(b"vide", &[b"hvc1"])]);
+        let mdat = bx(b"mdat", &[1; 10]);
+        let after = [ftyp(), h264_aac(), mdat.clone(), hevc.clone()].concat();
+        let before = [ftyp(), h264_aac(), hevc, mdat.clone()].concat();
+        let same = [ftyp(), h264_aac(), mdat.clone(), h264_aac()].concat();
+        // In an .m4a, the second one holding video.
+        let audio = moov(&[track(b"soun", &[b"mp4a"])]);
+        let m4a = [ftyp(), audio, mdat, h264_aac()].concat();
+        for (file, codecs) in [(after, true), (before, true), (same, true), (m4a, false)] {
+            let refused = verdict(&file, codecs).unwrap_err();
+            assert!(refused.contains("a second moov box"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_file_cut_short_is_refused() {
+        // Every top-level box is walked to its end, also after moov.
+        let file = [ftyp(), h264_aac(), bx(b"mdat", &[7; 100])].concat();
+        assert_eq!(verdict(&file, true), Ok(()));
+        for cut in [1, 50, 100] {
+            let refused = verdict(&file[..file.len() - cut], true).unwrap_err();
+            assert!(refused.contains("ends inside its mdat box"), "{refused}");
+        }
+        // Inside the header of a box that follows moov.
+        let refused = verdict(&[&file[..], &[0, 0, 0]].concat(), true).unwrap_err();
+        assert!(refused.contains("ends inside a box header"), "{refused}");
+    }
+
+    #[test]
+    fn m4a_is_audio_alone() {
+        let with = |tracks: &[Vec<u8>]| [ftyp(), moov(tracks), bx(b"mdat", &[1; 10])].concat();
+        let audio = track(b"soun", &[b"mp4a"]);
+        assert_eq!(verdict(&with(std::slice::from_ref(&audio)), false), Ok(()));
+        // Other codecs: none is named for audio/mp4.
+        assert_eq!(verdict(&with(&[track(b"soun", &[b"alac"])]), false), Ok(()));
+        // Chapters or lyrics (a text track) beside the audio.
+        assert_eq!(
+            verdict(&with(&[audio.clone(), track(b"text", &[b"tx3g"])]), false),
+            Ok(())
+        );
+        let refused =
+            verdict(&with(&[track(b"vide", &[b"avc1"]), audio.clone()]), false).unwrap_err();
+        assert!(refused.contains("a video track"), "{refused}");
+        let refused = verdict(&with(&[track(b"text", &[b"tx3g"])]), false).unwrap_err();
+        assert!(refused.contains("no audio track"), "{refused}");
     }
 
     #[test]
@@ -1862,8 +1952,8 @@ mod tests {
         assert_eq!(rule("webp").max_bytes(Some(true)), 500_000);
         assert_eq!(rule("webp").max_bytes(None), 500_000);
         assert_eq!(rule("ogg").content, Content::OggOpus);
-        assert_eq!(rule("mp4").content, Content::IsoMedia { h264_aac: true });
-        assert_eq!(rule("m4a").content, Content::IsoMedia { h264_aac: false });
+        assert_eq!(rule("mp4").content, Content::IsoMedia { video: true });
+        assert_eq!(rule("m4a").content, Content::IsoMedia { video: false });
         assert_eq!(
             rule("png").size_details(None),
             "whatsapp profile: images (jpeg, png) are at most 5 MB"

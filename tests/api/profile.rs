@@ -21,6 +21,7 @@ on_both_backends!(
     sizes_over_a_rule_are_refused,
     malformed_webp_is_refused,
     malformed_ogg_is_refused,
+    malformed_iso_media_is_refused,
     with_the_profile_off_nothing_changes,
 );
 
@@ -381,6 +382,31 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         ],
     );
     assert_eq!(&memo[memo.len() - moov_tail(&memo)..][4..8], b"moov");
+    // An .m4a with cover art: a picture in its metadata, not a video track.
+    let cover = noise_image(d, "cover.png", (64, 64), 12, &[]);
+    assert!(!cover.is_empty());
+    let covered = ffmpeg(
+        d,
+        "covered.m4a",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            "-i",
+            &d.join("cover.png").display().to_string(),
+            "-map",
+            "0",
+            "-map",
+            "1",
+            "-c:a",
+            "aac",
+            "-c:v",
+            "png",
+            "-disposition:v",
+            "attached_pic",
+        ],
+    );
     let transparent = alpha_webp(d, "alpha.webp", 64, 11);
     assert_eq!(&transparent[12..16], b"VP8X");
     let image = noise_image(d, "small.png", (300, 300), 3, &[]);
@@ -392,6 +418,7 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         ("3gp", movie(d, "slow.3gp", "libx264", false)),
         ("m4a", sound(d, "slow.m4a", "aac", false)),
         ("m4a", memo),
+        ("m4a", covered),
         ("ogg", sound(d, "opus.ogg", "libopus", false)),
         ("ogg", voice),
         ("ogg", chained),
@@ -701,6 +728,75 @@ async fn malformed_ogg_is_refused(backend: Backend) {
         let error = assert_error(app.upload(&token, "ogg", body).await, 400, 1009).await;
         let details = details(&error);
         assert!(details.starts_with("whatsapp profile: .ogg "), "{details}");
+        assert!(details.contains(reason), "{reason}: {details}");
+        assert_nothing_stays(&app, 0).await;
+    }
+}
+
+/// The top-level box of `kind` in an ISO media file.
+fn top_box<'a>(file: &'a [u8], kind: &[u8; 4]) -> &'a [u8] {
+    let mut at = 0;
+    while at < file.len() {
+        let size = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        if &file[at + 4..at + 8] == kind {
+            return &file[at..at + size];
+        }
+        at += size;
+    }
+    panic!("no {kind:?} box");
+}
+
+async fn malformed_iso_media_is_refused(backend: Backend) {
+    let dir = TempDir::new();
+    let d = &dir.0;
+    let app = whatsapp(backend).await;
+    let token = app.token("acct");
+
+    // An H.264 video with the moov of an HEVC one (hvc1) after its own: a file has one
+    // moov, and the second would have gone unread.
+    let h264 = movie(d, "fast.mp4", "libx264", true);
+    let hevc = ffmpeg(
+        d,
+        "hevc.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10",
+            "-t",
+            "1",
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "log-level=error",
+            "-tag:v",
+            "hvc1",
+        ],
+    );
+    let hevc_moov = top_box(&hevc, b"moov");
+    assert!(
+        hevc_moov.windows(4).any(|w| w == b"hvc1"),
+        "an hvc1 sample entry"
+    );
+    let two_moovs = [&h264[..], hevc_moov].concat();
+    let slow = movie(d, "slow.mp4", "libx264", false);
+    let two_moovs_slow = [&slow[..], hevc_moov].concat();
+    // An .m4a with a video track beside its audio.
+    let with_video = movie(d, "video.m4a", "libx264", false);
+    // A video cut short inside its mdat, after a moov that came first.
+    let cut = h264[..h264.len() - 100].to_vec();
+    for (extension, body, reason) in [
+        ("mp4", two_moovs, "a second moov box"),
+        ("mp4", two_moovs_slow, "a second moov box"),
+        ("m4a", with_video, "a video track"),
+        ("mp4", cut, "ends inside its mdat box"),
+    ] {
+        let error = assert_error(app.upload(&token, extension, body).await, 400, 1009).await;
+        let details = details(&error);
+        assert!(
+            details.starts_with(&format!("whatsapp profile: .{extension} ")),
+            "{details}"
+        );
         assert!(details.contains(reason), "{reason}: {details}");
         assert_nothing_stays(&app, 0).await;
     }
