@@ -7,7 +7,7 @@
 //! | --- | --- | --- | --- |
 //! | image | jpeg, jpg, png | 5 MB | |
 //! | audio | aac, amr, mp3, m4a, ogg | 16 MB | `.ogg`: Opus only; `.m4a`: no video |
-//! | video | mp4, 3gp | 16 MB | H.264 video, AAC audio |
+//! | video | mp4, 3gp | 16 MB | H.264 video, AAC audio, one audio track or none |
 //! | sticker | webp | 100 KB static, 500 KB animated | WebP |
 //! | document | anything else | `limits.max_upload_bytes` | |
 //!
@@ -31,10 +31,10 @@
 //! revised in November 2025) recommends the H.264 Main or Baseline profile without
 //! B-frames, and `moov` boxes before `mdat` (ffmpeg's `-movflags faststart`), "for broader
 //! compatibility", which is advice, not a requirement; so a file whose `moov` follows
-//! `mdat` (ffmpeg's default layout, and many recorders') is taken. What the documentation
-//! does require but a stream cannot tell cheaply (stickers of 512x512 pixels, images of
-//! 8-bit RGB or RGBA) is not checked either; nor is the documents' 100 MB, which
-//! `limits.max_upload_bytes` (37 MiB by default) stays under unless configured otherwise.
+//! `mdat` (ffmpeg's default layout, and many recorders') is taken. Not checked either,
+//! though the documentation asks for them: stickers of 512x512 pixels, images of 8-bit RGB
+//! or RGBA, and the documents' 100 MB, which `limits.max_upload_bytes` (37 MiB by default)
+//! stays under unless configured otherwise.
 //!
 //! A body over its size rule is refused with 413 (code 1009): by `Content-Length` before a
 //! byte of it is read (also at `Expect: 100-continue`), else as soon as the count passes
@@ -50,7 +50,8 @@
 //!   (`trak/mdia/hdlr`) and sample descriptions (`trak/mdia/minf/stbl/stsd`) is entered;
 //!   those two small boxes are the only bytes kept (at most `MAX_KEPT_BOX` each), the
 //!   rest is skipped by count. For `.mp4` and `.3gp`, video tracks must be `avc1`/`avc3`
-//!   (H.264), audio tracks `mp4a` (AAC), and there must be a video track; an `.m4a` has
+//!   (H.264), audio tracks `mp4a` (AAC), there must be a video track and at most one
+//!   audio track; an `.m4a` has
 //!   an audio track and no video track.
 //! - OGG: every page is checked (capture pattern, version 0, checksum, a body as long as
 //!   its lacing says), one logical stream at a time (begun by a BOS page, its pages in
@@ -992,13 +993,17 @@ impl BoxWalker {
             ))
         };
         let mut video = false;
+        let mut audio = 0;
         for track in &self.tracks {
             let (allowed, what): (&[&[u8; 4]], &str) = match track.handler.as_ref() {
                 Some(b"vide") => {
                     video = true;
                     (&[b"avc1", b"avc3"], "video")
                 }
-                Some(b"soun") => (&[b"mp4a"], "audio"),
+                Some(b"soun") => {
+                    audio += 1;
+                    (&[b"mp4a"], "audio")
+                }
                 _ => continue,
             };
             if track.sample_entries.is_empty() {
@@ -1015,6 +1020,12 @@ impl BoxWalker {
         // video/mp4, video/3gp [media]: a video has a video track.
         if !video {
             return refuse("found no video track".to_owned());
+        }
+        // "Single audio stream or no audio stream only" [video].
+        if audio > 1 {
+            return Err(format!(
+                "video must have a single audio track or none: found {audio} audio tracks"
+            ));
         }
         Ok(())
     }
@@ -1560,6 +1571,20 @@ mod tests {
         );
         // Without codec rules (m4a), only the layout counts.
         assert_eq!(verdict(&with(&[track(b"soun", &[b"alac"])]), false), Ok(()));
+    }
+
+    #[test]
+    fn video_has_one_audio_track_at_most() {
+        let with = |tracks: &[Vec<u8>]| [ftyp(), moov(tracks), bx(b"mdat", &[1; 10])].concat();
+        let video = track(b"vide", &[b"avc1"]);
+        let audio = track(b"soun", &[b"mp4a"]);
+        assert_eq!(verdict(&with(std::slice::from_ref(&video)), true), Ok(()));
+        assert_eq!(
+            verdict(&with(&[video.clone(), audio.clone()]), true),
+            Ok(())
+        );
+        let refused = verdict(&with(&[video, audio.clone(), audio]), true).unwrap_err();
+        assert!(refused.contains("found 2 audio tracks"), "{refused}");
     }
 
     #[test]

@@ -415,6 +415,24 @@ async fn media_that_follows_the_rules_is_stored(backend: Backend) {
         ("3gp", movie(d, "small.3gp", "libx264", true)),
         // moov after mdat, as ffmpeg writes them by default and many recorders do.
         ("mp4", movie(d, "slow.mp4", "libx264", false)),
+        // No audio stream is allowed too.
+        (
+            "mp4",
+            ffmpeg(
+                d,
+                "silent.mp4",
+                &[
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc=size=64x64:rate=10",
+                    "-t",
+                    "1",
+                    "-c:v",
+                    "libx264",
+                ],
+            ),
+        ),
         ("3gp", movie(d, "slow.3gp", "libx264", false)),
         ("m4a", sound(d, "slow.m4a", "aac", false)),
         ("m4a", memo),
@@ -783,6 +801,37 @@ async fn malformed_iso_media_is_refused(backend: Backend) {
     let two_moovs_slow = [&slow[..], hevc_moov].concat();
     // An .m4a with a video track beside its audio.
     let with_video = movie(d, "video.m4a", "libx264", false);
+    // A video with two audio tracks (AAC both).
+    let two_audio = ffmpeg(
+        d,
+        "two-audio.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=880",
+            "-t",
+            "1",
+            "-map",
+            "0",
+            "-map",
+            "1",
+            "-map",
+            "2",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+        ],
+    );
     // A video cut short inside its mdat, after a moov that came first.
     let cut = h264[..h264.len() - 100].to_vec();
     for (extension, body, reason) in [
@@ -790,6 +839,7 @@ async fn malformed_iso_media_is_refused(backend: Backend) {
         ("mp4", two_moovs_slow, "a second moov box"),
         ("m4a", with_video, "a video track"),
         ("mp4", cut, "ends inside its mdat box"),
+        ("mp4", two_audio, "found 2 audio tracks"),
     ] {
         let error = assert_error(app.upload(&token, extension, body).await, 400, 1009).await;
         let details = details(&error);
@@ -811,6 +861,24 @@ async fn with_the_profile_off_nothing_changes(backend: Backend) {
 
     let files = [
         ("mp4", movie(d, "slow.mp4", "libx264", false)),
+        // No audio stream is allowed too.
+        (
+            "mp4",
+            ffmpeg(
+                d,
+                "silent.mp4",
+                &[
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc=size=64x64:rate=10",
+                    "-t",
+                    "1",
+                    "-c:v",
+                    "libx264",
+                ],
+            ),
+        ),
         ("mp4", movie(d, "mpeg4.mp4", "mpeg4", true)),
         ("ogg", sound(d, "vorbis.ogg", "libvorbis", false)),
         ("png", noise_image(d, "big.png", (1400, 1300), 6, &[])),
