@@ -351,7 +351,8 @@ struct RangeNotSatisfiable(#[to_schema] Error);
 #[derive(ToResponse)]
 #[response(
     description = "An account limit: concurrent uploads, its share of the upload memory, or \
-        its request rate (code 1015); nothing was stored",
+        its request rate (a signed link's downloads count as its owner's); or a signed link's \
+        own request rate (code 1015); nothing was stored",
     headers(("Retry-After" = String, description = "Seconds"))
 )]
 struct TooManyRequests(#[to_schema] Error);
@@ -469,6 +470,10 @@ fn list() {}
 /// The bytes, streamed, with their stored type. Either the owner's token or a signed link
 /// from `/v1/media/{id}/info` (`expires` and `signature` in the query, no token).
 /// One `Range` gives 206 (several may give the whole body); `If-None-Match` gives 304.
+/// A signed link has a request rate of its own on each replica
+/// (`limits.signed_link_rate_per_second`, default 5 a second with a burst of 10), and its
+/// downloads count against the owner's account rate when one is configured: over either,
+/// 429 with `Retry-After`.
 #[utoipa::path(
     get,
     path = "/v1/media/{id}",
@@ -479,7 +484,8 @@ fn list() {}
         ("expires" = Option<i64>, Query,
             description = "Signed link: its expiry (Unix seconds); only with `signature`"),
         ("signature" = Option<String>, Query,
-            description = "Signed link: its HMAC (hex); a bad or expired one is 401"),
+            description = "Signed link: its HMAC (hex); a bad or expired one is 401, one \
+                fetched more often than its rate allows 429"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-99`"),
         ("If-Range" = Option<String>, Header,
             description = "The ETag the Range applies to; another gives the whole body"),
@@ -545,7 +551,7 @@ fn download() {}
         (status = 403, description = "Scope missing"),
         (status = 404, description = "No such media"),
         (status = 416, description = "Range not satisfiable"),
-        (status = 429, description = "Account limit"),
+        (status = 429, description = "Account limit, or the signed link's own rate"),
         (status = 500, description = "Internal error"),
         (status = 503, description = "Unavailable"),
     ),

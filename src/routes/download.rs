@@ -22,9 +22,11 @@ pub async fn download(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     // A signed link (from `/info`) stands in for the token: it names this id, and only
-    // the owner's token could have asked for it.
+    // the owner's token could have asked for it. It has a request rate of its own, checked
+    // before anything is looked up.
     if let Some(id) = MediaId::parse(&path) {
-        if state.links.check(id, req.query_string(), Utc::now())? {
+        if let Some(link) = state.links.check(id, req.query_string(), Utc::now())? {
+            state.link_limits.check(&link)?;
             return serve(&req, &state, None, id).await;
         }
     }
@@ -69,7 +71,9 @@ pub async fn download_for_account(
     serve(&req, &state, Some(&caller.account), id).await
 }
 
-/// Serves `id` to its `owner`, or to the holder of a valid signed link (`None`).
+/// Serves `id` to its `owner`, or to the holder of a valid signed link (`None`), whose
+/// request counts against the owner's account rate (when one is configured) as the owner's
+/// own requests do.
 async fn serve(
     req: &HttpRequest,
     state: &AppState,
@@ -86,6 +90,9 @@ async fn serve(
             .filter(|r| r.status == MediaStatus::Ready && r.expires_at > now),
     }
     .ok_or_else(ApiError::media_not_found)?;
+    if owner.is_none() {
+        state.limits.check_rate(&record.owner)?;
+    }
     let size = record.size_bytes.unwrap_or(0);
     let etag = record.sha256.as_deref().map(|sha| format!("\"{sha}\""));
 

@@ -14,6 +14,8 @@ on_both_backends!(
     other_accounts_get_404,
     unknown_and_malformed_ids_are_404,
     expired_media_is_404_before_it_is_reaped,
+    a_signed_link_has_a_rate_limit_of_its_own,
+    signed_link_downloads_use_up_the_owners_request_rate,
 );
 
 async fn download_carries_the_contract_headers(backend: Backend) {
@@ -238,4 +240,124 @@ async fn expired_media_is_404_before_it_is_reaped(backend: Backend) {
     // Not reaped yet: the row and the object are still there, only invisible.
     assert_eq!(app.row_count().await, 1);
     assert!(app.object_exists(&id).await);
+}
+
+/// The signed link of `/info` for `id`, as handed out now.
+async fn signed_link(app: &TestApp, token: &str, id: &str) -> String {
+    let response = app
+        .request(Method::GET, &format!("/v1/media/{id}/info"), Some(token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let info: serde_json::Value = response.json().await.unwrap();
+    info["url"].as_str().expect("a signed link").to_owned()
+}
+
+/// A link handed out in a later second than `earlier` (a link names its expiry in whole
+/// seconds, so two asked for within one second are the same link).
+async fn another_signed_link(app: &TestApp, token: &str, id: &str, earlier: &str) -> String {
+    loop {
+        let link = signed_link(app, token, id).await;
+        if link != earlier {
+            return link;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `method path` `n` times at once, without a token; the statuses and the refusals.
+async fn burst(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    n: usize,
+) -> (Vec<u16>, Vec<reqwest::Response>) {
+    let answers = futures_util::future::join_all(
+        (0..n).map(|_| app.request(method.clone(), path, None).send()),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    let mut refused = Vec::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            refused.push(answer);
+        } else {
+            assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+        }
+    }
+    (statuses, refused)
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn a_signed_link_has_a_rate_limit_of_its_own(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("link-owner");
+    let id = app.upload_ok(&token, "png", content(1000, 20)).await;
+    let second = signed_link(&app, &token, &id).await;
+    let first = another_signed_link(&app, &token, &id, &second).await;
+
+    let (statuses, refused) = burst(&app, Method::GET, &first, 30).await;
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        !refused.is_empty(),
+        "30 GETs at once of one link: {statuses:?}"
+    );
+    for response in refused {
+        assert!(retry_after(&response) >= 1);
+        assert_error(response, 429, 1015).await;
+    }
+    // Another link of the same media has its own allowance, and so does the owner's token.
+    let other = app
+        .request(Method::GET, &second, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(app.get(&token, &id).await.status(), 200);
+    // HEADs count as much as GETs.
+    let (statuses, refused) = burst(&app, Method::HEAD, &second, 30).await;
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        !refused.is_empty(),
+        "30 HEADs at once of one link: {statuses:?}"
+    );
+    assert!(refused.iter().all(|r| retry_after(r) >= 1));
+}
+
+async fn signed_link_downloads_use_up_the_owners_request_rate(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.limits.account_requests_per_second = Some(1);
+        s.limits.account_request_burst = Some(3);
+    })
+    .await;
+    let token = app.token("rated-owner");
+    let id = app.upload_ok(&token, "png", content(1000, 21)).await;
+    let link = signed_link(&app, &token, &id).await;
+    // The upload and /info took two of the three; the link takes what is left and more.
+    let (statuses, refused) = burst(&app, Method::GET, &link, 4).await;
+    assert!(!refused.is_empty(), "{statuses:?}");
+    for response in refused {
+        assert!(retry_after(&response) >= 1);
+        assert_error(response, 429, 1015).await;
+    }
+    // The owner's token finds its budget spent by the link.
+    let response = app.get(&token, &id).await;
+    assert!(retry_after(&response) >= 1);
+    assert_error(response, 429, 1015).await;
+    // Another account is not concerned.
+    let other = app.token("someone-else");
+    assert_eq!(app.get(&other, &id).await.status(), 404);
 }
