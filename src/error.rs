@@ -67,6 +67,10 @@ pub enum ApiError {
     /// details name the rule.
     #[error("{0}")]
     OverProfileLimit(String),
+    /// 412, code 1009: a precondition of the request (`If-Match`, `If-Unmodified-Since`) is
+    /// not met by the media; the details name the header.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// 416: the `Range` cannot be satisfied for an object of this size.
     #[error("the requested range is not satisfiable for a {size}-byte object")]
     RangeNotSatisfiable { size: u64 },
@@ -122,6 +126,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::OverProfileLimit(_)
             | ApiError::RangeNotSatisfiable { .. }
+            | ApiError::PreconditionFailed(_)
             | ApiError::IdempotencyKeyReused => (1009, "Parameter value is not valid"),
             ApiError::IdempotencyKeyInUse => (1004, "Resource already exists"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
@@ -188,6 +193,7 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::MemoryBudget => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -188,6 +188,8 @@ pub struct MediaMetrics {
     pub uploads_in_flight: IntGauge,
     pub downloads: IntCounter,
     pub download_bytes: IntCounter,
+    /// Requests of a signed download link refused by the link's own rate.
+    pub signed_link_refusals: IntCounter,
 }
 
 impl MediaMetrics {
@@ -234,6 +236,11 @@ impl MediaMetrics {
             download_bytes: IntCounter::new(
                 "media_download_bytes_total",
                 "Bytes of media sent to clients",
+            )
+            .unwrap(),
+            signed_link_refusals: IntCounter::new(
+                "media_signed_link_refusals_total",
+                "Requests of a signed download link refused (429) by the link's own rate",
             )
             .unwrap(),
         }
@@ -285,6 +292,7 @@ impl Metrics {
         registry.register(Box::new(media.uploads_in_flight.clone()))?;
         registry.register(Box::new(media.downloads.clone()))?;
         registry.register(Box::new(media.download_bytes.clone()))?;
+        registry.register(Box::new(media.signed_link_refusals.clone()))?;
         let limits = crate::limits::LimitMetrics::new();
         limits.register(&registry)?;
         let pool = PoolMetrics {

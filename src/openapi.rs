@@ -72,6 +72,7 @@ pub async fn serve() -> HttpResponse {
         RequestTimeout,
         Conflict,
         PayloadTooLarge,
+        PreconditionFailed,
         RangeNotSatisfiable,
         UnprocessableContent,
         TooManyRequests,
@@ -191,7 +192,7 @@ struct Deleted {
 struct ErrorItem {
     /// 1004 resource already exists (409: an upload with the Idempotency-Key is still in
     /// progress), 1005 access denied (401, 403), 1006 not found (404), 1008 required
-    /// parameter missing (400), 1009 parameter value not valid (400, 408, 413, 416, 422),
+    /// parameter missing (400), 1009 parameter value not valid (400, 408, 412, 413, 416, 422),
     /// 1011 service not ready (503), 1014 internal error (500), 1015 too many requests
     /// (429), 1025 invalid request (405).
     #[schema(schema_with = error_code)]
@@ -343,6 +344,14 @@ struct PayloadTooLarge(#[to_schema] Error);
 
 #[derive(ToResponse)]
 #[response(
+    description = "A precondition is not met (code 1009, the details naming the header): \
+        `If-Match` names no tag identical to the ETag (strong comparison), or, without \
+        `If-Match`, the media was last modified after `If-Unmodified-Since`"
+)]
+struct PreconditionFailed(#[to_schema] Error);
+
+#[derive(ToResponse)]
+#[response(
     description = "The Range cannot be satisfied (code 1009)",
     headers(("Content-Range" = String, description = "`bytes */<size>`"))
 )]
@@ -351,7 +360,8 @@ struct RangeNotSatisfiable(#[to_schema] Error);
 #[derive(ToResponse)]
 #[response(
     description = "An account limit: concurrent uploads, its share of the upload memory, or \
-        its request rate (code 1015); nothing was stored",
+        its request rate (a signed link's downloads count as its owner's); or a signed link's \
+        own request rate (code 1015); nothing was stored",
     headers(("Retry-After" = String, description = "Seconds"))
 )]
 struct TooManyRequests(#[to_schema] Error);
@@ -470,6 +480,13 @@ fn list() {}
 /// The bytes, streamed, with their stored type. Either the owner's token or a signed link
 /// from `/v1/media/{id}/info` (`expires` and `signature` in the query, no token).
 /// One `Range` gives 206 (several may give the whole body); `If-None-Match` gives 304.
+/// `If-Match` and `If-Unmodified-Since` that are not met give 412; the conditional
+/// headers are evaluated in the order of RFC 9110 13.2.2 (If-Match, If-Unmodified-Since,
+/// If-None-Match, then Range and If-Range).
+/// A signed link has a request rate of its own on each replica
+/// (`limits.signed_link_rate_per_second`, default 5 a second with a burst of 10), and its
+/// downloads count against the owner's account rate when one is configured: over either,
+/// 429 with `Retry-After`.
 #[utoipa::path(
     get,
     path = "/v1/media/{id}",
@@ -480,12 +497,19 @@ fn list() {}
         ("expires" = Option<i64>, Query,
             description = "Signed link: its expiry (Unix seconds); only with `signature`"),
         ("signature" = Option<String>, Query,
-            description = "Signed link: its HMAC (hex); a bad or expired one is 401"),
+            description = "Signed link: its HMAC (hex); a bad or expired one is 401, one \
+                fetched more often than its rate allows 429"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-99`"),
         ("If-Range" = Option<String>, Header,
             description = "The ETag the Range applies to; another gives the whole body"),
         ("If-None-Match" = Option<String>, Header,
             description = "ETags the client holds; a match (or `*`) gives 304"),
+        ("If-Match" = Option<String>, Header,
+            description = "ETags (or `*`) the client expects; none identical to the ETag \
+                (strong comparison: a weak `W/` tag never matches) gives 412"),
+        ("If-Unmodified-Since" = Option<String>, Header,
+            description = "An HTTP-date; media last modified after it gives 412. Ignored \
+                with If-Match, and when not a valid date"),
     ),
     responses(
         (status = 200, description = "The whole file", content_type = "*/*", body = FileBytes,
@@ -497,7 +521,8 @@ fn list() {}
                     description = "`attachment; filename=\"<id>.<ext>\"`"),
                 ("Cache-Control" = String, description = "`private`"),
                 ("Expires" = String, description = "The expiry, an HTTP-date"),
-                ("Last-Modified" = String, description = "The upload, an HTTP-date"),
+                ("Last-Modified" = String,
+                    description = "When the upload completed, an HTTP-date"),
                 ("Repr-Digest" = String, description = "`sha-256=:<base64>:` of the whole file"),
             )),
         (status = 206, description = "One range of the file", content_type = "*/*",
@@ -505,13 +530,18 @@ fn list() {}
             headers(
                 ("Content-Range" = String, description = "`bytes <first>-<last>/<size>`"),
                 ("ETag" = String, description = "As for 200"),
+                ("Last-Modified" = String, description = "As for 200"),
                 ("Repr-Digest" = String, description = "Of the whole file"),
             )),
         (status = 304, description = "Not modified (If-None-Match matched); no body",
-            headers(("ETag" = String, description = "As for 200"))),
+            headers(
+                ("ETag" = String, description = "As for 200"),
+                ("Last-Modified" = String, description = "As for 200"),
+            )),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 412, response = PreconditionFailed),
         (status = 416, response = RangeNotSatisfiable),
         (status = 429, response = TooManyRequests),
         (status = 500, response = InternalError),
@@ -536,17 +566,24 @@ fn download() {}
         ("Range" = Option<String>, Header, description = "One byte range"),
         ("If-Range" = Option<String>, Header, description = "The ETag the Range applies to"),
         ("If-None-Match" = Option<String>, Header, description = "ETags the client holds"),
+        ("If-Match" = Option<String>, Header, description = "ETags the client expects"),
+        ("If-Unmodified-Since" = Option<String>, Header, description = "An HTTP-date"),
     ),
     responses(
         (status = 200, description = "The whole file's headers",
-            headers(("Content-Length" = u64, description = "What a GET would send"))),
+            headers(
+                ("Content-Length" = u64, description = "What a GET would send"),
+                ("Last-Modified" = String,
+                    description = "When the upload completed, an HTTP-date"),
+            )),
         (status = 206, description = "One range's headers"),
         (status = 304, description = "Not modified"),
         (status = 401, description = "Not authenticated"),
         (status = 403, description = "Scope missing"),
         (status = 404, description = "No such media"),
+        (status = 412, description = "Precondition not met (If-Match, If-Unmodified-Since)"),
         (status = 416, description = "Range not satisfiable"),
-        (status = 429, description = "Account limit"),
+        (status = 429, description = "Account limit, or the signed link's own rate"),
         (status = 500, description = "Internal error"),
         (status = 503, description = "Unavailable"),
     ),
@@ -569,15 +606,22 @@ fn download_head() {}
         ("Range" = Option<String>, Header, description = "One byte range"),
         ("If-Range" = Option<String>, Header, description = "The ETag the Range applies to"),
         ("If-None-Match" = Option<String>, Header, description = "ETags the client holds"),
+        ("If-Match" = Option<String>, Header,
+            description = "ETags (or `*`) the client expects; no identical one gives 412"),
+        ("If-Unmodified-Since" = Option<String>, Header,
+            description = "An HTTP-date; modified after it gives 412 (ignored with If-Match)"),
     ),
     responses(
-        (status = 200, description = "The whole file", content_type = "*/*", body = FileBytes),
+        (status = 200, description = "The whole file", content_type = "*/*", body = FileBytes,
+            headers(("Last-Modified" = String,
+                description = "When the upload completed, an HTTP-date"))),
         (status = 206, description = "One range of the file", content_type = "*/*",
             body = FileBytes),
         (status = 304, description = "Not modified; no body"),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 412, response = PreconditionFailed),
         (status = 416, response = RangeNotSatisfiable),
         (status = 429, response = TooManyRequests),
         (status = 500, response = InternalError),

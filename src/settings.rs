@@ -156,6 +156,14 @@ fn default_max_waiting_uploads() -> u32 {
     128
 }
 
+fn default_signed_link_rate_per_second() -> u32 {
+    5
+}
+
+fn default_signed_link_burst() -> u32 {
+    10
+}
+
 fn default_parts_in_flight() -> usize {
     2
 }
@@ -276,6 +284,13 @@ pub struct LimitSettings {
     pub account_requests_per_second: Option<u32>,
     /// Requests an account may make at once above the rate; unset: one second's worth.
     pub account_request_burst: Option<u32>,
+    /// Requests a second one signed download link may make on a replica (0 turns the
+    /// limit off). A link's downloads also count against its owner's request rate.
+    #[serde(default = "default_signed_link_rate_per_second")]
+    pub signed_link_rate_per_second: u32,
+    /// Requests one signed link may make at once above its rate.
+    #[serde(default = "default_signed_link_burst")]
+    pub signed_link_burst: u32,
 }
 
 impl LimitSettings {
@@ -463,6 +478,11 @@ impl Settings {
                 && limits.account_request_burst != Some(0),
             "limits.account_requests_per_second and limits.account_request_burst must be \
              positive (leave them unset to turn the rate limit off)"
+        );
+        anyhow::ensure!(
+            limits.signed_link_rate_per_second == 0 || limits.signed_link_burst > 0,
+            "limits.signed_link_burst must be positive (set limits.signed_link_rate_per_second \
+             to 0 to turn the per-link rate limit off)"
         );
         Ok(())
     }
@@ -971,6 +991,8 @@ mod tests {
         assert_eq!(settings.limits.account_memory_share, 0.5);
         assert_eq!(settings.limits.max_uploads_per_account, 32);
         assert_eq!(settings.limits.account_requests_per_second, None);
+        assert_eq!(settings.limits.signed_link_rate_per_second, 5);
+        assert_eq!(settings.limits.signed_link_burst, 10);
     }
 
     #[test]
@@ -1001,6 +1023,11 @@ mod tests {
                 "0",
                 "limits.account_requests_per_second",
             ),
+            (
+                "MEDIA_NODE__LIMITS__SIGNED_LINK_BURST",
+                "0",
+                "limits.signed_link_burst",
+            ),
         ] {
             let err = load_with("development", &[(key, value)]).unwrap_err();
             assert!(format!("{err:#}").contains(named), "{key}={value}: {err:#}");
@@ -1010,9 +1037,12 @@ mod tests {
             &[
                 ("MEDIA_NODE__LIMITS__ACCOUNT_REQUESTS_PER_SECOND", "20"),
                 ("MEDIA_NODE__LIMITS__ACCOUNT_MEMORY_SHARE", "0.25"),
+                ("MEDIA_NODE__LIMITS__SIGNED_LINK_RATE_PER_SECOND", "0"),
+                ("MEDIA_NODE__LIMITS__SIGNED_LINK_BURST", "0"),
             ],
         )
         .unwrap();
+        assert_eq!(settings.limits.signed_link_rate_per_second, 0);
         assert_eq!(settings.limits.account_requests_per_second, Some(20));
         assert_eq!(settings.limits.account_memory_share, 0.25);
     }

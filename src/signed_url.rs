@@ -3,10 +3,20 @@
 //! media URL. A link names one media id and an expiry instant, signed with HMAC-SHA256 under
 //! `auth.url_signing_secret`, shared by every replica. During a rotation the previous key
 //! (`auth.url_signing_secret_previous`) is still accepted.
+//!
+//! Each link has a request rate of its own on a replica (`limits.signed_link_rate_per_second`,
+//! `LinkLimits`), keyed by its signature, and its downloads count against its owner's account
+//! rate as well (`routes::download`): a link handed to a device cannot be fetched without
+//! limit for its lifetime.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -89,9 +99,14 @@ impl UrlSigner {
         ))
     }
 
-    /// Whether the query of a request for `id` carries a link signature: `Ok(false)` when it
-    /// has none, `Ok(true)` when it is valid, 401 when it is bad or expired.
-    pub fn check(&self, id: MediaId, query: &str, now: DateTime<Utc>) -> Result<bool, ApiError> {
+    /// Whether the query of a request for `id` carries a link signature: `Ok(None)` when it
+    /// has none, the link when it is valid, 401 when it is bad or expired.
+    pub fn check(
+        &self,
+        id: MediaId,
+        query: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Link>, ApiError> {
         let (mut expires, mut signature) = (None, None);
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let slot = match key.as_ref() {
@@ -105,7 +120,7 @@ impl UrlSigner {
         }
         let Some(signature) = signature else {
             return match expires {
-                None => Ok(false),
+                None => Ok(None),
                 Some(_) => Err(bad_link()),
             };
         };
@@ -121,7 +136,125 @@ impl UrlSigner {
         if expires <= now.timestamp() {
             return Err(ApiError::Unauthenticated("the link has expired".to_owned()));
         }
-        Ok(true)
+        // A valid HMAC-SHA256 is 32 bytes.
+        let signature = <[u8; 32]>::try_from(signature.as_slice()).map_err(|_| bad_link())?;
+        Ok(Some(Link(signature)))
+    }
+}
+
+/// A valid link, known by its signature (which names the id and the expiry together). It
+/// keys the link's rate limiter only; it never goes into a log line or a metric label.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link([u8; 32]);
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link(..)")
+    }
+}
+
+/// Links tracked at most by a replica. A link needs a signature only `/info` hands out, but
+/// a client may collect many over their lifetime and replay them all: the map is trimmed
+/// when full, so its memory stays bounded (about 2 MiB).
+const MAX_TRACKED_LINKS: usize = 16_384;
+
+/// The request rate of each signed link on this replica (`limits.signed_link_rate_per_second`
+/// and `limits.signed_link_burst`).
+pub struct LinkLimits {
+    /// None when the limit is off.
+    quota: Option<Quota>,
+    /// How long an unused limiter takes to refill: an entry idle for longer loses nothing
+    /// when dropped.
+    refill: Duration,
+    links: Mutex<HashMap<Link, Tracked>>,
+    /// Requests refused by a link's rate.
+    refusals: prometheus::IntCounter,
+}
+
+struct Tracked {
+    limiter: DefaultDirectRateLimiter,
+    last_seen: Instant,
+}
+
+impl std::fmt::Debug for LinkLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkLimits")
+            .field("quota", &self.quota)
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkLimits {
+    /// `rate_per_second` 0 turns the limit off; otherwise `burst` (validated positive with
+    /// the settings) requests may come at once.
+    pub fn new(rate_per_second: u32, burst: u32, refusals: prometheus::IntCounter) -> Self {
+        let quota = NonZeroU32::new(rate_per_second).map(|rate| {
+            Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate))
+        });
+        let refill = quota.map_or(Duration::ZERO, |quota| {
+            quota.replenish_interval() * quota.burst_size().get()
+        });
+        Self {
+            quota,
+            refill,
+            links: Mutex::new(HashMap::new()),
+            refusals,
+        }
+    }
+
+    /// 429 when `link` is over its rate on this replica.
+    pub fn check(&self, link: &Link) -> Result<(), ApiError> {
+        let Some(quota) = self.quota else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.len() >= MAX_TRACKED_LINKS && !links.contains_key(link) {
+            self.trim(&mut links, now);
+        }
+        let tracked = links.entry(*link).or_insert_with(|| Tracked {
+            limiter: governor::RateLimiter::direct(quota),
+            last_seen: now,
+        });
+        tracked.last_seen = now;
+        match tracked.limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(tracked.limiter.clock().now());
+                self.refusals.inc();
+                Err(ApiError::TooManyRequests {
+                    details: "too many requests for this download link; retry after the delay \
+                              in Retry-After"
+                        .to_owned(),
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                })
+            }
+        }
+    }
+
+    /// Links tracked now.
+    pub fn tracked(&self) -> usize {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Makes room in a full map: links whose limiter has refilled go first (they lose
+    /// nothing); if that is not enough, any, down to three quarters (those start again with
+    /// a fresh burst, which only a client replaying thousands of links at once could see).
+    fn trim(&self, links: &mut HashMap<Link, Tracked>, now: Instant) {
+        links.retain(|_, tracked| now.duration_since(tracked.last_seen) < self.refill);
+        let target = MAX_TRACKED_LINKS * 3 / 4;
+        if links.len() > target {
+            let mut excess = links.len() - target;
+            links.retain(|_, _| {
+                if excess > 0 {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 }
 
@@ -152,13 +285,13 @@ mod tests {
         let now = Utc::now();
         let link = s.sign(id, now).unwrap();
         assert!(link.starts_with(&format!("/v1/media/{id}?expires=")));
-        assert!(s.check(id, query(&link), now).unwrap());
+        assert!(s.check(id, query(&link), now).unwrap().is_some());
         assert!(s.check(MediaId::new_random(), query(&link), now).is_err());
         let later = now + chrono::Duration::seconds(301);
         assert!(s.check(id, query(&link), later).is_err());
         let tampered = query(&link).replace("expires=", "expires=9");
         assert!(s.check(id, &tampered, now).is_err());
-        assert!(!s.check(id, "", now).unwrap());
+        assert!(s.check(id, "", now).unwrap().is_none());
         assert!(s.check(id, "expires=1", now).is_err());
     }
 
@@ -171,9 +304,53 @@ mod tests {
         let link = signer(&[old.as_str()]).sign(id, now).unwrap();
         assert!(signer(&[new.as_str(), old.as_str()])
             .check(id, query(&link), now)
-            .unwrap());
+            .unwrap()
+            .is_some());
         assert!(signer(&[new.as_str()])
             .check(id, query(&link), now)
             .is_err());
+    }
+
+    fn link(n: u32) -> Link {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        Link(bytes)
+    }
+
+    #[test]
+    fn each_link_has_its_own_rate() {
+        let refusals = prometheus::IntCounter::new("refusals", "refusals").unwrap();
+        let limits = LinkLimits::new(1, 2, refusals.clone());
+        limits.check(&link(1)).unwrap();
+        limits.check(&link(1)).unwrap();
+        match limits.check(&link(1)) {
+            Err(ApiError::TooManyRequests { retry_after, .. }) => assert_eq!(retry_after, 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(refusals.get(), 1);
+        limits.check(&link(2)).unwrap();
+        // Off: nothing is tracked.
+        let off = LinkLimits::new(0, 10, refusals);
+        for _ in 0..100 {
+            off.check(&link(1)).unwrap();
+        }
+        assert_eq!(off.tracked(), 0);
+    }
+
+    #[test]
+    fn the_link_map_stays_bounded() {
+        let refusals = prometheus::IntCounter::new("refusals", "refusals").unwrap();
+        let limits = LinkLimits::new(5, 10, refusals);
+        for n in 0..(MAX_TRACKED_LINKS as u32 * 3) {
+            limits.check(&link(n)).unwrap();
+        }
+        assert!(
+            limits.tracked() <= MAX_TRACKED_LINKS,
+            "{}",
+            limits.tracked()
+        );
+        // The newest link is kept, with its allowance used.
+        let newest = link(MAX_TRACKED_LINKS as u32 * 3 - 1);
+        assert!(limits.links.lock().unwrap().contains_key(&newest));
     }
 }

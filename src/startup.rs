@@ -134,6 +134,11 @@ impl Application {
             metrics: metrics.clone(),
             stop: stop_signal,
             links: crate::signed_url::UrlSigner::from_settings(settings)?,
+            link_limits: crate::signed_url::LinkLimits::new(
+                settings.limits.signed_link_rate_per_second,
+                settings.limits.signed_link_burst,
+                metrics.media.signed_link_refusals.clone(),
+            ),
             profile: settings.media.profile,
         });
         let draining = Arc::new(AtomicBool::new(false));

@@ -211,13 +211,21 @@ async fn lifecycle_of_a_row(backend: Backend) {
     assert_eq!(row.extension.as_str(), "jpeg");
     assert_eq!(row.created_at, now);
     assert_eq!(row.expires_at, now + Duration::hours(24));
+    assert_eq!(row.ready_at, None);
+    assert_eq!(row.last_modified(), now);
 
+    let before = now_ms();
     assert!(repo
         .mark_ready(media.id, 1234, "ab".repeat(32).as_str(), LONG_AGO)
         .await
         .unwrap());
     let row = repo.get(media.id).await.unwrap().unwrap();
     assert_eq!(row.status, MediaStatus::Ready);
+    // The completion is recorded, to the millisecond, and is what the media last changed.
+    let ready_at = row.ready_at.expect("ready_at recorded");
+    assert!(ready_at >= before && ready_at <= Utc::now(), "{ready_at}");
+    assert_eq!(ready_at.timestamp_subsec_micros() % 1000, 0);
+    assert_eq!(row.last_modified(), ready_at);
     assert_eq!(row.size_bytes, Some(1234));
     assert_eq!(row.sha256.as_deref(), Some("ab".repeat(32).as_str()));
     assert_eq!(repo.count().await.unwrap(), 1);

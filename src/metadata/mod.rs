@@ -57,6 +57,17 @@ pub struct MediaRecord {
     pub detected_mime_type: Option<String>,
     /// The `Idempotency-Key` the row holds, if any (see `insert_uploading_keyed`).
     pub idempotency_key: Option<String>,
+    /// When the upload completed (the row became ready); `None` while uploading, and for
+    /// rows made ready by a release that did not record it.
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+impl MediaRecord {
+    /// When these bytes became the media: the upload's completion, else (a row made ready
+    /// before completions were recorded) its start. The downloads' `Last-Modified`.
+    pub fn last_modified(&self) -> DateTime<Utc> {
+        self.ready_at.unwrap_or(self.created_at)
+    }
 }
 
 /// What is known of an upload before its first byte.
@@ -577,7 +588,8 @@ impl Metadata {
             .await
     }
 
-    /// `mark_ready`, recording the type the content was detected as.
+    /// `mark_ready`, recording the type the content was detected as. The row records now
+    /// (to the millisecond both backends keep) as the upload's completion, `ready_at`.
     pub async fn mark_ready_detected(
         &self,
         id: MediaId,
@@ -586,11 +598,31 @@ impl Metadata {
         stale_before: DateTime<Utc>,
         detected: Option<&str>,
     ) -> Result<bool> {
+        let now = Utc::now();
+        let ready_at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         on_pool!(
             self,
             "mark_ready",
-            |pool| postgres::mark_ready(pool, id, size_bytes, sha256, stale_before, detected).await,
-            sqlite::mark_ready(pool, id, size_bytes, sha256, stale_before, detected).await
+            |pool| postgres::mark_ready(
+                pool,
+                id,
+                size_bytes,
+                sha256,
+                stale_before,
+                detected,
+                ready_at
+            )
+            .await,
+            sqlite::mark_ready(
+                pool,
+                id,
+                size_bytes,
+                sha256,
+                stale_before,
+                detected,
+                ready_at
+            )
+            .await
         )
     }
 

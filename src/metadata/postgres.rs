@@ -12,7 +12,7 @@ use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
     "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at, \
-     detected_mime_type, idempotency_key";
+     detected_mime_type, idempotency_key, ready_at";
 
 fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
     let owner: String = row.try_get("owner")?;
@@ -30,6 +30,7 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
         expires_at: row.try_get("expires_at")?,
         detected_mime_type: row.try_get("detected_mime_type")?,
         idempotency_key: row.try_get("idempotency_key")?,
+        ready_at: row.try_get("ready_at")?,
     })
 }
 
@@ -160,17 +161,20 @@ pub(super) async fn mark_ready(
     sha256: &str,
     stale_before: DateTime<Utc>,
     detected: Option<&str>,
+    ready_at: DateTime<Utc>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
     let done = sqlx::query(&format!(
         "UPDATE media SET status = 'ready', size_bytes = $3, sha256 = $4, \
-         detected_mime_type = $5, multipart_upload_id = NULL WHERE {LIVE_UPLOAD}"
+         detected_mime_type = $5, multipart_upload_id = NULL, ready_at = $6 \
+         WHERE {LIVE_UPLOAD}"
     ))
     .bind(id.as_uuid())
     .bind(stale_before)
     .bind(size)
     .bind(sha256)
     .bind(detected)
+    .bind(ready_at)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -12,7 +12,7 @@ use crate::domain::{AccountId, FileExtension, MediaId};
 
 const COLUMNS: &str =
     "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at, \
-     detected_mime_type, idempotency_key";
+     detected_mime_type, idempotency_key, ready_at";
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -39,6 +39,10 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<MediaRecord> {
         expires_at: instant(row.try_get("expires_at")?)?,
         detected_mime_type: row.try_get("detected_mime_type")?,
         idempotency_key: row.try_get("idempotency_key")?,
+        ready_at: row
+            .try_get::<Option<i64>, _>("ready_at")?
+            .map(instant)
+            .transpose()?,
     })
 }
 
@@ -177,17 +181,20 @@ pub(super) async fn mark_ready(
     sha256: &str,
     stale_before: DateTime<Utc>,
     detected: Option<&str>,
+    ready_at: DateTime<Utc>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
     let done = sqlx::query(&format!(
         "UPDATE media SET status = 'ready', size_bytes = ?3, sha256 = ?4, \
-         detected_mime_type = ?5, multipart_upload_id = NULL WHERE {LIVE_UPLOAD}"
+         detected_mime_type = ?5, multipart_upload_id = NULL, ready_at = ?6 \
+         WHERE {LIVE_UPLOAD}"
     ))
     .bind(id.to_string())
     .bind(millis(stale_before))
     .bind(size)
     .bind(sha256)
     .bind(detected)
+    .bind(millis(ready_at))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -1,5 +1,7 @@
 //! `GET`/`HEAD /v1/media/{id}` and `/v1/{account}/media/{id}`: the bytes back, streamed
-//! from storage, with a single `Range` and `If-None-Match` honoured.
+//! from storage, with a single `Range` and the conditional headers `If-Match`,
+//! `If-Unmodified-Since` (412 when not met) and `If-None-Match` (304) honoured, in the order
+//! of RFC 9110 13.2.2.
 
 use std::ops::Range;
 
@@ -7,7 +9,7 @@ use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 
 use super::{media_id, AppState};
@@ -22,9 +24,11 @@ pub async fn download(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     // A signed link (from `/info`) stands in for the token: it names this id, and only
-    // the owner's token could have asked for it.
+    // the owner's token could have asked for it. It has a request rate of its own, checked
+    // before anything is looked up.
     if let Some(id) = MediaId::parse(&path) {
-        if state.links.check(id, req.query_string(), Utc::now())? {
+        if let Some(link) = state.links.check(id, req.query_string(), Utc::now())? {
+            state.link_limits.check(&link)?;
             return serve(&req, &state, None, id).await;
         }
     }
@@ -69,7 +73,9 @@ pub async fn download_for_account(
     serve(&req, &state, Some(&caller.account), id).await
 }
 
-/// Serves `id` to its `owner`, or to the holder of a valid signed link (`None`).
+/// Serves `id` to its `owner`, or to the holder of a valid signed link (`None`), whose
+/// request counts against the owner's account rate (when one is configured) as the owner's
+/// own requests do.
 async fn serve(
     req: &HttpRequest,
     state: &AppState,
@@ -86,14 +92,24 @@ async fn serve(
             .filter(|r| r.status == MediaStatus::Ready && r.expires_at > now),
     }
     .ok_or_else(ApiError::media_not_found)?;
+    if owner.is_none() {
+        state.limits.check_rate(&record.owner)?;
+    }
     let size = record.size_bytes.unwrap_or(0);
     let etag = record.sha256.as_deref().map(|sha| format!("\"{sha}\""));
 
-    if let Some(etag) = &etag {
-        if none_match(req.headers(), etag) {
+    match evaluate_conditions(req.headers(), etag.as_deref(), record.last_modified()) {
+        Condition::Proceed => {}
+        Condition::NotModified => {
             let mut response = HttpResponse::build(StatusCode::NOT_MODIFIED);
-            validators(&mut response, &record, etag);
+            validators(&mut response, &record, etag.as_deref());
             return Ok(response.finish());
+        }
+        Condition::Failed(header) => {
+            return Err(ApiError::PreconditionFailed(format!(
+                "{header} is not met by the media's current version (see its ETag and \
+                 Last-Modified)"
+            )))
         }
     }
 
@@ -117,9 +133,7 @@ async fn serve(
         }
         None => HttpResponse::Ok(),
     };
-    if let Some(etag) = &etag {
-        validators(&mut response, &record, etag);
-    }
+    validators(&mut response, &record, etag.as_deref());
     response
         .insert_header((header::CONTENT_TYPE, record.content_type.as_str()))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
@@ -153,8 +167,9 @@ async fn serve(
     Ok(response.body(SizedStream::new(length, stream)))
 }
 
-/// Headers that describe this version of the media, on 200, 206 and 304 alike.
-fn validators(response: &mut HttpResponseBuilder, record: &MediaRecord, etag: &str) {
+/// Headers that describe this version of the media, on 200, 206 and 304 alike (and so on
+/// the answers to HEAD). `Last-Modified` is when the upload completed.
+fn validators(response: &mut HttpResponseBuilder, record: &MediaRecord, etag: Option<&str>) {
     if let Some(digest) = record
         .sha256
         .as_deref()
@@ -162,8 +177,10 @@ fn validators(response: &mut HttpResponseBuilder, record: &MediaRecord, etag: &s
     {
         response.insert_header((crate::digest::REPR_DIGEST, digest));
     }
+    if let Some(etag) = etag {
+        response.insert_header((header::ETAG, etag));
+    }
     response
-        .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "private"))
         .insert_header((
             header::EXPIRES,
@@ -171,8 +188,68 @@ fn validators(response: &mut HttpResponseBuilder, record: &MediaRecord, etag: &s
         ))
         .insert_header((
             header::LAST_MODIFIED,
-            httpdate::fmt_http_date(record.created_at.into()),
+            httpdate::fmt_http_date(record.last_modified().into()),
         ));
+}
+
+/// What the conditional headers of a GET or HEAD of existing media decide.
+#[derive(Debug, PartialEq, Eq)]
+enum Condition {
+    /// Serve it (whole, or the `Range`).
+    Proceed,
+    /// 304: `If-None-Match` matched.
+    NotModified,
+    /// 412: the named precondition is not met.
+    Failed(&'static str),
+}
+
+/// RFC 9110 13.2.2: `If-Match` first; `If-Unmodified-Since` only without it; then
+/// `If-None-Match`; `Range` (and `If-Range`) only after all of them held. `If-Modified-Since`
+/// is not evaluated (a client holding the ETag sends `If-None-Match`).
+fn evaluate_conditions(
+    headers: &HeaderMap,
+    etag: Option<&str>,
+    last_modified: DateTime<Utc>,
+) -> Condition {
+    if headers.contains_key(header::IF_MATCH) {
+        if !if_match(headers, etag) {
+            return Condition::Failed("If-Match");
+        }
+    } else if let Some(since) = if_unmodified_since(headers) {
+        // The comparison is at the one-second precision of the Last-Modified sent.
+        if last_modified.timestamp() > since {
+            return Condition::Failed("If-Unmodified-Since");
+        }
+    }
+    if etag.is_some_and(|etag| none_match(headers, etag)) {
+        return Condition::NotModified;
+    }
+    Condition::Proceed
+}
+
+/// `If-Match` (RFC 9110 13.1.1) with the strong comparison: `*` (the media exists), or a
+/// listed tag identical to the ETag; a weak tag (`W/"…"`) never matches, and neither does a
+/// value that is not an entity tag. Our ETags are hex, so splitting the list at commas
+/// cannot cut one of them apart.
+fn if_match(headers: &HeaderMap, etag: Option<&str>) -> bool {
+    headers
+        .get_all(header::IF_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || Some(tag) == etag)
+}
+
+/// `If-Unmodified-Since` (RFC 9110 13.1.4) in Unix seconds; `None` (the header is ignored)
+/// when absent, repeated or not a valid HTTP-date.
+fn if_unmodified_since(headers: &HeaderMap) -> Option<i64> {
+    let mut values = headers.get_all(header::IF_UNMODIFIED_SINCE);
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let date = httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()?;
+    let seconds = date.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(seconds).ok()
 }
 
 /// `If-None-Match` with a weak comparison (RFC 9110 13.1.2): `*` or any listed tag.
@@ -281,6 +358,76 @@ mod tests {
         // The unit is case-insensitive (RFC 9110 14.1).
         assert_eq!(resolve("BYTES=0-1", 1000), Resolved::Part(0..2));
         assert_eq!(resolve("Bytes=0-1", 1000), Resolved::Part(0..2));
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn conditions_in_the_order_of_rfc_9110() {
+        use header::{IF_MATCH, IF_NONE_MATCH, IF_UNMODIFIED_SINCE};
+        let etag = Some("\"abc\"");
+        let modified = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let date = |seconds: u64| {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+        };
+        let (at, before, after) = (date(1_000_000), date(999_999), date(1_000_001));
+        let judge = |pairs: &[(header::HeaderName, &str)]| {
+            evaluate_conditions(&headers(pairs), etag, modified)
+        };
+        use Condition::*;
+        assert_eq!(judge(&[]), Proceed);
+        assert_eq!(judge(&[(IF_MATCH, "\"abc\"")]), Proceed);
+        assert_eq!(judge(&[(IF_MATCH, "\"x\", \"abc\"")]), Proceed);
+        assert_eq!(
+            judge(&[(IF_MATCH, "\"x\""), (IF_MATCH, "\"abc\"")]),
+            Proceed
+        );
+        assert_eq!(judge(&[(IF_MATCH, "*")]), Proceed);
+        assert_eq!(judge(&[(IF_MATCH, "W/\"abc\"")]), Failed("If-Match"));
+        assert_eq!(judge(&[(IF_MATCH, "abc")]), Failed("If-Match"));
+        assert_eq!(judge(&[(IF_MATCH, "")]), Failed("If-Match"));
+        assert_eq!(judge(&[(IF_UNMODIFIED_SINCE, &at)]), Proceed);
+        assert_eq!(judge(&[(IF_UNMODIFIED_SINCE, &after)]), Proceed);
+        assert_eq!(
+            judge(&[(IF_UNMODIFIED_SINCE, &before)]),
+            Failed("If-Unmodified-Since")
+        );
+        // An invalid or repeated date is ignored.
+        assert_eq!(judge(&[(IF_UNMODIFIED_SINCE, "yesterday")]), Proceed);
+        assert_eq!(
+            judge(&[(IF_UNMODIFIED_SINCE, &before), (IF_UNMODIFIED_SINCE, &at)]),
+            Proceed
+        );
+        // If-Match present: If-Unmodified-Since is not evaluated.
+        assert_eq!(
+            judge(&[(IF_MATCH, "*"), (IF_UNMODIFIED_SINCE, &before)]),
+            Proceed
+        );
+        // Both come before If-None-Match.
+        assert_eq!(
+            judge(&[(IF_MATCH, "\"x\""), (IF_NONE_MATCH, "\"abc\"")]),
+            Failed("If-Match")
+        );
+        assert_eq!(
+            judge(&[(IF_UNMODIFIED_SINCE, &before), (IF_NONE_MATCH, "*")]),
+            Failed("If-Unmodified-Since")
+        );
+        assert_eq!(
+            judge(&[(IF_MATCH, "\"abc\""), (IF_NONE_MATCH, "\"abc\"")]),
+            NotModified
+        );
+        // Without an ETag only `*` matches.
+        let none = |pairs: &[(header::HeaderName, &str)]| {
+            evaluate_conditions(&headers(pairs), None, modified)
+        };
+        assert_eq!(none(&[(IF_MATCH, "*")]), Proceed);
+        assert_eq!(none(&[(IF_MATCH, "\"abc\"")]), Failed("If-Match"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct AppState {
     pub stop: crate::startup::StopSignal,
     /// Signs and checks the download links of `/info`.
     pub links: crate::signed_url::UrlSigner,
+    /// The request rate of each signed link.
+    pub link_limits: crate::signed_url::LinkLimits,
     /// `media.profile`: per-type rules of uploads.
     pub profile: crate::profile::Profile,
 }
