@@ -1,8 +1,11 @@
 //! The content checked against the declared extension, with real files made here by
 //! Python's standard library (a PNG written with zlib, a WAV with `wave`, a ZIP with
-//! `zipfile`), never downloaded.
+//! `zipfile`) and a corpus of ordinary files from real encoders (`tests/corpus`), never
+//! downloaded: what is what its extension says is stored, on both profiles.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use reqwest::Method;
 use serde_json::Value;
@@ -13,6 +16,8 @@ use crate::on_both_backends;
 on_both_backends!(
     content_that_the_extension_cannot_be_is_refused,
     record_policy_stores_what_was_detected,
+    ordinary_files_are_stored_on_both_profiles,
+    random_bytes_of_a_generic_type_are_stored,
 );
 
 /// A real file of `kind` (png, wav, zip) from Python's standard library.
@@ -79,9 +84,20 @@ async fn content_that_the_extension_cannot_be_is_refused(backend: Backend) {
     let rows = app.row_count().await;
 
     // Positively something else: 400, naming both types, and nothing kept.
+    let from_corpus = |name: &str| {
+        corpus()
+            .iter()
+            .find(|(file, _)| file == name)
+            .map(|(_, body)| body.clone())
+            .unwrap()
+    };
     for (body, extension, detected) in [
         (png.clone(), "mp4", "image/png"),
         (real_file("wav"), "ogg", "audio/x-wav"),
+        (from_corpus("drawing.png"), "jpg", "image/png"),
+        (from_corpus("clip.mp4"), "pdf", "video/mp4"),
+        (from_corpus("song.mp3"), "txt", "audio/mpeg"),
+        (from_corpus("drawing.bmp"), "png", "image/bmp"),
     ] {
         let response = app.upload(&token, extension, body).await;
         let error = assert_error(response, 400, 1009).await;
@@ -106,4 +122,95 @@ async fn record_policy_stores_what_was_detected(backend: Backend) {
         "served as its extension says"
     );
     assert_eq!(described["detected_mime_type"], "image/png");
+}
+
+/// The corpus of `tests/corpus/make_corpus.py`, made once per test run: (file name, bytes).
+fn corpus() -> &'static [(String, Vec<u8>)] {
+    static CORPUS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let python = std::env::var("MEDIA_NODE_TEST_CORPUS_PYTHON").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/media-node/corpus-venv/bin/python",
+                std::env::var("HOME").unwrap()
+            )
+        });
+        let dir = std::env::temp_dir().join(format!("media-node-corpus-{}", std::process::id()));
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/make_corpus.py");
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{python} runs (scripts/test makes its venv): {e}"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let files: Vec<_> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|name| (name.to_owned(), std::fs::read(dir.join(name)).unwrap()))
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(files.len() >= 50, "the corpus has {} files", files.len());
+        files
+    })
+}
+
+async fn ordinary_files_are_stored_on_both_profiles(backend: Backend) {
+    for profile in [
+        media_node::profile::Profile::None,
+        media_node::profile::Profile::Whatsapp,
+    ] {
+        let app = TestApp::spawn_with(backend, |s| s.media.profile = profile).await;
+        let token = app.token("acct");
+        let mut refused = Vec::new();
+        for (name, body) in corpus() {
+            let extension = name.rsplit('.').next().unwrap();
+            let response = app.upload(&token, extension, body.clone()).await;
+            let status = response.status().as_u16();
+            if status != 201 {
+                refused.push(format!(
+                    "{name}: {status} {}",
+                    response.text().await.unwrap()
+                ));
+            }
+        }
+        assert!(refused.is_empty(), "{profile:?} refused {refused:#?}");
+        assert_eq!(app.row_count().await, corpus().len() as u64);
+    }
+}
+
+async fn random_bytes_of_a_generic_type_are_stored(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    // A fixed generator (xorshift64*): the same 1 200 bodies on every run, from 1 byte up.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let extensions = ["bin", "dat", "enc", "raw"];
+    let bodies: Vec<(&str, Vec<u8>)> = (0..1200)
+        .map(|i| {
+            let len = 1 + (next() % 3000) as usize;
+            let body = (0..len).map(|_| next() as u8).collect();
+            (extensions[i % extensions.len()], body)
+        })
+        .collect();
+    for batch in bodies.chunks(16) {
+        let answers = futures_util::future::join_all(
+            batch
+                .iter()
+                .map(|(extension, body)| app.upload(&token, extension, body.clone())),
+        )
+        .await;
+        for answer in answers {
+            let status = answer.status().as_u16();
+            assert_eq!(status, 201, "{}", answer.text().await.unwrap());
+        }
+    }
+    assert_eq!(app.row_count().await, bodies.len() as u64);
 }
