@@ -261,7 +261,22 @@ impl ResponseError for ApiError {
 
 impl From<actix_web::error::PayloadError> for ApiError {
     fn from(err: actix_web::error::PayloadError) -> Self {
-        ApiError::BodyIncomplete(err.to_string())
+        use actix_web::error::PayloadError;
+        // Plain words for the client; actix's own text names its internals.
+        let details = match &err {
+            PayloadError::Incomplete(None) => {
+                "the body ended before it was complete (the connection closed mid-body)"
+            }
+            PayloadError::Incomplete(Some(_)) => {
+                "the body's framing cannot be read (a malformed chunk of a chunked body)"
+            }
+            PayloadError::EncodingCorrupted => "the body's encoding is corrupt",
+            PayloadError::Overflow => "the body is larger than allowed",
+            PayloadError::UnknownLength => "the body's length cannot be known",
+            _ => "the body could not be read",
+        };
+        tracing::debug!(error = %err, "request body not readable");
+        ApiError::BodyIncomplete(details.to_owned())
     }
 }
 

@@ -1,9 +1,10 @@
 //! Answers that actix-http writes by itself, before the application sees a request (a
 //! malformed head, too many headers, a header timeout, an over-long URI), carry no
-//! `X-Request-Id`: no request exists to attach one to. The connection's writes are watched
-//! instead: a response head of such an answer that leaves without the header gets a freshly
-//! generated one, so a client can quote an id for every answer it receives. Everything
-//! else passes through untouched.
+//! `X-Request-Id` (no request exists to attach one to) and no body. The connection's writes
+//! are watched instead: a response head of such an answer that leaves without the header
+//! gets a freshly generated one, so a client can quote an id for every answer it receives,
+//! and an empty one gets the contract's JSON error in place of its empty body, so that
+//! every error of the API reads alike. Everything else passes through untouched.
 
 use std::io;
 use std::pin::Pin;
@@ -64,26 +65,64 @@ impl<T: AsyncWrite> StampedIo<T> {
     }
 }
 
+/// The contract's JSON error for one of actix-http's own answers of `status`.
+fn error_body(status: &[u8]) -> String {
+    let details = match status {
+        b"408" => "the request head did not arrive within the time allowed",
+        b"414" => "the request URI is too long",
+        b"431" => "the request's header fields are too many or too large",
+        _ => {
+            "the request is not valid HTTP/1.1 (its request line, a header or its length \
+             cannot be read)"
+        }
+    };
+    serde_json::json!({
+        "errors": [{ "code": 1009, "title": "Parameter value is not valid", "details": details }],
+        "meta": crate::error::meta(),
+    })
+    .to_string()
+}
+
 /// `buf` with an `X-Request-Id` header after its status line, when it starts with the head
-/// of one of actix-http's own answers that has none.
+/// of one of actix-http's own answers that has none; an empty body (`content-length: 0`)
+/// becomes the contract's JSON error.
 fn stamp(buf: &[u8]) -> Option<Vec<u8>> {
     if !OWN_ANSWERS.iter().any(|status| buf.starts_with(status)) {
         return None;
     }
     let status_line_end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(buf.len());
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let head = String::from_utf8_lossy(&buf[..head_end.unwrap_or(buf.len())]).to_ascii_lowercase();
     if head.contains("\r\nx-request-id:") {
         return None;
     }
     let header = format!("x-request-id: {}\r\n", uuid::Uuid::new_v4());
-    let mut stamped = Vec::with_capacity(buf.len() + header.len());
+    let mut stamped = Vec::with_capacity(buf.len() + header.len() + 256);
     stamped.extend_from_slice(&buf[..status_line_end]);
     stamped.extend_from_slice(header.as_bytes());
-    stamped.extend_from_slice(&buf[status_line_end..]);
+    match head_end {
+        Some(head_end) if head.contains("\r\ncontent-length: 0") => {
+            // The head whole and its body empty: the JSON error takes the body's place.
+            let body = error_body(&buf[9..12]);
+            // Each header line with its CRLF; the head's own end comes after the JSON's.
+            for line in buf[status_line_end..head_end + 2].split_inclusive(|&b| b == b'\n') {
+                let name = line.to_ascii_lowercase();
+                if name.starts_with(b"content-length:") || name.starts_with(b"content-type:") {
+                    continue;
+                }
+                stamped.extend_from_slice(line);
+            }
+            stamped.extend_from_slice(
+                format!(
+                    "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            stamped.extend_from_slice(&buf[head_end + 4..]);
+        }
+        _ => stamped.extend_from_slice(&buf[status_line_end..]),
+    }
     Some(stamped)
 }
 
@@ -140,10 +179,17 @@ mod tests {
         assert!(
             stamped.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\nx-request-id: ")
         );
+        let (head, body) = stamped.split_once("\r\n\r\n").unwrap();
         assert!(
-            stamped.ends_with("\r\ncontent-length: 0\r\n\r\n"),
+            head.contains("\r\ncontent-type: application/json\r\n"),
             "{stamped}"
         );
+        assert!(
+            head.ends_with(&format!("\r\ncontent-length: {}", body.len())),
+            "{stamped}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["errors"][0]["code"], 1009);
         // The application's answers carry their id already; others are not touched.
         let app = b"HTTP/1.1 400 Bad Request\r\nX-Request-Id: abc\r\ncontent-length: 2\r\n\r\n{}";
         assert!(stamp(app).is_none());
@@ -171,8 +217,9 @@ mod tests {
             text.starts_with("HTTP/1.1 400 Bad Request\r\nx-request-id: "),
             "{text}"
         );
+        assert!(text.ends_with("}next"), "{text}");
         assert!(
-            text.ends_with("\r\ncontent-length: 0\r\n\r\nnext"),
+            text.contains("\r\ncontent-type: application/json\r\n"),
             "{text}"
         );
     }
