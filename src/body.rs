@@ -2,6 +2,7 @@
 //! by bytes, whatever the chunking), and guarded against clients that stall or trickle.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -112,11 +113,14 @@ impl HeldChunks {
 pub struct BodyLimits {
     /// Longest wait for the next bytes of the body.
     pub idle_timeout: Duration,
-    /// Lowest average rate, in bytes a second of time spent waiting for the client; 0 turns
-    /// the check off.
+    /// Lowest rate, in bytes a second of time spent waiting for the client, over the last
+    /// `min_rate_window`; 0 turns the check off.
     pub min_rate_bytes_per_sec: u64,
     /// Waiting time granted before the rate is checked (a slow start, a mobile radio waking).
     pub min_rate_grace: Duration,
+    /// The stretch of waiting time the rate is judged over: what the client sent in the last
+    /// window, not since the start, so bytes sent fast at first do not buy a trickle time.
+    pub min_rate_window: Duration,
 }
 
 /// A request body that ends with `ApiError::BodyTimeout` when the client stalls longer than
@@ -129,6 +133,9 @@ pub struct BodyGuard<S> {
     received: u64,
     /// Time spent waiting for the client in completed waits.
     waited: Duration,
+    /// (waiting time, bytes received by then) of the last window, in steps of at most a
+    /// sixteenth of it: whatever the client's chunking, at most 18 of them.
+    arrivals: VecDeque<(Duration, u64)>,
     /// When the current wait started, and why it will end if nothing arrives.
     waiting: Option<(Instant, &'static str)>,
     timer: Pin<Box<Sleep>>,
@@ -142,9 +149,29 @@ impl<S> BodyGuard<S> {
             limits,
             received: 0,
             waited: Duration::ZERO,
+            arrivals: VecDeque::new(),
             waiting: None,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             ended: false,
+        }
+    }
+
+    /// Records the bytes received so far at the current waiting time, and forgets the steps
+    /// that left the window (keeping the last one before it: the count at its start).
+    fn arrived(&mut self) {
+        if self.limits.min_rate_bytes_per_sec == 0 {
+            return;
+        }
+        let window = self.limits.min_rate_window;
+        match self.arrivals.back_mut() {
+            Some((at, received)) if self.waited.saturating_sub(*at) < window / 16 => {
+                *received = self.received;
+            }
+            _ => self.arrivals.push_back((self.waited, self.received)),
+        }
+        let start = self.waited.saturating_sub(window);
+        while self.arrivals.get(1).is_some_and(|(at, _)| *at <= start) {
+            self.arrivals.pop_front();
         }
     }
 
@@ -157,13 +184,31 @@ impl<S> BodyGuard<S> {
         if self.limits.min_rate_bytes_per_sec == 0 {
             return idle;
         }
-        // The client has earned the grace period plus the time its bytes are worth at the
-        // minimum rate; what it already waited is spent.
-        let earned = self.limits.min_rate_grace
-            + Duration::from_secs_f64(
-                self.received as f64 / self.limits.min_rate_bytes_per_sec as f64,
-            );
-        let left = earned.saturating_sub(self.waited);
+        // Without more bytes, the body falls below the rate once what it sent in the window
+        // behind the waiting-time clock drops under a window's worth (15/16 of it: the steps
+        // of `arrivals` date bytes up to a sixteenth of a window early); never before the
+        // grace period ends. Before a whole window has passed, the average since the start
+        // counts.
+        let window = self.limits.min_rate_window;
+        let needed =
+            (self.limits.min_rate_bytes_per_sec as f64 * window.as_secs_f64() * 15.0 / 16.0) as u64;
+        let below_from = match self.received.checked_sub(needed) {
+            // The first step after which the bytes still in the window are too few.
+            Some(floor) => self
+                .arrivals
+                .iter()
+                .find(|(_, received)| *received > floor)
+                .map_or(Duration::MAX, |(at, _)| *at + window),
+            // Fewer bytes than a window's worth in all: as if the client had kept the rate
+            // before its first byte, the body is below once its bytes are worth less than
+            // the time it has waited (the average since the start, until a window passed).
+            None => Duration::from_secs_f64(
+                self.received as f64 / (self.limits.min_rate_bytes_per_sec as f64 * 15.0 / 16.0),
+            ),
+        };
+        let left = below_from
+            .max(self.limits.min_rate_grace)
+            .saturating_sub(self.waited);
         if left < idle.0 {
             (left, "the body arrived slower than the minimum rate")
         } else {
@@ -196,6 +241,7 @@ where
                     this.waited += since.elapsed();
                 }
                 this.received += chunk.len() as u64;
+                this.arrived();
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -319,6 +365,7 @@ mod tests {
             idle_timeout: Duration::from_millis(idle_ms),
             min_rate_bytes_per_sec: rate,
             min_rate_grace: Duration::from_millis(grace_ms),
+            min_rate_window: Duration::from_millis(grace_ms.max(100)),
         }
     }
 
@@ -360,6 +407,62 @@ mod tests {
             "{elapsed:?} {received}"
         );
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?} {received}");
+    }
+
+    #[tokio::test]
+    async fn a_fast_start_does_not_buy_a_trickle_time() {
+        // 100 KB at once, then 100 bytes a second where 1000 are asked for.
+        let start =
+            futures_util::stream::iter([Ok::<_, ApiError>(Bytes::from(vec![1u8; 100_000]))]);
+        let trickle = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((Ok::<_, ApiError>(Bytes::from_static(b"x")), ()))
+        });
+        let mut guarded = BodyGuard::new(Box::pin(start.chain(trickle)), limits(30_000, 1000, 300));
+        let started = Instant::now();
+        let err = loop {
+            if let Err(err) = guarded.next().await.unwrap() {
+                break err;
+            }
+        };
+        assert!(matches!(err, ApiError::BodyTimeout(_)), "{err:?}");
+        let elapsed = started.elapsed();
+        // Grace (300 ms) + window (300 ms), and slack for a loaded machine.
+        assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_above_the_rate_from_its_start_goes_on_before_a_window_passed() {
+        // 1500 bytes a second, a grace of 100 ms and a window of 2 s: before the first
+        // window is over, the body has not sent a window's worth, and that is no fault.
+        let body = futures_util::stream::unfold(0, |n| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            (n < 100).then(|| (Ok::<_, ApiError>(Bytes::from_static(&[7; 15])), n + 1))
+        });
+        let mut limits = limits(30_000, 1000, 100);
+        limits.min_rate_window = Duration::from_secs(2);
+        let mut guarded = BodyGuard::new(Box::pin(body), limits);
+        let mut received = 0;
+        while let Some(chunk) = guarded.next().await {
+            received += chunk.unwrap().len();
+        }
+        assert_eq!(received, 1500);
+    }
+
+    #[tokio::test]
+    async fn a_body_at_the_rate_goes_on() {
+        // 20 bytes every 10 ms: 2000 bytes a second, twice the rate, in many small chunks.
+        let body = futures_util::stream::unfold(0, |n| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            (n < 150).then(|| (Ok::<_, ApiError>(Bytes::from_static(&[7; 20])), n + 1))
+        });
+        let mut guarded = BodyGuard::new(Box::pin(body), limits(30_000, 1000, 100));
+        let mut received = 0;
+        while let Some(chunk) = guarded.next().await {
+            received += chunk.unwrap().len();
+        }
+        assert_eq!(received, 3000);
+        assert!(guarded.arrivals.len() <= 18, "{}", guarded.arrivals.len());
     }
 
     #[tokio::test]

@@ -266,6 +266,9 @@ pub struct LimitSettings {
     pub min_body_rate_bytes_per_sec: u64,
     #[serde(with = "humantime_serde")]
     pub min_body_rate_grace: Duration,
+    /// The recent stretch of waiting time the minimum body rate is judged over.
+    #[serde(with = "humantime_serde")]
+    pub min_body_rate_window: Duration,
     /// Bytes all uploads of the replica may hold in part buffers at once.
     pub upload_memory_budget_bytes: u64,
     /// How long an upload waits for room in the budget before it is answered 503.
@@ -388,6 +391,11 @@ impl Settings {
         anyhow::ensure!(
             !self.limits.body_idle_timeout.is_zero(),
             "limits.body_idle_timeout must be positive"
+        );
+        anyhow::ensure!(
+            self.limits.min_body_rate_bytes_per_sec == 0
+                || self.limits.min_body_rate_window >= Duration::from_secs(1),
+            "limits.min_body_rate_window must be at least 1s"
         );
         anyhow::ensure!(
             !self.server.request_header_timeout.is_zero(),

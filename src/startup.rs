@@ -119,6 +119,7 @@ impl Application {
                 idle_timeout: settings.limits.body_idle_timeout,
                 min_rate_bytes_per_sec: settings.limits.min_body_rate_bytes_per_sec,
                 min_rate_grace: settings.limits.min_body_rate_grace,
+                min_rate_window: settings.limits.min_body_rate_window,
             },
         };
         let (stop_plan, stop_signal) = watch::channel(None);

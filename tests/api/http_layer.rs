@@ -50,7 +50,9 @@ impl Process {
 }
 
 /// Reads one HTTP/1.1 answer's head and its `Content-Length` body from `stream`.
-pub async fn read_answer(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+pub async fn read_answer<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
+) -> (u16, String, Vec<u8>) {
     let mut buffer = Vec::new();
     let mut byte = [0u8; 1];
     while !buffer.ends_with(b"\r\n\r\n") {
@@ -313,6 +315,55 @@ async fn a_body_below_the_minimum_rate_is_answered_408() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("1009"), "{answer}");
+    assert!(nothing_stored(&process.settings).await);
+}
+
+/// The minimum rate is judged over the last `limits.min_body_rate_window`: bytes sent fast
+/// at first do not buy a trickle minutes of a replica, and a body at 900 B/s where 1 KiB/s
+/// is asked for gets its 408 within the grace period and one window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_start_does_not_buy_a_trickle_time() {
+    let process = Process::start(
+        Backend::Embedded,
+        &[
+            ("MEDIA_NODE__LIMITS__MIN_BODY_RATE_BYTES_PER_SEC", "1024"),
+            ("MEDIA_NODE__LIMITS__MIN_BODY_RATE_GRACE", "1s"),
+            ("MEDIA_NODE__LIMITS__MIN_BODY_RATE_WINDOW", "2s"),
+        ],
+    )
+    .await;
+    for fast_start in [0usize, 256 * 1024] {
+        let mut stream = TcpStream::connect(("127.0.0.1", process.server.port))
+            .await
+            .unwrap();
+        let head = upload_head(Some(&process.token), Some(8 * 1024 * 1024));
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let (mut reader, mut writer) = stream.into_split();
+        let trickle = tokio::spawn(async move {
+            writer.write_all(&content(fast_start, 9)).await.unwrap();
+            // 900 bytes a second, in 90-byte pieces: never idle.
+            for _ in 0..600 {
+                if writer.write_all(&[b'x'; 90]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let answered =
+            tokio::time::timeout(Duration::from_secs(10), read_answer(&mut reader)).await;
+        let elapsed = started.elapsed();
+        trickle.abort();
+        let (status, head, _) = answered
+            .unwrap_or_else(|_| panic!("fast start {fast_start}: no answer after {elapsed:?}"));
+        println!("fast start {fast_start}: {status} after {elapsed:?}");
+        assert_eq!(status, 408, "{head}");
+        // grace (1 s) + window (2 s), and a second of slack for a loaded machine.
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "fast start {fast_start}: {elapsed:?}"
+        );
+    }
     assert!(nothing_stored(&process.settings).await);
 }
 
