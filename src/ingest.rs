@@ -102,9 +102,11 @@ pub struct Ingest {
     /// Parts of one upload sent to storage at once while the next one fills.
     pub parts_in_flight: usize,
     pub retention: chrono::Duration,
-    /// `reaper.stale_upload_after`: an upload whose heartbeat is older may be reaped, and
-    /// may no longer commit.
-    pub stale_upload_after: std::time::Duration,
+    /// How often a live upload refreshes its heartbeat (`ReaperSettings::upload_heartbeat`).
+    pub heartbeat: std::time::Duration,
+    /// An upload whose heartbeat is older is dead (`ReaperSettings::upload_dead_after`): it
+    /// holds its key no more, may be reaped, and may no longer commit.
+    pub dead_after: std::time::Duration,
     pub metrics: MediaMetrics,
     pub cleanups: Cleanups,
     /// How slow a body may be before the upload is answered 408 and rolled back.
@@ -954,14 +956,14 @@ impl Ingest {
                 .is_some_and(|length| length > self.part_size as u64)
     }
 
-    /// Uploads whose heartbeat is older than this count as crashed.
+    /// Uploads whose heartbeat is older than this are dead (crashed).
     fn stale_before(&self) -> chrono::DateTime<Utc> {
-        Utc::now() - chrono::Duration::from_std(self.stale_upload_after).unwrap_or_default()
+        Utc::now() - chrono::Duration::from_std(self.dead_after).unwrap_or_default()
     }
 }
 
 /// The heartbeat of a live upload: a task that refreshes the row's `heartbeat_at` every
-/// `settings::upload_heartbeat` so the reaper never takes an upload that is still running.
+/// `Ingest::heartbeat` so the reaper never takes an upload that is still running.
 /// It ends with the upload (dropped), or when the row may no longer commit; then
 /// `mark_ready` refuses the commit and the upload rolls back.
 struct Heartbeat(tokio::task::JoinHandle<()>);
@@ -969,7 +971,7 @@ struct Heartbeat(tokio::task::JoinHandle<()>);
 impl Heartbeat {
     fn start(ingest: &Ingest, id: MediaId) -> Self {
         let ingest = ingest.clone();
-        let every = crate::settings::upload_heartbeat(ingest.stale_upload_after);
+        let every = ingest.heartbeat;
         Self(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -31,8 +31,8 @@ pub struct Purge {
     pub storage: Storage,
     pub batch_size: u32,
     pub lease: Duration,
-    /// `reaper.stale_upload_after`: uploads with an older heartbeat are crashed ones.
-    pub stale_upload_after: Duration,
+    /// `ReaperSettings::upload_dead_after`: uploads with an older heartbeat are dead.
+    pub dead_after: Duration,
 }
 
 impl Purge {
@@ -46,7 +46,7 @@ impl Purge {
             storage,
             batch_size: settings.reaper.batch_size,
             lease: settings.reaper.lease,
-            stale_upload_after: settings.reaper.stale_upload_after,
+            dead_after: settings.reaper.upload_dead_after(),
         }
     }
 
@@ -57,7 +57,7 @@ impl Purge {
             let query = PurgeQuery {
                 owner: owner.clone(),
                 now,
-                stale_before: now - chrono::Duration::from_std(self.stale_upload_after)?,
+                stale_before: now - chrono::Duration::from_std(self.dead_after)?,
                 limit: self.batch_size,
                 claim: uuid::Uuid::new_v4(),
                 lease_until: now + chrono::Duration::from_std(self.lease)?,

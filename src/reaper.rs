@@ -1,5 +1,5 @@
 //! Expiry: a background task that removes media past `expires_at`, and `uploading` rows
-//! left by crashed uploads, in batches. Objects go first, rows last, so no object ever
+//! left by crashed uploads (dead: they missed three heartbeats), in batches. Objects go first, rows last, so no object ever
 //! outlives its row; a failure leaves the row for a later pass.
 //!
 //! Many replicas reap at once. Each batch is claimed with a lease (`reap_claim`,
@@ -51,31 +51,83 @@ impl Reaper {
         }
     }
 
-    /// Runs a pass every `reaper.interval` until `shutdown` turns true. A pass in progress
-    /// stops between batches; a batch is always finished. Each pass runs as a task of its
-    /// own: one that panics is counted (`media_reaper_errors_total{stage="panic"}`), logged,
-    /// and followed by the next pass, so expiry never stops silently.
+    /// Runs a pass every `reaper.interval` until `shutdown` turns true, and in between a
+    /// quick pass for dead uploads every heartbeat (`ReaperSettings::upload_heartbeat`), so
+    /// a crashed upload's row and staged parts go within a heartbeat of its death. A pass in
+    /// progress stops between batches; a batch is always finished. Each pass runs as a task
+    /// of its own: one that panics is counted (`media_reaper_errors_total{stage="panic"}`),
+    /// logged, and followed by the next pass, so expiry never stops silently.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        tracing::info!(interval = ?self.settings.interval, "reaper started");
+        let quick = self.settings.upload_heartbeat().min(self.settings.interval);
+        tracing::info!(interval = ?self.settings.interval, dead_uploads_every = ?quick, "reaper started");
+        let mut next_full = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let full = Instant::now() >= next_full;
+            if full {
+                next_full = Instant::now() + self.settings.interval;
+            }
             let reaper = self.clone();
             let stop = shutdown.clone();
-            if let Err(err) = tokio::spawn(async move { reaper.pass(&stop).await }).await {
+            let pass = tokio::spawn(async move {
+                if full {
+                    reaper.pass(&stop).await;
+                } else {
+                    reaper.dead_uploads_pass(&stop).await;
+                }
+            });
+            if let Err(err) = pass.await {
                 if err.is_panic() {
                     self.error("panic");
                     let message = panic_message(err.into_panic());
                     tracing::error!(panic = %message, "reaper pass panicked; the next pass runs as usual");
                 }
             }
+            let pause = quick.min(next_full.saturating_duration_since(Instant::now()));
             tokio::select! {
-                _ = tokio::time::sleep(self.settings.interval) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => {}
             }
         }
         tracing::info!("reaper stopped");
+    }
+
+    /// A quick pass: batches of dead uploads (their heartbeat older than
+    /// `ReaperSettings::upload_dead_after`) until none is left (or shutdown begins).
+    /// Expired media wait for the next full pass.
+    pub async fn dead_uploads_pass(&self, shutdown: &watch::Receiver<bool>) -> PassReport {
+        let started = Instant::now();
+        let mut report = PassReport::default();
+        loop {
+            if *shutdown.borrow() {
+                report.interrupted = true;
+                break;
+            }
+            match self.batch(Scope::DeadUploads).await {
+                Ok(batch) => {
+                    report.deleted += batch.deleted;
+                    report.errors += batch.errors;
+                    if batch.claimed < self.settings.batch_size as usize || batch.errors > 0 {
+                        break;
+                    }
+                }
+                Err(()) => {
+                    report.errors += 1;
+                    break;
+                }
+            }
+        }
+        if report.deleted > 0 || report.errors > 0 {
+            tracing::info!(
+                deleted = report.deleted,
+                errors = report.errors,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "reaper pass for dead uploads finished"
+            );
+        }
+        report
     }
 
     /// One pass: batches until nothing is due (or shutdown begins).
@@ -88,7 +140,7 @@ impl Reaper {
                 report.interrupted = true;
                 break;
             }
-            match self.batch().await {
+            match self.batch(Scope::Everything).await {
                 Ok(batch) => {
                     report.deleted += batch.deleted;
                     report.errors += batch.errors;
@@ -135,17 +187,21 @@ impl Reaper {
         self.metrics.errors.with_label_values(&[stage]).inc();
     }
 
-    async fn batch(&self) -> Result<BatchReport, ()> {
+    async fn batch(&self, scope: Scope) -> Result<BatchReport, ()> {
         let now = Utc::now();
         let claim = uuid::Uuid::new_v4();
         let due = DueQuery {
             now,
-            stale_before: now - chrono_duration(self.settings.stale_upload_after),
+            stale_before: now - chrono_duration(self.settings.upload_dead_after()),
             limit: self.settings.batch_size,
             claim,
             lease_until: now + chrono_duration(self.settings.lease),
         };
-        let claimed = self.metadata.claim_due(&due).await.map_err(|err| {
+        let claimed = match scope {
+            Scope::Everything => self.metadata.claim_due(&due).await,
+            Scope::DeadUploads => self.metadata.claim_dead_uploads(&due).await,
+        };
+        let claimed = claimed.map_err(|err| {
             self.error("claim");
             tracing::warn!(error = ?err, "reaper could not claim a batch");
         })?;
@@ -194,6 +250,15 @@ impl Reaper {
             errors,
         })
     }
+}
+
+/// What a batch claims.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    /// Expired media and dead uploads.
+    Everything,
+    /// Dead uploads only.
+    DeadUploads,
 }
 
 #[derive(Debug, Default)]

@@ -317,8 +317,14 @@ pub struct ReaperSettings {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub batch_size: u32,
+    /// An upper bound on how long a live upload goes between heartbeats: the heartbeat is
+    /// at most a quarter of it, whatever `heartbeat_interval` says.
     #[serde(with = "humantime_serde")]
     pub stale_upload_after: Duration,
+    /// How often a live upload refreshes the heartbeat on its row; one that missed three
+    /// in a row is dead (`ReaperSettings::upload_dead_after`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// How long a replica holds a claimed batch; longer than a batch ever takes.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -515,6 +521,12 @@ impl Settings {
                 MIN_STALE_UPLOAD_AFTER,
                 7 * DAY,
             ),
+            (
+                "reaper.heartbeat_interval",
+                self.reaper.heartbeat_interval,
+                MIN_HEARTBEAT_INTERVAL,
+                MAX_HEARTBEAT_INTERVAL,
+            ),
             ("reaper.lease", self.reaper.lease, SECOND, DAY),
             (
                 "server.drain_delay",
@@ -596,22 +608,33 @@ impl Settings {
             .migrate_on_start
             .unwrap_or(!self.is_production())
     }
+}
 
-    /// How often a live upload refreshes the heartbeat on its row: often enough that it
-    /// never looks crashed to the reaper (`reaper.stale_upload_after`).
+impl ReaperSettings {
+    /// How often a live upload refreshes the heartbeat on its row: `heartbeat_interval`,
+    /// at most a quarter of `stale_upload_after`.
     pub fn upload_heartbeat(&self) -> Duration {
-        upload_heartbeat(self.reaper.stale_upload_after)
+        self.heartbeat_interval.min(self.stale_upload_after / 4)
+    }
+
+    /// An upload whose heartbeat is older than this is dead: it missed three beats in a
+    /// row. Its `Idempotency-Key` is free again, it may no longer commit, and the reaper
+    /// removes it.
+    pub fn upload_dead_after(&self) -> Duration {
+        self.upload_heartbeat() * DEAD_AFTER_MISSED_BEATS
     }
 }
+
+/// Heartbeats an upload may miss in a row before it is dead.
+pub const DEAD_AFTER_MISSED_BEATS: u32 = 3;
 
 /// The smallest `reaper.stale_upload_after`: below it, heartbeats would flood the database.
 pub const MIN_STALE_UPLOAD_AFTER: Duration = Duration::from_secs(4);
 
-/// A quarter of the stale threshold, at most a minute, so three heartbeats in a row can be
-/// late or lost before a live upload looks crashed.
-pub fn upload_heartbeat(stale_upload_after: Duration) -> Duration {
-    (stale_upload_after / 4).min(Duration::from_secs(60))
-}
+/// The range of `reaper.heartbeat_interval`: below it, heartbeats would flood the
+/// database; above it, a crashed upload would hold its key too long.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Secrets that may be mounted as files (Kubernetes Secrets) instead of set as values:
 /// `MEDIA_NODE__AUTH__HS256_SECRET_FILE`, `MEDIA_NODE__DATABASE__URL_FILE`,
@@ -897,6 +920,9 @@ mod tests {
         for (key, value) in [
             ("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "0s"),
             ("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "1s"),
+            ("MEDIA_NODE__REAPER__HEARTBEAT_INTERVAL", "0s"),
+            ("MEDIA_NODE__REAPER__HEARTBEAT_INTERVAL", "500ms"),
+            ("MEDIA_NODE__REAPER__HEARTBEAT_INTERVAL", "6m"),
             ("MEDIA_NODE__MEDIA__RETENTION", "0s"),
             ("MEDIA_NODE__MEDIA__RETENTION", "100000years"),
             ("MEDIA_NODE__REAPER__LEASE", "100000years"),
@@ -916,6 +942,25 @@ mod tests {
             &[("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "10s")]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_upload_is_dead_after_three_missed_heartbeats() {
+        let settings = load_with(
+            "development",
+            &[("MEDIA_NODE__REAPER__HEARTBEAT_INTERVAL", "1s")],
+        )
+        .unwrap();
+        assert_eq!(settings.reaper.upload_heartbeat(), Duration::from_secs(1));
+        assert_eq!(settings.reaper.upload_dead_after(), Duration::from_secs(3));
+        // A short stale_upload_after caps the heartbeat at a quarter of it.
+        let settings = load_with(
+            "development",
+            &[("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "8s")],
+        )
+        .unwrap();
+        assert_eq!(settings.reaper.upload_heartbeat(), Duration::from_secs(2));
+        assert_eq!(settings.reaper.upload_dead_after(), Duration::from_secs(6));
     }
 
     #[test]
@@ -985,6 +1030,9 @@ mod tests {
             settings.reaper.stale_upload_after,
             Duration::from_secs(3600)
         );
+        assert_eq!(settings.reaper.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(settings.reaper.upload_heartbeat(), Duration::from_secs(10));
+        assert_eq!(settings.reaper.upload_dead_after(), Duration::from_secs(30));
         assert_eq!(settings.server.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(settings.database.url.expose(), "sqlite://data/media.db");
         assert_eq!(settings.storage.url, "file://data/objects");

@@ -108,7 +108,8 @@ impl Application {
             part_size: settings.storage.part_size_bytes,
             parts_in_flight: settings.storage.parts_in_flight,
             retention,
-            stale_upload_after: settings.reaper.stale_upload_after,
+            heartbeat: settings.reaper.upload_heartbeat(),
+            dead_after: settings.reaper.upload_dead_after(),
             metrics: metrics.media.clone(),
             // A quarter of the pool at most, so requests keep connections of their own.
             cleanups: Cleanups::on_current_runtime(

@@ -61,6 +61,7 @@ contract!(
     mark_ready_only_once_and_only_existing,
     duplicate_ids_are_refused,
     claims_take_due_rows_once,
+    the_quick_pass_claims_dead_uploads_only,
     leases_end_and_releases_free_rows,
     concurrent_claims_never_overlap,
     claim_first_then_commit_is_fenced,
@@ -97,6 +98,78 @@ async fn expired_rows(repo: &Metadata, n: usize, now: chrono::DateTime<Utc>) -> 
         ids.push(media.id);
     }
     ids
+}
+
+/// `claim_dead_uploads`: `uploading` rows whose heartbeat is older than `stale_before`
+/// (three missed beats), in batches, each once; never expired ready media (they wait for
+/// the full pass), a live upload (a fresh heartbeat, however old the row), or a held row.
+async fn the_quick_pass_claims_dead_uploads_only(backend: Backend) {
+    let dir = TempDir::new();
+    let repo = repo(backend, &dir).await;
+    let now = now_ms();
+    let quick = |limit| DueQuery {
+        stale_before: now - Duration::seconds(30),
+        ..due(now, limit)
+    };
+    let expired = expired_rows(&repo, 2, now).await;
+    // Live: beat 5 s ago, though started two hours ago.
+    let live = new_media("acct", now - Duration::hours(2));
+    repo.insert_uploading(&live).await.unwrap();
+    assert!(repo
+        .heartbeat(live.id, now - Duration::seconds(5), LONG_AGO)
+        .await
+        .unwrap());
+    // Dead: last beat 31 s ago, 40 s ago, and one that never beat after its insert.
+    let mut dead = Vec::new();
+    for ago in [31, 40, 45] {
+        let media = new_media("acct", now - Duration::seconds(45));
+        repo.insert_uploading(&media).await.unwrap();
+        if ago < 45 {
+            assert!(repo
+                .heartbeat(media.id, now - Duration::seconds(ago), LONG_AGO)
+                .await
+                .unwrap());
+        }
+        dead.push(media.id);
+    }
+
+    let first = quick(2);
+    let batch = repo.claim_dead_uploads(&first).await.unwrap();
+    assert_eq!(batch.len(), 2, "{batch:?}");
+    let rest = repo.claim_dead_uploads(&quick(10)).await.unwrap();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    let mut claimed: Vec<MediaId> = batch.iter().chain(&rest).map(|c| c.id).collect();
+    claimed.sort_by_key(|id| id.to_string());
+    dead.sort_by_key(|id| id.to_string());
+    assert_eq!(claimed, dead);
+    assert!(batch
+        .iter()
+        .chain(&rest)
+        .all(|c| c.status == MediaStatus::Uploading));
+    assert!(repo
+        .claim_dead_uploads(&quick(10))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The dead are fenced: a late beat or commit of theirs is refused.
+    let stale_before = now - Duration::seconds(30);
+    assert!(!repo.heartbeat(dead[0], now, stale_before).await.unwrap());
+    assert!(!repo
+        .mark_ready(dead[0], 1, "00", stale_before)
+        .await
+        .unwrap());
+    // The full pass still takes the expired media; the live upload stays and commits.
+    let full = repo.claim_due(&quick(10)).await.unwrap();
+    let mut full: Vec<MediaId> = full.iter().map(|c| c.id).collect();
+    full.sort_by_key(|id| id.to_string());
+    let mut expired = expired;
+    expired.sort_by_key(|id| id.to_string());
+    assert_eq!(full, expired);
+    assert!(repo
+        .mark_ready(live.id, 1, "00", stale_before)
+        .await
+        .unwrap());
 }
 
 async fn claims_take_due_rows_once(backend: Backend) {

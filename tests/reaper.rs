@@ -19,6 +19,7 @@ on_both_backends!(
     reap_once_subcommand,
     a_live_upload_outlasting_the_stale_threshold_is_kept,
     a_panicking_pass_is_counted_and_the_reaper_goes_on,
+    after_a_crash_mid_upload_the_key_is_free_and_nothing_is_left,
 );
 
 /// A body that trickles in: `chunks` pieces of `chunk_len` bytes, `pause` apart.
@@ -506,4 +507,117 @@ async fn a_crash_mid_upload_on_local_disk_leaves_nothing_after_a_reap() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["deleted"], 1);
     assert_eq!(files_under(&objects), Vec::<std::path::PathBuf>::new());
+}
+
+/// kill -9 in the middle of an upload with an `Idempotency-Key`, then a restart: once the
+/// crashed upload missed three heartbeats (`reaper.heartbeat_interval`, 1 s here) its key is
+/// free again (the retry is a new upload, 201, not 409), and the reaper removes its row and
+/// its staging files or multipart upload within seconds, not `reaper.stale_upload_after`.
+async fn after_a_crash_mid_upload_the_key_is_free_and_nothing_is_left(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let dir = helpers::TempDir::new();
+    let settings = helpers::test_settings(backend, &dir).await;
+    let local_root = settings
+        .storage
+        .url
+        .strip_prefix("file://")
+        .map(std::path::PathBuf::from);
+    let metadata =
+        media_node::metadata::Metadata::connect(settings.database.url.expose(), 2).unwrap();
+    let storage = media_node::storage::Storage::from_settings(&settings.storage).unwrap();
+    let leftovers = || async {
+        match &local_root {
+            Some(root) => files_under(root)
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains('#'))
+                .count(),
+            None => storage.all_pending_uploads().await.unwrap().len(),
+        }
+    };
+    let mut env = helpers::process_env(&settings);
+    env.push(("MEDIA_NODE__REAPER__HEARTBEAT_INTERVAL", "1s".into()));
+    let mut server = helpers::ServiceProcess::start(&dir.0, &env);
+    server.wait_ready().await;
+    let token = media_node::auth::Authenticator::from_settings(&settings.auth, false)
+        .unwrap()
+        .mint("acct", Duration::from_secs(600), None)
+        .unwrap();
+
+    // 12 MiB declared, 7 MiB sent: the first 5 MiB part is staged or sent.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         X-Gr-File-Extension: bin\r\nIdempotency-Key: k\r\nContent-Length: {}\r\n\r\n",
+        12 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(&content(7 * 1024 * 1024, 8))
+        .await
+        .unwrap();
+    let mut staged = 0;
+    for _ in 0..400 {
+        staged = leftovers().await;
+        if staged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(staged, 1, "a part of the upload is in storage");
+    let port = server.port;
+    let admin_port = server.admin_port;
+    server.signal("KILL");
+    let _ = server.wait_exit(Duration::from_secs(10));
+    let killed = std::time::Instant::now();
+    drop(stream);
+
+    let mut server = helpers::ServiceProcess::start_on(&dir.0, port, admin_port, &env);
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    let retry = content(3000, 9);
+    let mut answers = Vec::new();
+    let freed = loop {
+        let response = client
+            .post(server.url("/v1/media"))
+            .bearer_auth(&token)
+            .header("X-Gr-File-Extension", "bin")
+            .header("Idempotency-Key", "k")
+            .body(retry.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        answers.push(status);
+        if status == 201 {
+            assert!(response.headers().get("Idempotent-Replayed").is_none());
+            break killed.elapsed();
+        }
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 409, "{text}");
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the key is still held {:?} after the crash: {answers:?} {text}\n{}",
+            killed.elapsed(),
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let cleaned = loop {
+        if leftovers().await == 0 && metadata.count().await.unwrap() == 1 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the crashed upload is still there {:?} after the crash ({} rows, {} parts)",
+            killed.elapsed(),
+            metadata.count().await.unwrap(),
+            leftovers().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("{backend:?}: key free after {freed:?}, crashed upload removed after {cleaned:?}");
+    let (status, _) = server.terminate();
+    assert!(status.success());
 }

@@ -135,7 +135,7 @@ pub struct PurgeQuery {
 #[derive(Debug, Clone)]
 pub struct DueQuery {
     pub now: DateTime<Utc>,
-    /// `uploading` rows whose heartbeat is older than this are crashed uploads.
+    /// `uploading` rows whose heartbeat is older than this are dead (crashed) uploads.
     pub stale_before: DateTime<Utc>,
     pub limit: u32,
     pub claim: uuid::Uuid,
@@ -781,6 +781,18 @@ impl Metadata {
             )?);
         }
         Ok(claimed)
+    }
+
+    /// `claim_due` for dead uploads only (`uploading` rows whose heartbeat is older than
+    /// `due.stale_before`), at most `due.limit`: the reaper's quick pass between full ones.
+    pub async fn claim_dead_uploads(&self, due: &DueQuery) -> Result<Vec<Claimed>> {
+        let stale = Due::StaleUpload;
+        on_pool!(
+            self,
+            "claim_stale",
+            |pool| postgres::claim(pool, due, stale, due.limit).await,
+            sqlite::claim(pool, due, stale, due.limit).await
+        )
     }
 
     /// The PostgreSQL plans of the statements `claim_due` runs for `due`, with the same

@@ -258,8 +258,8 @@ async fn a_retry_while_the_first_streams_is_409_before_its_body(backend: Backend
     assert_content(&app, &token, &id, &first).await;
 }
 
-/// A first upload that crashed (its row `uploading`, its heartbeat older than
-/// `reaper.stale_upload_after`, an object written) holds its key no more: a new upload
+/// A first upload that crashed (its row `uploading`, its heartbeat older than three
+/// `reaper.heartbeat_interval`s, an object written) holds its key no more: a new upload
 /// with the key is stored as a first one, and the reaper still removes the crashed row and
 /// its object.
 async fn a_crashed_first_upload_frees_its_key(backend: Backend) {
