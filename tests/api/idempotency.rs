@@ -387,6 +387,7 @@ async fn deleted_and_purged_media_free_their_key(backend: Backend) {
     let purged = app
         .client
         .post(format!("{}/admin/accounts/acct/purge", app.admin_address))
+        .bearer_auth(app.token_with_scope("ops", "media:admin"))
         .send()
         .await
         .unwrap();
