@@ -329,7 +329,9 @@ struct Conflict(#[to_schema] Error);
 #[derive(ToResponse)]
 #[response(
     description = "The Idempotency-Key was used by this account for an upload \
-    with other content (code 1009); nothing of this upload was kept"
+    with other content, or with another X-Gr-File-Extension (refused before the body is \
+    read; with `Expect: 100-continue`, before it is sent) (code 1009); nothing of this upload \
+    was kept"
 )]
 struct UnprocessableContent(#[to_schema] Error);
 
@@ -385,9 +387,10 @@ struct ServiceUnavailable(#[to_schema] Error);
 ///
 /// With an `Idempotency-Key`, a retry by the same account with the same key and the same
 /// bytes answers the media stored by the first upload (201, same id and `Location`,
-/// `Idempotent-Replayed: true`) and keeps nothing of its own; other bytes are 422; a retry
-/// while the first upload is still streaming is 409. A key is free again once its media
-/// expired or was deleted, or once its first upload counts as crashed.
+/// `Idempotent-Replayed: true`) and keeps nothing of its own; other bytes, or another
+/// extension (the extension is part of the request), are 422; a retry while the first
+/// upload is still streaming is 409. A key is free again once its media expired or was
+/// deleted, or once its first upload counts as crashed.
 #[utoipa::path(
     post,
     path = "/v1/media",

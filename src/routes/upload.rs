@@ -98,18 +98,18 @@ async fn store(
 
 /// The checks of an upload's headers that come after the token: the extension, the
 /// idempotency key and the declared length (also against the `profile`'s rule for the
-/// extension). `Expect: 100-continue` runs them too, before the body is sent; the key, if
-/// any, is returned.
+/// extension). `Expect: 100-continue` runs them too, before the body is sent; the
+/// extension and the key, if any, are returned.
 pub fn check_headers(
     headers: &HeaderMap,
     limit: u64,
     profile: crate::profile::Profile,
-) -> Result<Option<IdempotencyKey>, ApiError> {
+) -> Result<(FileExtension, Option<IdempotencyKey>), ApiError> {
     let extension = extension(headers)?;
     let key = idempotency_key(headers)?;
     let length = declared_length_allowed(headers, limit)?;
     profile.check_declared(&extension, length)?;
-    Ok(key)
+    Ok((extension, key))
 }
 
 /// The `Idempotency-Key`, if sent; sent twice it is ambiguous and refused.
