@@ -379,8 +379,8 @@ struct ServiceUnavailable(#[to_schema] Error);
 ///
 /// The raw bytes of the file as the body (not multipart), 1 byte up to the configured limit
 /// (37 MiB by default). All or nothing: a refused or failed upload leaves nothing behind.
-/// With `Expect: 100-continue` the token, scope, extension, Idempotency-Key and
-/// Content-Length are checked before the body is sent. When a media profile is configured (`media.profile`:
+/// With `Expect: 100-continue` the token, scope, extension, Idempotency-Key,
+/// Content-Length and the form of Content-Digest are checked before the body is sent. When a media profile is configured (`media.profile`:
 /// `whatsapp`), its per-type rules apply too: a body over the size rule of its extension
 /// is 413, content against a rule (an `.ogg` that is not Opus, an MP4 that is not
 /// streamable or not H.264 with AAC) is 400, both code 1009 with details naming the rule.

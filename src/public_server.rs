@@ -114,7 +114,8 @@ pub fn start(
 }
 
 /// Decides an `Expect: 100-continue` request: an upload is refused with its final answer
-/// (401, 403, 400, 413, 429 for an account with all its uploads running, 409 for an
+/// (401, 403, 400 for any header `routes::upload::check_headers` refuses, 413, 429 for an
+/// account with all its uploads running, 409 for an
 /// `Idempotency-Key` whose upload still streams, 422 for one whose media has another
 /// extension) before the client sends its body; anything else continues.
 async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<BoxBody>> {
@@ -132,16 +133,23 @@ async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Resp
     };
     let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
         caller.require(SCOPE_WRITE)?;
-        let (extension, key) = routes::upload::check_headers(
+        let headers = routes::upload::check_headers(
             req.headers(),
             state.ingest.max_upload_bytes,
             state.profile,
         )?;
         state.limits.upload_allowed(&caller.account)?;
-        Ok((caller, extension, key))
+        Ok((caller, headers))
     });
     let key_refusal = match &checked {
-        Ok((caller, extension, Some(key))) => {
+        Ok((
+            caller,
+            routes::upload::UploadHeaders {
+                extension,
+                key: Some(key),
+                ..
+            },
+        )) => {
             state
                 .ingest
                 .key_refusal(&caller.account, key, extension)
