@@ -408,8 +408,9 @@ struct ServiceUnavailable(#[to_schema] Error);
                 nothing is kept. Members of other algorithms are ignored."),
         ("Idempotency-Key" = Option<String>, Header,
             description = "IETF httpapi draft: 1-255 visible ASCII characters (0x21-0x7E), \
-                or the same in double quotes (a Structured Field string; the key is what \
-                the quotes enclose). Per account; kept as long as the media. Invalid, or \
+                the first not a double quote, or 1-255 of them in double quotes (a \
+                Structured Field string; the key is what the quotes enclose; a lone or \
+                unclosed quote is invalid). Per account; kept as long as the media. Invalid, or \
                 sent twice, is 400 (code 1009).",
             example = "4b1c7e0e-5d7f-4a43-9f5e-3f4a1b2c9d10",
             pattern = "^([!#-~][!-~]{0,254}|\"[!-~]{1,255}\")$"),

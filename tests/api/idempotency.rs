@@ -498,6 +498,9 @@ async fn invalid_or_repeated_keys_are_400(backend: Backend) {
     let invalid: Vec<reqwest::header::HeaderValue> = vec![
         reqwest::header::HeaderValue::from_static(""),
         reqwest::header::HeaderValue::from_static("\"\""),
+        reqwest::header::HeaderValue::from_static("\""),
+        reqwest::header::HeaderValue::from_static("\"abcq"),
+        reqwest::header::HeaderValue::from_static("\"abc\"x"),
         reqwest::header::HeaderValue::from_str(&too_long).unwrap(),
         reqwest::header::HeaderValue::from_str(&format!("\"{too_long}\"")).unwrap(),
         reqwest::header::HeaderValue::from_static("two words"),
