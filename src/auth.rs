@@ -31,6 +31,9 @@ use crate::settings::{redact_url, AuthSettings, Secret};
 
 pub const SCOPE_READ: &str = "media:read";
 pub const SCOPE_WRITE: &str = "media:write";
+/// The admin listener's purge. Only a token whose `scope` names it has it: a token without
+/// a `scope` claim may read and write, but is no admin.
+pub const SCOPE_ADMIN: &str = "media:admin";
 
 /// A token naming an unknown `kid` refreshes the JWKS at most this often.
 pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
@@ -68,16 +71,28 @@ fn split_scopes(scope: &str) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub account: AccountId,
-    /// `None` when the token has no `scope` claim: such a token may do everything.
+    /// `None` when the token has no `scope` claim: such a token may read and write.
     scopes: Option<Vec<String>>,
 }
 
 impl Caller {
-    /// 403 unless the token allows `scope`.
+    /// 403 unless the token allows `scope`: a token without a `scope` claim allows
+    /// `media:read` and `media:write`.
     pub fn require(&self, scope: &str) -> Result<(), ApiError> {
         match &self.scopes {
             None => Ok(()),
+            Some(_) => self.require_named(scope),
+        }
+    }
+
+    /// 403 unless the token's `scope` claim names `scope`; a token without the claim has
+    /// none of these (`media:admin`).
+    pub fn require_named(&self, scope: &str) -> Result<(), ApiError> {
+        match &self.scopes {
             Some(granted) if granted.iter().any(|s| s == scope) => Ok(()),
+            None => Err(ApiError::Forbidden(format!(
+                "the token has no scope claim, and {scope} must be named in it"
+            ))),
             Some(_) => Err(ApiError::Forbidden(format!(
                 "the token's scope does not include {scope}"
             ))),
@@ -170,6 +185,9 @@ enum Refusal {
     Invalid,
 }
 
+/// Clones share the keys (and the tasks that keep them current): the public API and the
+/// admin listener verify tokens with one key ring.
+#[derive(Clone)]
 pub struct Authenticator {
     ring: Arc<KeyRing>,
     signing: Option<EncodingKey>,
@@ -291,7 +309,7 @@ impl Authenticator {
     /// Fetches the JWKS (if one is configured; a failure is logged and later refreshes
     /// retry) and starts the tasks that keep the keys current: key files are re-read every
     /// `auth.key_files_poll`, the JWKS is fetched every `auth.jwks_refresh`. The tasks end
-    /// when the authenticator is dropped.
+    /// when the authenticator and its clones are dropped.
     pub async fn start(&self) {
         if let Some(jwks) = &self.ring.jwks {
             if let Err(err) = jwks.refresh(&self.ring.rules).await {
@@ -354,7 +372,7 @@ impl Authenticator {
     /// Mints a token with the HS256 secret (the `token` subcommand and tests). Refuses what
     /// the server would refuse or read differently: an account `AccountId::parse` does not
     /// take, and a blank scope (which the server reads as no scope at all granted, while
-    /// leaving the claim out grants every scope).
+    /// leaving the claim out grants reading and writing, though not `media:admin`).
     pub fn mint(&self, sub: &str, ttl: Duration, scope: Option<&str>) -> anyhow::Result<String> {
         anyhow::ensure!(
             AccountId::parse(sub).is_some(),
@@ -365,7 +383,8 @@ impl Authenticator {
         let scope = match scope.map(split_scopes) {
             Some(scopes) if scopes.is_empty() => anyhow::bail!(
                 "the scope (--scope) is blank, which the server reads as no access: name the \
-                 scopes (e.g. \"media:read media:write\") or leave --scope out for all of them"
+                 scopes (e.g. \"media:read media:write\", or \"media:admin\" for the admin \
+                 purge) or leave --scope out for reading and writing"
             ),
             scopes => scopes.map(|s| s.join(" ")),
         };
@@ -865,6 +884,35 @@ mod tests {
             caller.require(SCOPE_WRITE),
             Err(ApiError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn the_admin_scope_must_be_named() {
+        let auth = Authenticator::from_settings(&settings(&"k".repeat(32)), true).unwrap();
+        let caller = |scope: Option<&str>| {
+            let token = auth.mint("ops", Duration::from_secs(60), scope).unwrap();
+            auth.authenticate(&headers(&token)).unwrap()
+        };
+        // No scope claim: reading and writing, not the admin's purge.
+        let unscoped = caller(None);
+        assert!(unscoped.require(SCOPE_WRITE).is_ok());
+        assert!(matches!(
+            unscoped.require_named(SCOPE_ADMIN),
+            Err(ApiError::Forbidden(_))
+        ));
+        for scope in ["media:read media:write", "media:adminx", "media:ADMIN"] {
+            assert!(
+                matches!(
+                    caller(Some(scope)).require_named(SCOPE_ADMIN),
+                    Err(ApiError::Forbidden(_))
+                ),
+                "{scope}"
+            );
+        }
+        let admin = caller(Some("media:read media:admin"));
+        assert!(admin.require_named(SCOPE_ADMIN).is_ok());
+        assert!(admin.require(SCOPE_READ).is_ok());
+        assert!(admin.require(SCOPE_WRITE).is_err());
     }
 
     #[test]

@@ -107,20 +107,28 @@ impl fmt::Display for FileExtension {
 
 /// An upload's `Idempotency-Key` (IETF httpapi draft): 1-255 visible ASCII characters
 /// (0x21-0x7E). The draft's Structured Field string form is accepted too: one pair of
-/// surrounding double quotes is removed, and the key is what they enclosed. Keys are the
-/// client's to choose; never a metric label, and logged (at most) shortened.
+/// surrounding double quotes is removed, and the key is what they enclosed. A value that
+/// begins with a double quote is that form or invalid (a lone `"`, an unclosed `"abc`):
+/// the OpenAPI document's pattern. Keys are the client's to choose; never a metric label,
+/// and logged (at most) shortened.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub const MAX_LEN: usize = 255;
     const INVALID: &'static str = "Idempotency-Key must be 1-255 visible ASCII characters \
-        (0x21-0x7E), optionally in double quotes";
+        (0x21-0x7E), optionally in double quotes; one that begins with a double quote must \
+        end with one";
 
     /// The key of one header value, as its bytes arrived.
     pub fn parse(raw: &[u8]) -> Result<Self, &'static str> {
         let key = match raw {
-            [b'"', inner @ .., b'"'] => inner,
+            // The quoted form; a slice pattern with both quotes would need two bytes, and a
+            // lone `"` or an unclosed one would pass as an unquoted key.
+            [b'"', rest @ ..] => match rest {
+                [inner @ .., b'"'] => inner,
+                _ => return Err(Self::INVALID),
+            },
             other => other,
         };
         let visible = key.iter().all(|b| (0x21..=0x7e).contains(b));
@@ -264,8 +272,15 @@ mod tests {
         let longest = "k".repeat(255);
         assert_eq!(key(longest.as_bytes()).unwrap(), longest);
         assert_eq!(key(format!("\"{longest}\"").as_bytes()).unwrap(), longest);
+        // A key that ends in a quote is fine; one that begins with one is the quoted form,
+        // whole or not at all (the pattern of the OpenAPI document).
+        assert_eq!(key(b"abc\"").unwrap(), "abc\"");
+        assert_eq!(key(b"a\"b").unwrap(), "a\"b");
         for bad in [
             &b""[..],
+            b"\"",
+            b"\"abcq",
+            b"\"abc\"x",
             b"\"\"",
             b"a b",
             b"a\tb",
@@ -275,6 +290,38 @@ mod tests {
             "k".repeat(256).as_bytes(),
         ] {
             assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        // Every short value over quotes, visible and invisible bytes is taken exactly when
+        // it matches the OpenAPI pattern ^([!#-~][!-~]{0,254}|"[!-~]{1,255}")$.
+        let visible = |b: &u8| (0x21..=0x7e).contains(b);
+        let documented = |raw: &[u8]| match raw {
+            [b'"', inner @ .., b'"'] if !inner.is_empty() => inner.iter().all(visible),
+            [first, ..] => *first != b'"' && raw.iter().all(visible),
+            [] => false,
+        };
+        let alphabet = [b'"', b'a', b'~', b' '];
+        let mut values: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..5 {
+            let longer: Vec<Vec<u8>> = values
+                .iter()
+                .filter(|v| v.len() == values.last().unwrap().len())
+                .flat_map(|v| {
+                    alphabet.iter().map(move |c| {
+                        let mut next = v.clone();
+                        next.push(*c);
+                        next
+                    })
+                })
+                .collect();
+            values.extend(longer);
+        }
+        for raw in &values {
+            assert_eq!(
+                IdempotencyKey::parse(raw).is_ok(),
+                documented(raw),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
         let debug = format!(
             "{:?}",

@@ -60,6 +60,13 @@ pub enum ApiError {
          use a new key for a new file"
     )]
     IdempotencyKeyReused,
+    /// 422, code 1009: the `Idempotency-Key` was used by this account for an upload with
+    /// another `X-Gr-File-Extension`; refused before the body is read, nothing kept.
+    #[error(
+        "Idempotency-Key conflict: the key was already used for an upload with another \
+         X-Gr-File-Extension; use a new key for a new file"
+    )]
+    IdempotencyKeyOtherExtension,
     /// 413: the body is over the limit.
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -127,7 +134,8 @@ impl ApiError {
             | ApiError::OverProfileLimit(_)
             | ApiError::RangeNotSatisfiable { .. }
             | ApiError::PreconditionFailed(_)
-            | ApiError::IdempotencyKeyReused => (1009, "Parameter value is not valid"),
+            | ApiError::IdempotencyKeyReused
+            | ApiError::IdempotencyKeyOtherExtension => (1009, "Parameter value is not valid"),
             ApiError::IdempotencyKeyInUse => (1004, "Resource already exists"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
             ApiError::NotFound(_) => (1006, "Resource not found"),
@@ -164,7 +172,9 @@ impl ApiError {
                 "unavailable"
             }
             ApiError::TooManyRequests { .. } => "limited",
-            ApiError::IdempotencyKeyInUse | ApiError::IdempotencyKeyReused => "conflict",
+            ApiError::IdempotencyKeyInUse
+            | ApiError::IdempotencyKeyReused
+            | ApiError::IdempotencyKeyOtherExtension => "conflict",
             _ => "failed",
         }
     }
@@ -187,7 +197,9 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
-            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyOtherExtension => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } | ApiError::OverProfileLimit(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE

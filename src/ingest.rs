@@ -14,9 +14,10 @@
 //!
 //! With an `Idempotency-Key`, the row of the first upload holds the key (unique per
 //! account). A retry while that upload streams is refused (409) before its body is read; a
-//! retry once it is ready streams like any upload, into a row and object of its own, and at
-//! the end its SHA-256 decides: the same bytes give the stored media's id again (the
-//! retry's own row and object are removed), other bytes a 422 (removed too). A key whose
+//! retry with another extension than the ready media's is refused (422) before its body is
+//! read too; a retry once it is ready streams like any upload, into a row and object of its
+//! own, and at the end its SHA-256 decides: the same bytes give the stored media's id again
+//! (the retry's own row and object are removed), other bytes a 422 (removed too). A key whose
 //! holder crashed or expired is taken off that row (which stays for the reaper) and the
 //! upload goes on as a first one.
 //!
@@ -297,26 +298,37 @@ impl Ingest {
         }
     }
 
-    /// Whether an upload of `owner` with `key` is streaming now, so that another one with
-    /// the key would be refused (409). A hint for `Expect: 100-continue`, which answers
-    /// before the body is sent: when the database cannot tell, the upload itself decides.
-    pub async fn key_in_use(&self, owner: &AccountId, key: &IdempotencyKey) -> bool {
+    /// Why an upload of `owner` with `key` and `extension` would be refused before its
+    /// body, if it would: the key's upload is streaming now (409), or its media has another
+    /// extension (422). A hint for `Expect: 100-continue`, which answers before the body is
+    /// sent: when the database cannot tell, the upload itself decides.
+    pub async fn key_refusal(
+        &self,
+        owner: &AccountId,
+        key: &IdempotencyKey,
+        extension: &FileExtension,
+    ) -> Option<ApiError> {
         let query = KeyQuery {
             owner,
             key: key.as_str(),
             now: Utc::now(),
             stale_before: self.stale_before(),
         };
-        matches!(
-            self.metadata.key_holder(&query).await,
-            Ok(Some(KeyHolder::Streaming(_)))
-        )
+        match self.metadata.key_holder(&query).await {
+            Ok(Some(KeyHolder::Streaming(_))) => Some(ApiError::IdempotencyKeyInUse),
+            Ok(Some(KeyHolder::Ready {
+                extension: held, ..
+            })) if held != *extension => Some(ApiError::IdempotencyKeyOtherExtension),
+            _ => None,
+        }
     }
 
     /// Writes the row of an upload sent with `key`. The row holds the key when no live row
     /// does: a first upload, or one whose earlier holder crashed, expired or was deleted.
-    /// While the holder still streams, nothing is written (409). When it is ready, the row
-    /// is written without the key and the upload is a retry, to be compared at its end.
+    /// While the holder still streams, nothing is written (409); nor when it is ready media
+    /// of another extension (422: the extension is part of the request). When it is ready
+    /// media of this extension, the row is written without the key and the upload is a
+    /// retry, to be compared at its end.
     async fn insert_keyed(&self, row: &NewMedia, key: IdempotencyKey) -> Result<KeyRole, ApiError> {
         match self
             .metadata
@@ -327,7 +339,10 @@ impl Ingest {
             KeyedInsert::Held(KeyHolder::Streaming(_)) | KeyedInsert::Contended => {
                 Err(ApiError::IdempotencyKeyInUse)
             }
-            KeyedInsert::Held(KeyHolder::Ready { id, sha256 }) => {
+            KeyedInsert::Held(KeyHolder::Ready { extension, .. }) if extension != row.extension => {
+                Err(ApiError::IdempotencyKeyOtherExtension)
+            }
+            KeyedInsert::Held(KeyHolder::Ready { id, sha256, .. }) => {
                 self.metadata.insert_uploading(row).await?;
                 Ok(KeyRole::Retry(Retry {
                     owner: row.owner.clone(),

@@ -46,13 +46,14 @@ enum Command {
         /// How long the token is valid, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        /// Space-separated scopes, e.g. "media:read media:write"; none means all.
+        /// Space-separated scopes, e.g. "media:read media:write", or "media:admin" for the
+        /// purge on the admin listener; none means reading and writing (not media:admin).
         #[arg(long)]
         scope: Option<String>,
     },
     /// Remove all media of one account, rows and objects (also on the admin listener:
-    /// POST /admin/accounts/{account}/purge). Uploads of the account still streaming roll
-    /// back at their commit.
+    /// POST /admin/accounts/{account}/purge, with a token of scope media:admin). Uploads of
+    /// the account still streaming roll back at their commit.
     Purge {
         /// The account (a token's `sub`).
         #[arg(long)]

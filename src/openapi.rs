@@ -330,7 +330,9 @@ struct Conflict(#[to_schema] Error);
 #[derive(ToResponse)]
 #[response(
     description = "The Idempotency-Key was used by this account for an upload \
-    with other content (code 1009); nothing of this upload was kept"
+    with other content, or with another X-Gr-File-Extension (refused before the body is \
+    read; with `Expect: 100-continue`, before it is sent) (code 1009); nothing of this upload \
+    was kept"
 )]
 struct UnprocessableContent(#[to_schema] Error);
 
@@ -387,8 +389,8 @@ struct ServiceUnavailable(#[to_schema] Error);
 ///
 /// The raw bytes of the file as the body (not multipart), 1 byte up to the configured limit
 /// (37 MiB by default). All or nothing: a refused or failed upload leaves nothing behind.
-/// With `Expect: 100-continue` the token, scope, extension, Idempotency-Key and
-/// Content-Length are checked before the body is sent. When a media profile is configured (`media.profile`:
+/// With `Expect: 100-continue` the token, scope, extension, Idempotency-Key,
+/// Content-Length and the form of Content-Digest are checked before the body is sent. When a media profile is configured (`media.profile`:
 /// `whatsapp`), its per-type rules apply too: a body over the size rule of its extension
 /// is 413, content against a rule (an `.ogg` that is not Opus, an MP4 that is not H.264
 /// with AAC, a file that is not a valid one of its format) is 400, both code 1009 with
@@ -396,9 +398,10 @@ struct ServiceUnavailable(#[to_schema] Error);
 ///
 /// With an `Idempotency-Key`, a retry by the same account with the same key and the same
 /// bytes answers the media stored by the first upload (201, same id and `Location`,
-/// `Idempotent-Replayed: true`) and keeps nothing of its own; other bytes are 422; a retry
-/// while the first upload is still streaming is 409. A key is free again once its media
-/// expired or was deleted, or once its first upload counts as crashed.
+/// `Idempotent-Replayed: true`) and keeps nothing of its own; other bytes, or another
+/// extension (the extension is part of the request), are 422; a retry while the first
+/// upload is still streaming is 409. A key is free again once its media expired or was
+/// deleted, or once its first upload counts as crashed.
 #[utoipa::path(
     post,
     path = "/v1/media",
@@ -416,8 +419,9 @@ struct ServiceUnavailable(#[to_schema] Error);
                 nothing is kept. Members of other algorithms are ignored."),
         ("Idempotency-Key" = Option<String>, Header,
             description = "IETF httpapi draft: 1-255 visible ASCII characters (0x21-0x7E), \
-                or the same in double quotes (a Structured Field string; the key is what \
-                the quotes enclose). Per account; kept as long as the media. Invalid, or \
+                the first not a double quote, or 1-255 of them in double quotes (a \
+                Structured Field string; the key is what the quotes enclose; a lone or \
+                unclosed quote is invalid). Per account; kept as long as the media. Invalid, or \
                 sent twice, is 400 (code 1009).",
             example = "4b1c7e0e-5d7f-4a43-9f5e-3f4a1b2c9d10",
             pattern = "^([!#-~][!-~]{0,254}|\"[!-~]{1,255}\")$"),

@@ -1,14 +1,17 @@
-//! The admin listener: liveness, readiness and Prometheus metrics. It is bound to its own
-//! port and never routed through the public load balancer.
+//! The admin listener: liveness, readiness and Prometheus metrics, open to the probes and
+//! the scraper, and the purge of an account, which needs a token with the `media:admin`
+//! scope. It is bound to its own port and never routed through the public load balancer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 
+use crate::auth::{Authenticator, SCOPE_ADMIN};
+use crate::error::ApiError;
 use crate::metadata::Metadata;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -30,6 +33,8 @@ pub struct OpsState {
     pub last_check: Arc<tokio::sync::Mutex<Option<(Instant, bool, bool)>>>,
     /// Removes an account's media (`POST /admin/accounts/{account}/purge`).
     pub purge: Arc<crate::purge::Purge>,
+    /// The public API's authenticator (the same keys): the purge needs `media:admin`.
+    pub auth: Authenticator,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -40,18 +45,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Removes all media of an account. Only on the admin listener, which the load balancer
-/// does not expose and the network policy opens to the monitoring namespace alone.
-async fn purge(state: web::Data<OpsState>, account: web::Path<String>) -> HttpResponse {
+/// does not expose; the network policy opens it to the monitoring namespace, so the purge
+/// also needs a token with the `media:admin` scope (401 without a valid one, 403 without
+/// the scope), checked before the account is looked at. Each purge is logged with the
+/// token's `sub`.
+async fn purge(
+    req: HttpRequest,
+    state: web::Data<OpsState>,
+    account: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.authenticate_refreshing(req.headers()).await?;
+    caller.require_named(SCOPE_ADMIN)?;
     let Some(owner) = crate::domain::AccountId::parse(&account) else {
-        return HttpResponse::BadRequest().json(json!({ "error": "not a valid account" }));
+        return Err(ApiError::InvalidParameter(format!(
+            "the account must be 1-{} bytes without control characters",
+            crate::domain::AccountId::MAX_LEN
+        )));
     };
+    tracing::info!(sub = %caller.account, account = %owner, "purge requested on the admin listener");
     match state.purge.account(&owner).await {
-        Ok(report) => HttpResponse::Ok().json(report),
+        Ok(report) => Ok(HttpResponse::Ok().json(report)),
         Err(err) => {
-            tracing::warn!(error = ?err, "purge failed; run it again");
-            HttpResponse::ServiceUnavailable()
-                .insert_header((actix_web::http::header::RETRY_AFTER, "5"))
-                .json(json!({ "error": "the purge did not finish; run it again" }))
+            tracing::warn!(sub = %caller.account, account = %owner, "purge failed; run it again");
+            Err(ApiError::Unavailable(err))
         }
     }
 }

@@ -114,9 +114,10 @@ pub fn start(
 }
 
 /// Decides an `Expect: 100-continue` request: an upload is refused with its final answer
-/// (401, 403, 400, 413, 429 for an account with all its uploads running, 409 for an
-/// `Idempotency-Key` whose upload still streams) before the client sends its body;
-/// anything else continues.
+/// (401, 403, 400 for any header `routes::upload::check_headers` refuses, 413, 429 for an
+/// account with all its uploads running, 409 for an
+/// `Idempotency-Key` whose upload still streams, 422 for one whose media has another
+/// extension) before the client sends its body; anything else continues.
 async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<BoxBody>> {
     if req.method() != Method::POST || req.path() != "/v1/media" {
         return Ok(req);
@@ -132,21 +133,32 @@ async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Resp
     };
     let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
         caller.require(SCOPE_WRITE)?;
-        let key = routes::upload::check_headers(
+        let headers = routes::upload::check_headers(
             req.headers(),
             state.ingest.max_upload_bytes,
             state.profile,
         )?;
         state.limits.upload_allowed(&caller.account)?;
-        Ok((caller, key))
+        Ok((caller, headers))
     });
-    let key_in_use = match &checked {
-        Ok((caller, Some(key))) => state.ingest.key_in_use(&caller.account, key).await,
-        _ => false,
+    let key_refusal = match &checked {
+        Ok((
+            caller,
+            routes::upload::UploadHeaders {
+                extension,
+                key: Some(key),
+                ..
+            },
+        )) => {
+            state
+                .ingest
+                .key_refusal(&caller.account, key, extension)
+                .await
+        }
+        _ => None,
     };
-    match checked {
-        Ok(_) if key_in_use => Err(refusal(ApiError::IdempotencyKeyInUse)),
-        Ok(_) => Ok(req),
-        Err(err) => Err(refusal(err)),
+    match (checked, key_refusal) {
+        (Ok(_), Some(err)) | (Err(err), _) => Err(refusal(err)),
+        (Ok(_), None) => Ok(req),
     }
 }

@@ -163,6 +163,7 @@ impl Application {
                 storage.clone(),
                 settings,
             )),
+            auth: state.auth.clone(),
         });
 
         let public = TcpListener::bind((settings.server.host.as_str(), settings.server.port))

@@ -80,6 +80,35 @@ async fn newcomer_flow_on_embedded_defaults() {
         .unwrap();
     assert_eq!(metrics.status(), 200);
 
+    // The purge on the admin listener takes a token minted with `--scope media:admin`, not
+    // the user's, and is logged with the admin's `sub`.
+    let purge_url = format!(
+        "http://127.0.0.1:{}/admin/accounts/demo/purge",
+        server.admin_port
+    );
+    let refused = client
+        .post(&purge_url)
+        .bearer_auth(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let admin = token(
+        &dir.0,
+        "ops-alice",
+        &["--scope", "media:admin", "--ttl", "5m"],
+    );
+    let purged = client
+        .post(&purge_url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let report: serde_json::Value = purged.json().await.unwrap();
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert!(!dir.0.join("data/objects").join(&id).exists());
+
     // Ctrl-C drains like SIGTERM and exits 0.
     server.signal("INT");
     let (status, logs) = server.wait_exit(std::time::Duration::from_secs(30));
@@ -87,6 +116,12 @@ async fn newcomer_flow_on_embedded_defaults() {
     assert!(logs.contains("shutdown requested"), "{logs}");
     assert!(!logs.contains(secret.trim()), "the secret was logged");
     assert!(!logs.contains(&first), "a token was logged");
+    assert!(!logs.contains(&admin), "a token was logged");
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("purge") && line.contains("ops-alice")),
+        "the purge was not logged with its sub: {logs}"
+    );
 }
 
 #[test]

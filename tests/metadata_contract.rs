@@ -683,6 +683,7 @@ async fn an_idempotency_key_names_one_live_row_per_account(backend: Backend) {
     let holder = KeyHolder::Ready {
         id: first.id,
         sha256: "abc".to_owned(),
+        extension: first.extension.clone(),
     };
     assert_eq!(
         repo.insert_uploading_keyed(&second, "k", stale_before)
@@ -932,7 +933,8 @@ async fn attach_key_only_when_no_live_row_holds_it(backend: Backend) {
         repo.key_holder(&query).await.unwrap(),
         Some(KeyHolder::Ready {
             id: a,
-            sha256: "00".to_owned()
+            sha256: "00".to_owned(),
+            extension: FileExtension::parse("jpeg").unwrap(),
         })
     );
     // Two hours later `a` has expired: the key moves to `b`.
@@ -943,7 +945,8 @@ async fn attach_key_only_when_no_live_row_holds_it(backend: Backend) {
         repo.key_holder(&later).await.unwrap(),
         Some(KeyHolder::Ready {
             id: b,
-            sha256: "00".to_owned()
+            sha256: "00".to_owned(),
+            extension: FileExtension::parse("jpeg").unwrap(),
         })
     );
     // An uploading row never gets a key this way.

@@ -96,8 +96,13 @@ pub struct KeyQuery<'a> {
 pub enum KeyHolder {
     /// An upload still streaming: its heartbeat is fresh.
     Streaming(MediaId),
-    /// Ready media, not expired, with the SHA-256 of its content (lower-case hex).
-    Ready { id: MediaId, sha256: String },
+    /// Ready media, not expired, with the SHA-256 of its content (lower-case hex) and the
+    /// extension it was uploaded with.
+    Ready {
+        id: MediaId,
+        sha256: String,
+        extension: FileExtension,
+    },
 }
 
 /// What `insert_uploading_keyed` did.

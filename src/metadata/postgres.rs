@@ -98,7 +98,7 @@ pub(super) async fn release_dead_key(pool: &PgPool, query: &KeyQuery<'_>) -> Res
 
 pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Option<KeyHolder>> {
     let row = sqlx::query(&format!(
-        "SELECT id, status, sha256 FROM media \
+        "SELECT id, status, sha256, extension FROM media \
          WHERE owner = $1 AND idempotency_key = $2 AND NOT ({DEAD_KEY_HOLDER})"
     ))
     .bind(query.owner.as_str())
@@ -119,6 +119,7 @@ pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Op
             sha256: row
                 .try_get::<Option<String>, _>("sha256")?
                 .ok_or_else(|| super::MetadataError::Corrupt(format!("{id} has no sha256")))?,
+            extension: FileExtension::from_stored(row.try_get("extension")?),
         },
     }))
 }

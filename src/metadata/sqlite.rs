@@ -113,7 +113,7 @@ pub(super) async fn key_holder(
     query: &KeyQuery<'_>,
 ) -> Result<Option<KeyHolder>> {
     let row = sqlx::query(&format!(
-        "SELECT id, status, sha256 FROM media \
+        "SELECT id, status, sha256, extension FROM media \
          WHERE owner = ?1 AND idempotency_key = ?2 AND NOT ({DEAD_KEY_HOLDER})"
     ))
     .bind(query.owner.as_str())
@@ -135,6 +135,7 @@ pub(super) async fn key_holder(
             sha256: row
                 .try_get::<Option<String>, _>("sha256")?
                 .ok_or_else(|| MetadataError::Corrupt(format!("{id} has no sha256")))?,
+            extension: FileExtension::from_stored(row.try_get("extension")?),
         },
     }))
 }

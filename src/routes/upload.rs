@@ -56,14 +56,13 @@ async fn store(
 ) -> Result<(HttpResponse, bool), ApiError> {
     let req = req.clone();
     let caller = state.caller(&req, SCOPE_WRITE).await?;
-    let extension = extension(req.headers())?;
-    let key = idempotency_key(req.headers())?;
-    // Refuse by the declared length before reading a byte of the body.
-    let declared = Declared {
-        length: declared_length_allowed(req.headers(), state.ingest.max_upload_bytes)?,
-        sha256: crate::digest::expected_sha256(req.headers())?,
-    };
-    state.profile.check_declared(&extension, declared.length)?;
+    // Refuse by the headers (the declared length among them) before reading a byte of the
+    // body.
+    let UploadHeaders {
+        extension,
+        key,
+        declared,
+    } = check_headers(req.headers(), state.ingest.max_upload_bytes, state.profile)?;
     // Counted among the account's uploads, or refused (429) before a byte of the body.
     let slot = state.limits.begin_upload(&caller.account)?;
 
@@ -96,20 +95,35 @@ async fn store(
     Ok((response, stored.replayed))
 }
 
-/// The checks of an upload's headers that come after the token: the extension, the
-/// idempotency key and the declared length (also against the `profile`'s rule for the
-/// extension). `Expect: 100-continue` runs them too, before the body is sent; the key, if
-/// any, is returned.
+/// What an upload's headers say, once they passed their checks.
+#[derive(Debug)]
+pub struct UploadHeaders {
+    pub extension: FileExtension,
+    pub key: Option<IdempotencyKey>,
+    pub declared: Declared,
+}
+
+/// Every check of an upload's headers that comes after the token: the extension, the
+/// idempotency key, the declared length (also against the `profile`'s rule for the
+/// extension) and the `Content-Digest`. The upload and `Expect: 100-continue` both run
+/// this one list, so whatever the headers alone refuse is refused before the body is sent.
 pub fn check_headers(
     headers: &HeaderMap,
     limit: u64,
     profile: crate::profile::Profile,
-) -> Result<Option<IdempotencyKey>, ApiError> {
+) -> Result<UploadHeaders, ApiError> {
     let extension = extension(headers)?;
     let key = idempotency_key(headers)?;
-    let length = declared_length_allowed(headers, limit)?;
-    profile.check_declared(&extension, length)?;
-    Ok(key)
+    let declared = Declared {
+        length: declared_length_allowed(headers, limit)?,
+        sha256: crate::digest::expected_sha256(headers)?,
+    };
+    profile.check_declared(&extension, declared.length)?;
+    Ok(UploadHeaders {
+        extension,
+        key,
+        declared,
+    })
 }
 
 /// The `Idempotency-Key`, if sent; sent twice it is ambiguous and refused.

@@ -144,6 +144,7 @@ async fn purge_removes_an_account_and_fences_its_streaming_upload(backend: Backe
 
     let response = reqwest::Client::new()
         .post(format!("{}/admin/accounts/doomed/purge", app.admin_address))
+        .bearer_auth(app.token_with_scope("ops", "media:admin"))
         .send()
         .await
         .unwrap();

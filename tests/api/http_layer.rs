@@ -814,6 +814,72 @@ async fn expect_continue_is_refused_before_the_body_when_the_upload_would_be() {
     assert_eq!(app.row_count().await, 1);
 }
 
+/// Every check of an upload's headers answers an `Expect: 100-continue` request before the
+/// body is sent, with the same error the upload would get: a malformed `Content-Digest`
+/// as much as an invalid extension or key. A well-formed digest continues, and decides
+/// once the body is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_answers_every_header_check_before_the_body() {
+    use base64::Engine;
+    use sha2::Digest;
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let auth = ("Authorization", format!("Bearer {}", app.token("acct")));
+    let ext = ("X-Gr-File-Extension", "bin".to_owned());
+    let digest = |value: &str| ("Content-Digest", value.to_owned());
+    let refused: Vec<Vec<(&str, String)>> = vec![
+        vec![auth.clone(), ext.clone(), digest("garbage")],
+        vec![auth.clone(), ext.clone(), digest("sha-256=:AAAA:")],
+        vec![auth.clone(), ext.clone(), digest("sha-256=:!!:")],
+        vec![
+            auth.clone(),
+            ext.clone(),
+            digest("sha-256=:AAAA:"),
+            digest("sha-256=:AAAA:"),
+        ],
+        vec![auth.clone(), ("X-Gr-File-Extension", "a/b".to_owned())],
+        vec![
+            auth.clone(),
+            ext.clone(),
+            ("Idempotency-Key", "a b".to_owned()),
+        ],
+    ];
+    for headers in refused {
+        let (mut stream, head) = expect_continue_with(app.port(), &headers, 10).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{headers:?}: {head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap();
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["errors"][0]["code"], 1009, "{headers:?}: {json}");
+    }
+    assert_eq!(app.row_count().await, 0);
+
+    // A well-formed digest continues; the body then decides.
+    let body = b"0123456789";
+    let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body));
+    let wrong = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"other"));
+    for (value, status) in [(sha, 201), (wrong, 400)] {
+        let headers = [
+            auth.clone(),
+            ext.clone(),
+            digest(&format!("sha-256=:{value}:")),
+        ];
+        let (mut stream, head) = expect_continue_with(app.port(), &headers, 10).await;
+        assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+        stream.write_all(body).await.unwrap();
+        let (answer, head, _) = read_answer(&mut stream).await;
+        assert_eq!(answer, status, "{head}");
+    }
+    assert_eq!(app.row_count().await, 1);
+}
+
 /// Answers that actix-http writes itself, before the application sees a request (a
 /// malformed head, too many headers, an over-long URI, a header timeout), carry an
 /// `X-Request-Id` like every other answer.

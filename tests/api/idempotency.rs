@@ -16,6 +16,7 @@ use crate::on_both_backends;
 on_both_backends!(
     the_same_bytes_again_answer_the_same_media,
     other_bytes_under_the_same_key_are_422_and_leave_nothing,
+    another_extension_under_the_same_key_is_422_and_leaves_nothing,
     a_retry_while_the_first_streams_is_409_before_its_body,
     a_crashed_first_upload_frees_its_key,
     expired_media_frees_its_key,
@@ -28,8 +29,18 @@ on_both_backends!(
 );
 
 async fn upload_keyed(app: &TestApp, token: &str, key: &str, body: Vec<u8>) -> Response {
+    upload_keyed_as(app, token, key, "bin", body).await
+}
+
+async fn upload_keyed_as(
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    extension: &str,
+    body: Vec<u8>,
+) -> Response {
     app.request(Method::POST, "/v1/media", Some(token))
-        .header("X-Gr-File-Extension", "bin")
+        .header("X-Gr-File-Extension", extension)
         .header("Idempotency-Key", key)
         .body(body)
         .send()
@@ -203,6 +214,61 @@ async fn other_bytes_under_the_same_key_are_422_and_leave_nothing(backend: Backe
     assert!(replayed);
     assert_eq!(outcome(&app, "conflict").await, 2.0);
     app.assert_eventually_holds(1).await;
+}
+
+/// The extension is part of the request: the same key and bytes with another
+/// `X-Gr-File-Extension` are 422 (code 1009, details naming the extension), also at
+/// `Expect: 100-continue` before the body is sent, and nothing of the retry stays; the
+/// same extension in another spelling (case, a leading dot) is the same request.
+async fn another_extension_under_the_same_key_is_422_and_leaves_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let small = content(2000, 11);
+    let (id, _) = created(upload_keyed_as(&app, &token, "ext-1", "bin", small.clone()).await).await;
+    let large = content(PART_SIZE + 1000, 12);
+    let (large_id, _) =
+        created(upload_keyed_as(&app, &token, "ext-2", "bin", large.clone()).await).await;
+
+    for (key, body) in [("ext-1", &small), ("ext-2", &large)] {
+        for extension in ["txt", "jpg"] {
+            let response = upload_keyed_as(&app, &token, key, extension, body.clone()).await;
+            let error = assert_error(response, 422, 1009).await;
+            let details = error["errors"][0]["details"].as_str().unwrap();
+            assert!(details.contains("Idempotency-Key"), "{details}");
+            assert!(details.contains("X-Gr-File-Extension"), "{details}");
+        }
+    }
+    let headers = [
+        ("X-Gr-File-Extension", "txt".to_owned()),
+        ("Authorization", format!("Bearer {token}")),
+        ("Idempotency-Key", "ext-1".to_owned()),
+    ];
+    let (_stream, head) =
+        crate::http_layer::expect_continue_with(app.port(), &headers, small.len() as u64).await;
+    assert!(head.starts_with("HTTP/1.1 422"), "{head}");
+    app.assert_eventually_holds(2).await;
+
+    // The first uploads are untouched, served as what they were sent as, and still answer
+    // their retries, whatever the spelling of their extension.
+    for extension in ["bin", "BIN", ".bin"] {
+        let (again, replayed) =
+            created(upload_keyed_as(&app, &token, "ext-1", extension, small.clone()).await).await;
+        assert_eq!(again, id, "{extension}");
+        assert!(replayed, "{extension}");
+    }
+    let (again, replayed) =
+        created(upload_keyed_as(&app, &token, "ext-2", "bin", large.clone()).await).await;
+    assert_eq!(again, large_id);
+    assert!(replayed);
+    let response = app.get(&token, &id).await;
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_content(&app, &token, &id, &small).await;
+    assert_content(&app, &token, &large_id, &large).await;
+    assert_eq!(outcome(&app, "conflict").await, 4.0);
+    app.assert_eventually_holds(2).await;
 }
 
 /// While the first upload streams, a retry is 409 (code 1004) without a byte of its body
@@ -387,6 +453,7 @@ async fn deleted_and_purged_media_free_their_key(backend: Backend) {
     let purged = app
         .client
         .post(format!("{}/admin/accounts/acct/purge", app.admin_address))
+        .bearer_auth(app.token_with_scope("ops", "media:admin"))
         .send()
         .await
         .unwrap();
@@ -431,6 +498,9 @@ async fn invalid_or_repeated_keys_are_400(backend: Backend) {
     let invalid: Vec<reqwest::header::HeaderValue> = vec![
         reqwest::header::HeaderValue::from_static(""),
         reqwest::header::HeaderValue::from_static("\"\""),
+        reqwest::header::HeaderValue::from_static("\""),
+        reqwest::header::HeaderValue::from_static("\"abcq"),
+        reqwest::header::HeaderValue::from_static("\"abc\"x"),
         reqwest::header::HeaderValue::from_str(&too_long).unwrap(),
         reqwest::header::HeaderValue::from_str(&format!("\"{too_long}\"")).unwrap(),
         reqwest::header::HeaderValue::from_static("two words"),

@@ -1,6 +1,9 @@
-use reqwest::Method;
+use std::time::Duration;
 
-use crate::helpers::{content, labelled_value, metric_value, Backend, TestApp};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::{assert_error, content, labelled_value, metric_value, Backend, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(metrics_describe_what_happened);
@@ -155,4 +158,84 @@ async fn readiness_checks_are_cached(backend: Backend) {
     // most one more check (if a second boundary fell in between), not ten.
     assert!(before >= 1.0, "{before}");
     assert!(after - before <= 1.0, "{before} -> {after}");
+}
+
+on_both_backends!(the_purge_needs_a_token_with_the_admin_scope);
+
+/// `POST /admin/accounts/{A}/purge` answers 401 without a valid token (verified with the
+/// public API's keys), 403 for a token whose scope lacks `media:admin` (a token without a
+/// `scope` claim is no admin), and purges only for an admin; reading the admin listener
+/// needs no token.
+async fn the_purge_needs_a_token_with_the_admin_scope(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = app.token("acct");
+    for i in 0..2 {
+        app.upload_ok(&user, "bin", content(1000, i)).await;
+    }
+    let purge = |token: Option<String>| {
+        let request = app
+            .client
+            .post(format!("{}/admin/accounts/acct/purge", app.admin_address));
+        async move {
+            match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            }
+            .send()
+            .await
+            .unwrap()
+        }
+    };
+
+    let unauthenticated = |response: reqwest::Response| async move {
+        let challenge = response.headers().get("www-authenticate").cloned();
+        assert_error(response, 401, 1005).await;
+        assert_eq!(challenge.unwrap(), "Bearer");
+    };
+    unauthenticated(purge(None).await).await;
+    // Signed with another key, or not a JWT at all: 401.
+    let foreign = media_node::auth::Authenticator::from_settings(
+        &media_node::settings::AuthSettings {
+            hs256_secret: Some(media_node::settings::Secret::new("o".repeat(32))),
+            ..app.settings.auth.clone()
+        },
+        false,
+    )
+    .unwrap()
+    .mint("ops", Duration::from_secs(600), Some("media:admin"))
+    .unwrap();
+    for token in [foreign, "not-a-jwt".to_owned()] {
+        unauthenticated(purge(Some(token)).await).await;
+    }
+    // Valid tokens that are no admin's: without a scope claim, or with the user scopes.
+    for token in [
+        app.token("ops"),
+        app.token_with_scope("ops", "media:read media:write"),
+        app.token_with_scope("ops", "media:adminx"),
+    ] {
+        let error = assert_error(purge(Some(token)).await, 403, 1005).await;
+        let details = error["errors"][0]["details"].as_str().unwrap();
+        assert!(details.contains("media:admin"), "{details}");
+    }
+    assert_eq!(app.row_count().await, 2, "a refused purge removed media");
+
+    let admin = app.token_with_scope("ops", "media:read media:admin");
+    let response = purge(Some(admin)).await;
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["deleted"], 2, "{report}");
+    app.assert_eventually_holds(0).await;
+
+    // An admin token does not make a user: the public API still wants its scopes.
+    let admin_only = app.token_with_scope("acct", "media:admin");
+    let response = app.upload(&admin_only, "bin", content(10, 9)).await;
+    assert_error(response, 403, 1005).await;
+
+    // Probes and scrapes stay open.
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let response = reqwest::get(format!("{}{path}", app.admin_address))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
 }
