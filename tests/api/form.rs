@@ -15,6 +15,7 @@ on_both_backends!(
     malformed_forms_are_refused,
     digest_with_a_form_is_refused,
     limit_applies_to_the_file_part_not_the_envelope,
+    expect_continue_checks_a_form_by_its_headers,
 );
 
 /// Bytes that begin like a JPEG (JFIF), then deterministic noise.
@@ -309,4 +310,55 @@ async fn limit_applies_to_the_file_part_not_the_envelope(backend: Backend) {
     let response = post_form(&app, &token, None, &form_type(), body).await;
     assert_refused(&app, response, 413, 1009, "").await;
     app.assert_eventually_empty().await;
+}
+
+async fn expect_continue_checks_a_form_by_its_headers(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMIT: u64 = 300_000;
+    let app = TestApp::spawn_with(backend, |s| s.limits.max_upload_bytes = LIMIT).await;
+    let token = app.token("acct");
+    let data = picture(20_000, 14);
+    let body = form(&[("file", Some(("a.jpg", "image/jpeg")), &data)]);
+    let headers = |extra: &[(&'static str, String)]| {
+        let mut all = vec![
+            ("Authorization", format!("Bearer {token}")),
+            ("Content-Type", form_type()),
+        ];
+        all.extend_from_slice(extra);
+        all
+    };
+
+    // No extension header: the filename gives it, once the body is read.
+    let (mut stream, head) =
+        crate::http_layer::expect_continue_with(app.port(), &headers(&[]), body.len() as u64).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream.write_all(&body).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(app.row_count().await, 1);
+
+    // A digest with a form: refused before the body.
+    let digest = [(
+        "Content-Digest",
+        format!("sha-256=:{}:", "A".repeat(43) + "="),
+    )];
+    let (_, head) =
+        crate::http_layer::expect_continue_with(app.port(), &headers(&digest), 1000).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+    // A Content-Length beyond what a file within the limit and its envelope can be.
+    let too_long = LIMIT + 64 * 1024 + 1;
+    let (_, head) =
+        crate::http_layer::expect_continue_with(app.port(), &headers(&[]), too_long).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // Within the envelope's allowance, it is let through.
+    let (_, head) =
+        crate::http_layer::expect_continue_with(app.port(), &headers(&[]), LIMIT + 1000).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    assert_eq!(app.row_count().await, 1);
 }
