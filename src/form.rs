@@ -324,3 +324,142 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    const BOUNDARY: &str = "X-BOUNDARY-42";
+
+    /// A body in chunks of `size` bytes that is not ready before every chunk (it wakes its
+    /// task at once), as a network body often is.
+    struct Trickle {
+        chunks: std::collections::VecDeque<Bytes>,
+        ready: bool,
+    }
+
+    impl Stream for Trickle {
+        type Item = Result<Bytes, ApiError>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let ready = self.ready;
+            self.ready = !ready;
+            if !ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(self.chunks.pop_front().map(Ok))
+        }
+    }
+
+    fn trickle(body: &[u8], size: usize) -> Trickle {
+        Trickle {
+            chunks: body.chunks(size).map(Bytes::copy_from_slice).collect(),
+            ready: false,
+        }
+    }
+
+    fn form(file: &[u8], files: usize) -> Vec<u8> {
+        let mut body = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"messaging_product\"\r\n\r\n\
+             whatsapp\r\n"
+        )
+        .into_bytes();
+        for _ in 0..files {
+            body.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
+                     filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(file);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\n\
+                 image/png\r\n--{BOUNDARY}--\r\n"
+            )
+            .as_bytes(),
+        );
+        body
+    }
+
+    async fn read(body: &[u8], size: usize) -> Result<(Option<String>, Vec<u8>), ApiError> {
+        let (name, mut file) = file_part(trickle(body, size), BOUNDARY.to_owned(), 1 << 20).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = file.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok((name, bytes))
+    }
+
+    /// The file's bytes, whatever the chunking: boundaries and part heads split anywhere,
+    /// a file that holds CRLFs, dashes and the start of its delimiter.
+    #[tokio::test]
+    async fn the_file_part_is_read_whatever_the_chunking() {
+        let mut file: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // What begins like a delimiter without being one (a sender's boundary never
+        // occurs in the content, RFC 2046 §5.1.1).
+        file.extend_from_slice(format!("\r\n--{}\r\n--\r\n", &BOUNDARY[..9]).as_bytes());
+        let body = form(&file, 1);
+        for size in [1, 2, 3, 7, 64, 1000, body.len()] {
+            let (name, bytes) = read(&body, size).await.unwrap();
+            assert_eq!(name.as_deref(), Some("a.png"));
+            assert!(bytes == file, "chunks of {size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_forms_are_refused_whatever_the_chunking() {
+        let file = vec![b'x'; 3000];
+        let two = form(&file, 2);
+        let none = form(&file, 0);
+        let mut cut = form(&file, 1);
+        cut.truncate(cut.len() - 10);
+        for size in [1, 5, 4096] {
+            for body in [&two, &none, &cut] {
+                let err = read(body, size).await.unwrap_err();
+                assert!(
+                    matches!(&err, ApiError::InvalidParameter(msg) if msg.contains("raw bytes")),
+                    "{err:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn text_fields_are_bounded() {
+        let mut body =
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n")
+                .into_bytes();
+        body.extend(std::iter::repeat_n(b'n', 40_000));
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(&form(b"file", 1));
+        let err = read(&body, 4096).await.unwrap_err();
+        assert!(matches!(err, ApiError::InvalidParameter(_)), "{err:?}");
+    }
+
+    #[test]
+    fn only_multipart_form_data_is_a_form() {
+        let headers = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            map
+        };
+        assert_eq!(boundary(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(boundary(&headers("image/jpeg")).unwrap(), None);
+        assert_eq!(
+            boundary(&headers("multipart/mixed; boundary=a")).unwrap(),
+            None
+        );
+        assert_eq!(
+            boundary(&headers("Multipart/Form-Data; boundary=\"a b\"")).unwrap(),
+            Some("a b".to_owned())
+        );
+        assert!(boundary(&headers("multipart/form-data")).is_err());
+        assert!(boundary(&headers("multipart/form-data; boundary=")).is_err());
+    }
+}
