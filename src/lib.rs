@@ -14,6 +14,7 @@ pub mod content_check;
 pub mod digest;
 pub mod domain;
 pub mod error;
+pub mod form;
 pub mod ingest;
 pub mod limits;
 pub mod metadata;

@@ -167,6 +167,25 @@ struct MediaId(String);
 #[schema(value_type = String, format = Binary)]
 struct FileBytes(Vec<u8>);
 
+/// A form (`curl -F file=@picture.jpg`, a file input, the Cloud API's media upload) with
+/// exactly one file part, which is the upload; its bytes stream through like a raw body's,
+/// held to the same limits (the form's `Content-Length` may exceed `limits.max_upload_bytes`
+/// by up to 64 KiB of envelope). Text fields are ignored. No file part, two, or a malformed
+/// form (no boundary, cut short) is 400 (code 1009).
+#[derive(ToSchema)]
+struct UploadForm {
+    /// The file: the one part with a `filename` in its Content-Disposition, whatever its
+    /// field name. The filename's extension is used when `X-Gr-File-Extension` is absent.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Ignored (the Cloud API's upload sends `whatsapp`).
+    #[schema(example = "whatsapp")]
+    messaging_product: Option<String>,
+    /// Ignored (the Cloud API's upload sends the file's MIME type).
+    #[schema(rename = "type", example = "image/jpeg")]
+    kind: Option<String>,
+}
+
 #[derive(ToSchema)]
 struct CreatedMedia {
     id: MediaId,
@@ -408,15 +427,19 @@ struct ServiceUnavailable(#[to_schema] Error);
     operation_id = "upload",
     tag = "media",
     params(
-        ("X-Gr-File-Extension" = String, Header,
+        ("X-Gr-File-Extension" = Option<String>, Header,
             description = "The file's extension without the dot: 1-16 ASCII letters or \
                 digits, case-insensitive, one leading dot tolerated. The stored type comes \
-                from it, never from Content-Type.",
+                from it, never from Content-Type. Required with a raw body (missing: 400, \
+                code 1008); with a multipart/form-data body it may be left out, the file \
+                part's filename then giving it (none there either: 400, code 1008).",
             example = "jpeg", pattern = "^\\.?[A-Za-z0-9]{1,16}$"),
         ("Content-Digest" = Option<String>, Header,
             description = "RFC 9530 `sha-256=:<base64>:`; verified before the upload \
                 commits, a mismatch or a malformed sha-256 member is 400 (code 1009) and \
-                nothing is kept. Members of other algorithms are ignored."),
+                nothing is kept. Members of other algorithms are ignored. With a \
+                multipart/form-data body (whose content is the whole form) it is refused, \
+                400 (code 1009), as is Repr-Digest."),
         ("Idempotency-Key" = Option<String>, Header,
             description = "IETF httpapi draft: 1-255 visible ASCII characters (0x21-0x7E), \
                 the first not a double quote, or 1-255 of them in double quotes (a \
@@ -426,8 +449,12 @@ struct ServiceUnavailable(#[to_schema] Error);
             example = "4b1c7e0e-5d7f-4a43-9f5e-3f4a1b2c9d10",
             pattern = "^([!#-~][!-~]{0,254}|\"[!-~]{1,255}\")$"),
     ),
-    request_body(content = FileBytes, content_type = "application/octet-stream",
-        description = "The file's bytes"),
+    request_body(description = "The file's bytes: the raw body (any Content-Type but \
+        multipart/form-data), or a multipart/form-data form with exactly one file part",
+        content(
+            (FileBytes = "application/octet-stream"),
+            (UploadForm = "multipart/form-data"),
+        )),
     responses(
         (status = 201, description = "Stored (or, for an Idempotency-Key retry, stored \
             before)", body = Created,

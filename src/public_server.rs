@@ -145,7 +145,7 @@ async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Resp
         Ok((
             caller,
             routes::upload::UploadHeaders {
-                extension,
+                extension: Some(extension),
                 key: Some(key),
                 ..
             },

@@ -8,6 +8,7 @@ mod content;
 mod delete;
 mod download;
 mod errors;
+mod form;
 mod http_layer;
 mod idempotency;
 mod limits;
