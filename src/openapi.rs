@@ -178,12 +178,12 @@ struct UploadForm {
     /// field name. The filename's extension is used when `X-Gr-File-Extension` is absent.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// Ignored (the Cloud API's upload sends `whatsapp`).
-    #[schema(example = "whatsapp")]
-    messaging_product: Option<String>,
-    /// Ignored (the Cloud API's upload sends the file's MIME type).
-    #[schema(rename = "type", example = "image/jpeg")]
-    kind: Option<String>,
+    /// Ignored, whatever it holds (the Cloud API's upload sends `whatsapp`).
+    #[schema(value_type = Value, required = false, example = "whatsapp")]
+    messaging_product: Option<serde_json::Value>,
+    /// Ignored, whatever it holds (the Cloud API's upload sends the file's MIME type).
+    #[schema(rename = "type", value_type = Value, required = false, example = "image/jpeg")]
+    kind: Option<serde_json::Value>,
 }
 
 #[derive(ToSchema)]
