@@ -118,6 +118,9 @@ struct Form<S> {
     /// Bytes of the body read so far, and what the body may hold.
     read: u64,
     limit: u64,
+    /// Bytes of the file part handed on so far: the rest of what was read is envelope,
+    /// which the reader holds until it understands it (a part's headers, say).
+    file: u64,
     /// Bytes of text fields read so far.
     text: u64,
     /// The body's own error (a timeout, the client gone), answered as it is.
@@ -143,6 +146,16 @@ where
             if slot.chunk.is_some() || slot.ended || slot.failed {
                 // The reader has not taken what it was given; it waits on something else.
                 return Poll::Pending;
+            }
+            if self.read - self.file > ENVELOPE_ALLOWANCE {
+                // Not read further: what the reader holds stays within the allowance and
+                // one chunk, whatever the client sends in place of a form.
+                self.error = Some(refused(
+                    "the form's envelope (boundary lines, part headers, text fields) is \
+                     larger than 64 KiB",
+                ));
+                slot.failed = true;
+                continue;
             }
             match Pin::new(&mut self.source).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -231,6 +244,7 @@ where
         multipart: multer::Multipart::new(feed, boundary),
         read: 0,
         limit: limit.saturating_add(ENVELOPE_ALLOWANCE),
+        file: 0,
         text: 0,
         error: None,
     };
@@ -264,6 +278,7 @@ where
                         .drive(cx, |_, cx| Pin::new(&mut field).poll_next(cx))
                     {
                         Poll::Ready(Some(Ok(chunk))) => {
+                            this.form.file += chunk.len() as u64;
                             this.stage = Stage::File(field);
                             return Poll::Ready(Some(Ok(chunk)));
                         }
@@ -440,6 +455,56 @@ mod tests {
         body.extend_from_slice(&form(b"file", 1));
         let err = read(&body, 4096).await.unwrap_err();
         assert!(matches!(err, ApiError::InvalidParameter(_)), "{err:?}");
+    }
+
+    /// What is not the file (a preamble, part headers, text fields, before or after the
+    /// file part) is held by the form's reader until it is understood, so it is bounded:
+    /// the form is refused once more than the envelope's allowance of it has been read.
+    #[tokio::test]
+    async fn the_envelope_is_bounded() {
+        let pad = |n: usize| "p".repeat(n);
+        let file_head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n"
+        );
+        let bodies = [
+            // A preamble that never reaches a boundary.
+            pad(900_000),
+            // A part header that never ends.
+            format!("{file_head}X-Pad: {}", pad(900_000)),
+            // The same after a well-formed file part.
+            format!(
+                "{file_head}\r\nfile\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; \
+                 name=\"note\"; X-Pad: {}",
+                pad(900_000)
+            ),
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = taken.clone();
+            let source = trickle(body.as_bytes(), 4096).inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let outcome = async {
+                let (_, mut file) = file_part(source, BOUNDARY.to_owned(), 1 << 20).await?;
+                while let Some(chunk) = file.next().await {
+                    chunk?;
+                }
+                Ok::<_, ApiError>(())
+            }
+            .await;
+            let err = outcome.expect_err("a form with a boundless envelope");
+            assert!(
+                matches!(&err, ApiError::InvalidParameter(msg) if msg.contains("raw bytes")),
+                "body {i}: {err:?}"
+            );
+            let taken = taken.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                taken <= ENVELOPE_ALLOWANCE + 2 * 4096,
+                "body {i}: {taken} bytes read before the refusal"
+            );
+        }
     }
 
     #[test]
