@@ -9,6 +9,15 @@
 //! Each account has a semaphore of its own, its share of the budget, taken before the
 //! replica's: what one account waits for in the replica's queue is at most its share.
 //!
+//! Shares alone are not fair when a few accounts hold the budget with slow uploads: their
+//! parts are reserved until the parts fill, and a trickle fills them slowly, so another
+//! account would wait for a part that no one gives back. A part of the budget, the
+//! newcomers' reserve (`limits.newcomer_memory_share`), is kept for accounts that hold
+//! nothing of it: an upload of such an account takes from the reserve when the rest is full,
+//! and an account that holds something never does. An honest account thus always gets
+//! through, one part at a time, however much others hold; only many accounts arriving at
+//! once share the reserve among them.
+//!
 //! Per-account state lives in a map whose size is bounded: an entry that no upload holds
 //! and whose rate limiter has refilled is dropped when the map is full, so a client that
 //! mints tokens with ever new `sub`s cannot grow it without bound.
@@ -22,7 +31,7 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::domain::AccountId;
@@ -37,6 +46,8 @@ const MAX_TRACKED_ACCOUNTS: usize = 16_384;
 pub struct LimitsConfig {
     pub memory_budget_bytes: u64,
     pub account_memory_share: f64,
+    /// The part of the budget only accounts holding none of it may take, in [0, 1).
+    pub newcomer_memory_share: f64,
     pub memory_wait: Duration,
     pub max_uploads_per_account: u32,
     /// Uploads that may wait for memory at once on a replica; one more is refused at once.
@@ -55,14 +66,20 @@ impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limits")
             .field("budget_kib", &self.inner.budget_kib)
+            .field("reserve_kib", &self.inner.reserve_kib)
             .field("account_share_kib", &self.inner.account_share_kib)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
+    /// The budget but the newcomers' reserve, open to every account.
     memory: Arc<Semaphore>,
+    /// The newcomers' reserve, open to accounts that hold no memory.
+    reserve: Arc<Semaphore>,
     budget_kib: u32,
+    shared_kib: u32,
+    reserve_kib: u32,
     account_share_kib: u32,
     wait: Duration,
     max_uploads_per_account: usize,
@@ -79,6 +96,9 @@ struct Inner {
 
 struct Account {
     memory: Arc<Semaphore>,
+    /// Woken when a reservation of the account ends: an upload waiting for memory may
+    /// then be a newcomer's again.
+    released: Notify,
     uploads: AtomicUsize,
     rate: Option<DefaultDirectRateLimiter>,
     last_seen: Mutex<Instant>,
@@ -172,6 +192,9 @@ impl Limits {
         let budget_kib = kib(config.memory_budget_bytes);
         let account_share_kib =
             ((f64::from(budget_kib) * config.account_memory_share).floor() as u32).max(1);
+        let reserve_kib = ((f64::from(budget_kib) * config.newcomer_memory_share).floor() as u32)
+            .min(budget_kib - 1);
+        let shared_kib = budget_kib - reserve_kib;
         let rate = config.account_requests_per_second.and_then(|rps| {
             let rps = NonZeroU32::new(rps)?;
             let burst = config
@@ -186,8 +209,11 @@ impl Limits {
         metrics.memory_budget.set(i64::from(budget_kib) * 1024);
         Self {
             inner: Arc::new(Inner {
-                memory: Arc::new(Semaphore::new(budget_kib as usize)),
+                memory: Arc::new(Semaphore::new(shared_kib as usize)),
+                reserve: Arc::new(Semaphore::new(reserve_kib as usize)),
                 budget_kib,
+                shared_kib,
+                reserve_kib,
                 account_share_kib,
                 wait: config.memory_wait,
                 max_uploads_per_account: config.max_uploads_per_account as usize,
@@ -214,6 +240,7 @@ impl Limits {
         }
         let entry = Arc::new(Account {
             memory: Arc::new(Semaphore::new(inner.account_share_kib as usize)),
+            released: Notify::new(),
             uploads: AtomicUsize::new(0),
             rate: inner.rate.map(governor::RateLimiter::direct),
             last_seen: Mutex::new(Instant::now()),
@@ -224,7 +251,8 @@ impl Limits {
 
     /// Bytes of the replica's budget that no upload holds now.
     pub fn free_bytes(&self) -> u64 {
-        self.inner.memory.available_permits() as u64 * 1024
+        (self.inner.memory.available_permits() + self.inner.reserve.available_permits()) as u64
+            * 1024
     }
 
     /// Accounts tracked now (tests).
@@ -366,13 +394,13 @@ impl UploadSlot {
     /// budget between them and none would finish.
     pub async fn reserve(&self, bytes: u64) -> Result<Reservation, ApiError> {
         let inner = &self.limits;
-        // A part is never larger than a share (checked with the settings); clamped anyway,
-        // as a request for more permits than a semaphore has would wait forever.
+        // A part is never larger than a share or than the budget but the reserve (checked
+        // with the settings); clamped anyway, as a request for more permits than a
+        // semaphore has would wait forever.
         let kib = kib(bytes)
             .min(inner.account_share_kib)
-            .min(inner.budget_kib);
+            .min(inner.shared_kib);
         let account = self.account.memory.clone();
-        let replica = inner.memory.clone();
         let deadline = Instant::now() + inner.wait;
         // Taken when the reservation must wait, given back when it ends.
         let mut queued: Option<Waiting> = None;
@@ -386,7 +414,7 @@ impl UploadSlot {
                 // Refused while waiting for the account's share: the account is to blame
                 // (429) only if the replica had room; otherwise the replica is full (503).
                 let account_full = || {
-                    if replica.available_permits() >= kib as usize {
+                    if inner.memory.available_permits() >= kib as usize {
                         self.refused("account")
                     } else {
                         self.refused("replica")
@@ -398,29 +426,54 @@ impl UploadSlot {
                     .map_err(|_| account_full())?
             }
         };
-        let replica_permit = match replica.clone().try_acquire_many_owned(kib) {
-            Ok(permit) => permit,
-            Err(_) => {
-                if queued.is_none() {
-                    queued = Some(self.queue()?);
-                    inner.metrics.memory_waits.inc();
+        let replica_permit = loop {
+            // Enabled before the account's holdings are looked at, so that a reservation
+            // ending in between still wakes this one.
+            let released = self.account.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let newcomer = kib <= inner.reserve_kib && self.holds_nothing_else(kib);
+            if let Ok(permit) = inner.memory.clone().try_acquire_many_owned(kib) {
+                break permit;
+            }
+            if newcomer {
+                if let Ok(permit) = inner.reserve.clone().try_acquire_many_owned(kib) {
+                    break permit;
                 }
-                tokio::time::timeout_at(deadline, replica.acquire_many_owned(kib))
-                    .await
-                    .map_err(|_| self.refused("replica"))?
-                    .map_err(|_| self.refused("replica"))?
+            }
+            if queued.is_none() {
+                queued = Some(self.queue()?);
+                inner.metrics.memory_waits.inc();
+            }
+            tokio::select! {
+                permit = inner.memory.clone().acquire_many_owned(kib) => {
+                    break permit.map_err(|_| self.refused("replica"))?;
+                }
+                permit = inner.reserve.clone().acquire_many_owned(kib), if newcomer => {
+                    break permit.map_err(|_| self.refused("replica"))?;
+                }
+                // The account's other reservations ended: it may take from the reserve.
+                () = &mut released, if !newcomer => {}
+                () = tokio::time::sleep_until(deadline) => return Err(self.refused("replica")),
             }
         };
         drop(queued);
         let bytes = i64::from(kib) * 1024;
         inner.metrics.memory_in_use.add(bytes);
         Ok(Reservation {
-            _account_permit: account_permit,
-            _replica_permit: replica_permit,
-            _account: self.account.clone(),
+            permits: Some((account_permit, replica_permit)),
+            account: self.account.clone(),
             gauge: inner.metrics.memory_in_use.clone(),
             bytes,
         })
+    }
+
+    /// Whether the account holds no memory but the `kib` just taken of its share: then it
+    /// may take from the newcomers' reserve. Of two reservations of one account taken at
+    /// the same moment, at most one finds it so.
+    fn holds_nothing_else(&self, kib: u32) -> bool {
+        self.account.memory.available_permits() + kib as usize
+            >= self.limits.account_share_kib as usize
     }
 
     /// A place among the reservations that wait; none when `limits.max_waiting_uploads`
@@ -468,10 +521,10 @@ impl Drop for Waiting {
 /// Memory reserved for one part buffer; given back when dropped (the part reached storage,
 /// or the upload ended).
 pub struct Reservation {
-    _account_permit: OwnedSemaphorePermit,
-    _replica_permit: OwnedSemaphorePermit,
+    /// The account's share and the replica's budget (or reserve).
+    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     /// Keeps the account's entry (and so its semaphore) in the map while memory is held.
-    _account: Arc<Account>,
+    account: Arc<Account>,
     gauge: IntGauge,
     bytes: i64,
 }
@@ -485,7 +538,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        // The permits first, so that an upload of the account woken below finds them back.
+        self.permits.take();
         self.gauge.sub(self.bytes);
+        self.account.released.notify_waiters();
     }
 }
 
@@ -504,10 +560,22 @@ mod tests {
         rps: Option<u32>,
         waiting: u32,
     ) -> Limits {
+        limits_with_reserve(budget, share, uploads, rps, waiting, 0.0)
+    }
+
+    fn limits_with_reserve(
+        budget: u64,
+        share: f64,
+        uploads: u32,
+        rps: Option<u32>,
+        waiting: u32,
+        newcomer: f64,
+    ) -> Limits {
         Limits::new(
             &LimitsConfig {
                 memory_budget_bytes: budget,
                 account_memory_share: share,
+                newcomer_memory_share: newcomer,
                 memory_wait: Duration::from_millis(200),
                 max_uploads_per_account: uploads,
                 max_waiting_uploads: waiting,
@@ -547,6 +615,65 @@ mod tests {
         assert_eq!(limits.free_bytes(), 512 * 1024);
         let other = limits.begin_upload(&account("other")).unwrap();
         other.reserve(512 * 1024).await.unwrap();
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// Accounts that hold the budget but the reserve (slow uploads, say) do not make an
+    /// account that holds nothing wait; they cannot take the reserve themselves.
+    #[tokio::test]
+    async fn the_reserve_is_for_accounts_that_hold_nothing() {
+        // 6 MiB open to all, 2 MiB of reserve.
+        let limits = limits_with_reserve(8 * MIB, 1.0, 100, None, 100, 0.25);
+        let greedy = limits.begin_upload(&account("greedy")).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(greedy.reserve(MIB).await.unwrap());
+        }
+        // The greedy account, holding memory, waits and is refused: the rest is the reserve.
+        let err = greedy.reserve(MIB).await.err().unwrap();
+        assert!(matches!(err, ApiError::MemoryBudget), "{err:?}");
+        assert_eq!(limits.free_bytes(), 2 * MIB);
+        // Another account gets a part at once ...
+        let other = limits.begin_upload(&account("other")).unwrap();
+        let started = Instant::now();
+        let first = other.reserve(MIB).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(100), "at once");
+        // ... but not a second one while it holds the first,
+        let err = other.reserve(MIB).await.err().unwrap();
+        assert!(matches!(err, ApiError::MemoryBudget), "{err:?}");
+        // and a third account has what is left of the reserve.
+        let third = limits.begin_upload(&account("third")).unwrap();
+        let _third = third.reserve(MIB).await.unwrap();
+        assert_eq!(limits.free_bytes(), 0);
+        drop(first);
+        assert_eq!(limits.inner.metrics.memory_in_use.get() as u64, 7 * MIB);
+    }
+
+    /// An upload of an account that holds memory waits; once the account's other
+    /// reservations end, it is a newcomer's and takes from the reserve.
+    #[tokio::test]
+    async fn an_account_whose_parts_are_stored_takes_from_the_reserve_again() {
+        let limits = limits_with_reserve(8 * MIB, 1.0, 100, None, 100, 0.25);
+        let greedy = limits.begin_upload(&account("greedy")).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(greedy.reserve(MIB).await.unwrap());
+        }
+        let other = limits.begin_upload(&account("other")).unwrap();
+        let first = other.reserve(2 * MIB).await.unwrap();
+        let next = other.reserve(2 * MIB);
+        let store_first = async {
+            while limits.inner.waiting.load(Ordering::Acquire) < 1 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(first);
+        };
+        let (next, ()) = tokio::join!(next, store_first);
+        assert!(next.is_ok(), "{:?}", next.err());
+        assert_eq!(limits.inner.metrics.memory_waits.get(), 1);
+        assert_eq!(limits.free_bytes(), 0);
     }
 
     /// Waiting uploads hold their clients' bytes outside the budget: beyond

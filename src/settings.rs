@@ -152,6 +152,10 @@ pub fn redact_url(raw: &str) -> String {
     parsed.to_string()
 }
 
+fn default_newcomer_memory_share() -> f64 {
+    0.125
+}
+
 fn default_max_waiting_uploads() -> u32 {
     128
 }
@@ -276,6 +280,11 @@ pub struct LimitSettings {
     pub upload_memory_wait: Duration,
     /// The part of the budget one account may hold, in (0, 1].
     pub account_memory_share: f64,
+    /// The part of the budget kept for accounts that hold none of it, in [0, 1): taken
+    /// only when the rest is full, so that accounts holding the rest with slow uploads
+    /// cannot make another wait.
+    #[serde(default = "default_newcomer_memory_share")]
+    pub newcomer_memory_share: f64,
     /// Uploads one account may run at once on a replica; more are answered 429 at once.
     pub max_uploads_per_account: u32,
     /// Uploads that may wait for room in the budget at once on a replica; one more that
@@ -301,6 +310,7 @@ impl LimitSettings {
         crate::limits::LimitsConfig {
             memory_budget_bytes: self.upload_memory_budget_bytes,
             account_memory_share: self.account_memory_share,
+            newcomer_memory_share: self.newcomer_memory_share,
             memory_wait: self.upload_memory_wait,
             max_uploads_per_account: self.max_uploads_per_account,
             max_waiting_uploads: self.max_waiting_uploads,
@@ -478,6 +488,17 @@ impl Settings {
             share >= part,
             "limits.upload_memory_budget_bytes × limits.account_memory_share ({share} bytes) \
              must hold at least one part (storage.part_size_bytes, {part} bytes)"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&limits.newcomer_memory_share),
+            "limits.newcomer_memory_share must be at least 0 and below 1"
+        );
+        let open = (limits.upload_memory_budget_bytes as f64 * (1.0 - limits.newcomer_memory_share))
+            .floor() as u64;
+        anyhow::ensure!(
+            open >= part,
+            "limits.upload_memory_budget_bytes × (1 − limits.newcomer_memory_share) ({open} \
+             bytes) must hold at least one part (storage.part_size_bytes, {part} bytes)"
         );
         anyhow::ensure!(
             limits.upload_memory_wait <= Duration::from_secs(3600),
@@ -1045,6 +1066,7 @@ mod tests {
         );
         assert_eq!(settings.limits.upload_memory_wait, Duration::from_secs(10));
         assert_eq!(settings.limits.account_memory_share, 0.5);
+        assert_eq!(settings.limits.newcomer_memory_share, 0.125);
         assert_eq!(settings.limits.max_uploads_per_account, 32);
         assert_eq!(settings.limits.account_requests_per_second, None);
         assert_eq!(settings.limits.signed_link_rate_per_second, 5);
@@ -1070,6 +1092,16 @@ mod tests {
                 "limits.account_memory_share",
             ),
             (
+                "MEDIA_NODE__LIMITS__NEWCOMER_MEMORY_SHARE",
+                "1",
+                "limits.newcomer_memory_share",
+            ),
+            (
+                "MEDIA_NODE__LIMITS__NEWCOMER_MEMORY_SHARE",
+                "-0.1",
+                "limits.newcomer_memory_share",
+            ),
+            (
                 "MEDIA_NODE__LIMITS__MAX_UPLOADS_PER_ACCOUNT",
                 "0",
                 "limits.max_uploads_per_account",
@@ -1088,6 +1120,20 @@ mod tests {
             let err = load_with("development", &[(key, value)]).unwrap_err();
             assert!(format!("{err:#}").contains(named), "{key}={value}: {err:#}");
         }
+        // What the reserve leaves to accounts that hold memory must hold a part.
+        let err = load_with(
+            "development",
+            &[
+                ("MEDIA_NODE__LIMITS__UPLOAD_MEMORY_BUDGET_BYTES", "16777216"),
+                ("MEDIA_NODE__LIMITS__ACCOUNT_MEMORY_SHARE", "1"),
+                ("MEDIA_NODE__LIMITS__NEWCOMER_MEMORY_SHARE", "0.6"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("limits.newcomer_memory_share"),
+            "{err:#}"
+        );
         let settings = load_with(
             "development",
             &[

@@ -141,6 +141,7 @@ async fn an_upload_without_room_waits_then_gets_503_and_leaves_nothing(backend: 
     let app = TestApp::spawn_with(backend, |s| {
         s.limits.upload_memory_budget_bytes = 2 * PART;
         s.limits.account_memory_share = 1.0;
+        s.limits.newcomer_memory_share = 0.0;
         s.limits.upload_memory_wait = Duration::from_secs(1);
     })
     .await;
@@ -180,6 +181,7 @@ async fn an_upload_that_waits_gets_its_turn_when_room_frees(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.limits.upload_memory_budget_bytes = 2 * PART;
         s.limits.account_memory_share = 1.0;
+        s.limits.newcomer_memory_share = 0.0;
         s.limits.upload_memory_wait = Duration::from_secs(60);
         // Far shorter than the wait below: waiting for memory is not the client stalling.
         s.limits.body_idle_timeout = Duration::from_secs(1);
@@ -232,6 +234,7 @@ async fn a_small_upload_reserves_only_what_it_declares(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.limits.upload_memory_budget_bytes = PART + 64 * 1024;
         s.limits.account_memory_share = 1.0;
+        s.limits.newcomer_memory_share = 0.0;
         s.limits.upload_memory_wait = Duration::ZERO;
     })
     .await;
@@ -256,6 +259,7 @@ async fn a_greedy_account_cannot_starve_another(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
         s.limits.upload_memory_budget_bytes = 4 * PART;
         s.limits.account_memory_share = 0.5;
+        s.limits.newcomer_memory_share = 0.0;
         s.limits.upload_memory_wait = Duration::from_secs(2);
     })
     .await;
@@ -404,6 +408,7 @@ async fn uploads_larger_than_the_budget_allows_at_once_all_get_through(backend: 
     let app = TestApp::spawn_with(backend, |s| {
         s.limits.upload_memory_budget_bytes = 3 * PART;
         s.limits.account_memory_share = 1.0;
+        s.limits.newcomer_memory_share = 0.0;
         s.limits.upload_memory_wait = Duration::from_secs(60);
     })
     .await;
@@ -454,6 +459,7 @@ async fn beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once(backend: B
     let app = TestApp::spawn_with(backend, |s| {
         s.limits.upload_memory_budget_bytes = 2 * PART;
         s.limits.account_memory_share = 1.0;
+        s.limits.newcomer_memory_share = 0.0;
         s.limits.upload_memory_wait = Duration::from_secs(30);
         s.limits.max_waiting_uploads = 0;
     })
@@ -483,4 +489,123 @@ async fn beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once(backend: B
     first.abandon().await;
     second.abandon().await;
     app.assert_eventually_empty().await;
+}
+
+/// An upload that declares its length and whose client sends `head` bytes at once, then
+/// 4 KiB every half second: fast enough for the minimum body rate, and so slow that the
+/// parts it reserved stay reserved for as long as the test runs.
+struct Trickle {
+    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ticker: JoinHandle<()>,
+    response: JoinHandle<reqwest::Result<Response>>,
+}
+
+impl Trickle {
+    async fn start(app: &TestApp, token: &str, declared: u64, head: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(4);
+        let body =
+            reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        let request = app
+            .request(Method::POST, "/v1/media", Some(token))
+            .header("X-Gr-File-Extension", "bin")
+            .header("Content-Length", declared)
+            .body(body);
+        let response = tokio::spawn(request.send());
+        sender
+            .send(Ok(Bytes::from(content(head, 3))))
+            .await
+            .unwrap();
+        let ticking = sender.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if ticking
+                    .send(Ok(Bytes::from(content(4096, 2))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            sender,
+            ticker,
+            response,
+        }
+    }
+
+    async fn abandon(self) {
+        self.ticker.abort();
+        let _ = self
+            .sender
+            .send(Err(std::io::Error::other("client gone")))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.response.abort();
+    }
+}
+
+crate::on_both_backends!(accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait);
+
+/// Two accounts trickle 20 uploads each and hold all the budget an account holding memory
+/// may take; a third account's uploads, a small one and one of three parts, go through
+/// without waiting for them, from the newcomers' reserve.
+async fn accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait(backend: Backend) {
+    const MIB: u64 = 1024 * 1024;
+    let app = TestApp::spawn_with(backend, |s| {
+        s.storage.part_size_bytes = 8 * MIB as usize;
+        s.limits.upload_memory_budget_bytes = 256 * MIB;
+        s.limits.account_memory_share = 0.5;
+        s.limits.newcomer_memory_share = 0.125;
+        s.limits.upload_memory_wait = Duration::from_secs(10);
+    })
+    .await;
+    let (first, second, third) = (app.token("slow-a"), app.token("slow-b"), app.token("c"));
+    let mut trickles = Vec::new();
+    for _ in 0..20 {
+        for token in [&first, &second] {
+            trickles.push(Trickle::start(&app, token, 20 * MIB, 2 * MIB as usize).await);
+        }
+    }
+    // Each holds a part of 8 MiB, up to its account's 128 MiB: together all but the
+    // reserve's 32 MiB, and the rest of them wait.
+    wait_for_memory(&app, 224 * MIB).await;
+
+    let small = content(MIB as usize, 7);
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.upload(&third, "bin", small.clone()),
+    )
+    .await
+    .expect("answered long before the 10 s memory wait is over");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let small_took = started.elapsed();
+    // Three parts: each is reserved once the account's previous one is stored.
+    let large = content(20 * MIB as usize, 8);
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        app.upload(&third, "bin", large.clone()),
+    )
+    .await
+    .expect("a large upload goes through one part at a time");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let id: String = response.json::<serde_json::Value>().await.unwrap()["media"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = app.get(&third, &id).await.bytes().await.unwrap();
+    assert!(stored.to_vec() == large, "the large upload stored whole");
+    println!("1 MiB upload answered in {small_took:?} beside the trickles");
+    // The trickles still hold what they held.
+    assert!(app.metrics.limits.memory_in_use.get() as u64 >= 224 * MIB);
+
+    for trickle in trickles {
+        trickle.abandon().await;
+    }
+    wait_for_memory(&app, 0).await;
+    assert_eq!(app.delete(&third, &id).await.status(), 200);
+    // The small upload's row stays until deleted or expired; only it is left.
+    app.assert_eventually_holds(1).await;
 }
