@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use helpers::{create_database, seed_expired, test_settings, Backend, Services, TempDir};
+use media_node::jobs::reaper::Reaper;
 use media_node::metadata::Metadata;
 use media_node::metrics::Metrics;
-use media_node::reaper::Reaper;
 use media_node::storage::Storage;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};

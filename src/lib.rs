@@ -2,35 +2,18 @@
 //! and refer to that id when they send messages; files are kept for a retention period
 //! (24 hours by default), then removed.
 //!
-//! Bytes go to object storage (`storage`), metadata and expiry to SQL (`metadata`); an
-//! upload's "row, stream, commit or roll back" lives in `ingest`; `startup` assembles the
-//! HTTP servers from `settings`.
+//! The folders are the layers, each importing only from those below it (`ARCHITECTURE.md`):
+//! `domain` at the bottom; `settings` and `metrics`; the backends, `metadata` (rows, in SQL)
+//! and `storage` (bytes, in object storage); the core, `upload`, `jobs` and `auth`; the HTTP
+//! edge, `http`; and `startup`, which assembles the servers from `settings`.
 
-pub mod allocator;
 pub mod auth;
-pub mod body;
-pub mod connections;
-pub mod content_check;
-pub mod digest;
 pub mod domain;
-pub mod error;
-pub mod form;
-pub mod ingest;
-pub mod limits;
+pub mod http;
+pub mod jobs;
 pub mod metadata;
 pub mod metrics;
-pub mod openapi;
-pub mod ops;
-pub mod profile;
-pub mod public_server;
-pub mod purge;
-pub mod reaper;
-pub mod request_id;
-pub mod response_body;
-pub mod routes;
 pub mod settings;
-pub mod signed_url;
-pub mod stamped_io;
 pub mod startup;
 pub mod storage;
-pub mod telemetry;
+pub mod upload;

@@ -7,13 +7,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use media_node::auth::Authenticator;
+use media_node::jobs::reaper::Reaper;
 use media_node::metadata::Metadata;
 use media_node::metrics::Metrics;
-use media_node::reaper::Reaper;
 use media_node::settings::Settings;
+use media_node::startup::logging;
 use media_node::startup::Application;
 use media_node::storage::Storage;
-use media_node::telemetry;
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,7 @@ enum Command {
 
 fn main() {
     // Before the runtime starts its threads.
-    media_node::allocator::tune();
+    media_node::startup::allocator::tune();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings =
         Settings::load(&cli.config_dir, cli.config.as_deref()).context("loading configuration")?;
     let command = cli.command.unwrap_or(Command::Serve);
-    telemetry::init(&settings.log, !matches!(command, Command::Serve));
+    logging::init(&settings.log, !matches!(command, Command::Serve));
     if !matches!(command, Command::Token { .. }) {
         settings.check_backends()?;
     }
@@ -132,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metadata = connect(&settings)?;
             media_node::startup::prepare_schema(&metadata, &settings).await?;
             let storage = Storage::from_settings(&settings.storage)?;
-            let purge = media_node::purge::Purge::from_settings(metadata, storage, &settings);
+            let purge = media_node::jobs::purge::Purge::from_settings(metadata, storage, &settings);
             let report = purge.account(&owner).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The metadata database, connected lazily, with the time a migration may need.
 fn connect(settings: &Settings) -> anyhow::Result<Metadata> {
-    let mut options = settings.database.pool_options();
+    let mut options = media_node::metadata::PoolOptions::from(&settings.database);
     // Migrations may rewrite large tables: more time than a request's statement gets.
     options.statement_timeout = options.statement_timeout.max(Duration::from_secs(3600));
     Ok(Metadata::connect_with(

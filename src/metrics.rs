@@ -266,7 +266,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub media: MediaMetrics,
     pub pool: PoolMetrics,
-    pub limits: crate::limits::LimitMetrics,
+    pub limits: LimitMetrics,
 }
 
 impl Metrics {
@@ -284,7 +284,7 @@ impl Metrics {
         let http = HttpMetrics::new();
         registry.register(Box::new(http.requests.clone()))?;
         registry.register(Box::new(http.duration.clone()))?;
-        registry.register(Box::new(crate::telemetry::protocol_errors()))?;
+        registry.register(Box::new(protocol_errors()))?;
         let media = MediaMetrics::new();
         registry.register(Box::new(media.uploads.clone()))?;
         registry.register(Box::new(media.upload_bytes.clone()))?;
@@ -293,7 +293,7 @@ impl Metrics {
         registry.register(Box::new(media.downloads.clone()))?;
         registry.register(Box::new(media.download_bytes.clone()))?;
         registry.register(Box::new(media.signed_link_refusals.clone()))?;
-        let limits = crate::limits::LimitMetrics::new();
+        let limits = LimitMetrics::new();
         limits.register(&registry)?;
         let pool = PoolMetrics {
             connections: prometheus::IntGaugeVec::new(
@@ -342,4 +342,97 @@ impl Metrics {
             limits,
         })
     }
+}
+
+/// Metrics of the limits.
+#[derive(Clone, Debug)]
+pub struct LimitMetrics {
+    /// Bytes of the budget reserved by uploads now.
+    pub memory_in_use: IntGauge,
+    pub memory_budget: IntGauge,
+    /// Reservations that could not be had at once and waited.
+    pub memory_waits: IntCounter,
+    /// Uploads refused for want of memory, by the limit that was full: `replica` or
+    /// `account` after waiting, `queue` at once when `max_waiting_uploads` already wait.
+    pub memory_refusals: IntCounterVec,
+    /// Requests refused at once by an account limit: `concurrent_uploads` or `request_rate`.
+    pub account_refusals: IntCounterVec,
+}
+
+impl LimitMetrics {
+    pub fn new() -> Self {
+        let metrics = Self {
+            memory_in_use: IntGauge::new(
+                "media_upload_memory_bytes",
+                "Bytes of the upload memory budget reserved by part buffers",
+            )
+            .unwrap(),
+            memory_budget: IntGauge::new(
+                "media_upload_memory_budget_bytes",
+                "The upload memory budget of the replica",
+            )
+            .unwrap(),
+            memory_waits: IntCounter::new(
+                "media_upload_memory_waits_total",
+                "Part buffer reservations that waited for room in the memory budget",
+            )
+            .unwrap(),
+            memory_refusals: IntCounterVec::new(
+                Opts::new(
+                    "media_upload_memory_refusals_total",
+                    "Uploads refused for want of memory, by the limit that was full: replica or \
+                     account after waiting, queue at once (too many waiting already)",
+                ),
+                &["limit"],
+            )
+            .unwrap(),
+            account_refusals: IntCounterVec::new(
+                Opts::new(
+                    "media_account_refusals_total",
+                    "Requests refused at once by a per-account limit",
+                ),
+                &["limit"],
+            )
+            .unwrap(),
+        };
+        for limit in ["replica", "account", "queue"] {
+            metrics.memory_refusals.with_label_values(&[limit]);
+        }
+        for limit in ["concurrent_uploads", "request_rate"] {
+            metrics.account_refusals.with_label_values(&[limit]);
+        }
+        metrics
+    }
+
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.memory_in_use.clone()))?;
+        registry.register(Box::new(self.memory_budget.clone()))?;
+        registry.register(Box::new(self.memory_waits.clone()))?;
+        registry.register(Box::new(self.memory_refusals.clone()))?;
+        registry.register(Box::new(self.account_refusals.clone()))?;
+        Ok(())
+    }
+}
+
+impl Default for LimitMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static PROTOCOL_ERRORS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+
+/// `http_protocol_errors_total`: the process-wide count of what actix-http logged as an
+/// error (see `startup::logging`).
+pub fn protocol_errors() -> prometheus::IntCounter {
+    PROTOCOL_ERRORS
+        .get_or_init(|| {
+            prometheus::IntCounter::new(
+                "http_protocol_errors_total",
+                "Connections the HTTP layer ended with an error before or outside the API \
+                 (malformed requests, header timeouts, oversized heads, broken streams)",
+            )
+            .expect("valid metric")
+        })
+        .clone()
 }

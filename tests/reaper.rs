@@ -304,7 +304,7 @@ async fn storage_errors_leave_rows_for_the_next_pass() {
     let mut broken = app.settings.storage.clone();
     broken.s3.endpoint = Some("http://127.0.0.1:9".to_owned());
     let metrics = media_node::metrics::Metrics::new().unwrap();
-    let reaper = media_node::reaper::Reaper::new(
+    let reaper = media_node::jobs::reaper::Reaper::new(
         app.state.metadata.clone(),
         media_node::storage::Storage::from_settings(&broken).unwrap(),
         app.settings.reaper.clone(),

@@ -14,9 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use helpers::{create_database, seed_expired, Services, TempDir};
+use media_node::jobs::reaper::Reaper;
 use media_node::metadata::Metadata;
 use media_node::metrics::Metrics;
-use media_node::reaper::Reaper;
 use media_node::settings::{S3Settings, Secret, StorageSettings};
 use media_node::storage::Storage;
 use tokio::sync::watch;

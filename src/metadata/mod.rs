@@ -274,6 +274,16 @@ pub struct PoolOptions {
     pub statement_timeout: Duration,
 }
 
+impl From<&crate::settings::DatabaseSettings> for PoolOptions {
+    fn from(settings: &crate::settings::DatabaseSettings) -> Self {
+        Self {
+            max_connections: settings.max_connections,
+            acquire_timeout: settings.acquire_timeout,
+            statement_timeout: settings.statement_timeout,
+        }
+    }
+}
+
 impl PoolOptions {
     /// The defaults of `config/default.toml` with another pool size (tests, tools).
     pub fn with_max_connections(max_connections: u32) -> Self {
@@ -882,6 +892,18 @@ fn size_from_db(value: Option<i64>) -> Result<Option<u64>> {
     value
         .map(|v| u64::try_from(v).map_err(|_| MetadataError::Corrupt(format!("size {v}"))))
         .transpose()
+}
+
+/// What went wrong in the catalogue's words: unreachable is 503 material, the rest a bug.
+impl From<MetadataError> for crate::domain::ApiError {
+    fn from(err: MetadataError) -> Self {
+        use crate::domain::ApiError;
+        if err.is_unavailable() {
+            ApiError::Unavailable(err.into())
+        } else {
+            ApiError::Internal(err.into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -698,6 +698,22 @@ fn read_file_range(
     .boxed()
 }
 
+/// What went wrong in the catalogue's words: a missing object is the media's absence, an
+/// unreachable store is 503 material, a refused configuration an operator's to fix.
+impl From<StorageError> for crate::domain::ApiError {
+    fn from(err: StorageError) -> Self {
+        use crate::domain::ApiError;
+        match err.fault() {
+            StorageFault::NotFound => ApiError::media_not_found(),
+            StorageFault::Unavailable => ApiError::Unavailable(err.into()),
+            StorageFault::Misconfigured => ApiError::Misconfigured {
+                backend: "storage",
+                source: err.into(),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,7 +111,7 @@ async fn content_that_the_extension_cannot_be_is_refused(backend: Backend) {
 
 async fn record_policy_stores_what_was_detected(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
-        s.media.verify_content = media_node::content_check::VerifyContent::Record;
+        s.media.verify_content = media_node::domain::content_check::VerifyContent::Record;
     })
     .await;
     let token = app.token("acct");
@@ -159,8 +159,8 @@ fn corpus() -> &'static [(String, Vec<u8>)] {
 
 async fn ordinary_files_are_stored_on_both_profiles(backend: Backend) {
     for profile in [
-        media_node::profile::Profile::None,
-        media_node::profile::Profile::Whatsapp,
+        media_node::domain::profile::Profile::None,
+        media_node::domain::profile::Profile::Whatsapp,
     ] {
         let app = TestApp::spawn_with(backend, |s| s.media.profile = profile).await;
         let token = app.token("acct");

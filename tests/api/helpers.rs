@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_web::web;
 use media_node::auth::Authenticator;
 use media_node::domain::MediaId;
-use media_node::routes::AppState;
+use media_node::http::routes::AppState;
 use media_node::settings::{Secret, Settings};
 use media_node::startup::Application;
 use reqwest::{Method, RequestBuilder, Response};
@@ -364,8 +364,8 @@ impl TestApp {
     }
 
     /// A reaper over this application's backends, for tests that run passes themselves.
-    pub fn reaper(&self) -> media_node::reaper::Reaper {
-        media_node::reaper::Reaper::new(
+    pub fn reaper(&self) -> media_node::jobs::reaper::Reaper {
+        media_node::jobs::reaper::Reaper::new(
             self.state.metadata.clone(),
             self.state.storage.clone(),
             self.settings.reaper.clone(),

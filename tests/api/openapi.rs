@@ -21,7 +21,7 @@ async fn the_document_is_served_without_a_token(backend: Backend) {
         "application/json"
     );
     let body = response.text().await.unwrap();
-    assert_eq!(body, media_node::openapi::json());
+    assert_eq!(body, media_node::http::openapi::json());
     let checked_in =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{assert_error, content, sha256_hex, Backend, TempDir, TestApp};
 use crate::on_both_backends;
-use media_node::profile::Profile;
+use media_node::domain::profile::Profile;
 
 on_both_backends!(
     media_that_follows_the_rules_is_stored,
