@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{
+use super::records::{
     is_unique_violation, size_from_db, Claimed, Due, DueQuery, KeyHolder, KeyQuery, ListCursor,
-    MediaRecord, MediaStatus, NewMedia, PurgeQuery, Result,
+    MediaRecord, MediaStatus, MetadataError, NewMedia, PurgeQuery, Result,
 };
 use crate::domain::{AccountId, FileExtension, MediaId};
 
@@ -20,7 +20,7 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
     Ok(MediaRecord {
         id: MediaId::from(row.try_get::<Uuid, _>("id")?),
         owner: AccountId::parse(&owner)
-            .ok_or_else(|| super::MetadataError::Corrupt(format!("owner {owner:?}")))?,
+            .ok_or_else(|| MetadataError::Corrupt(format!("owner {owner:?}")))?,
         extension: FileExtension::from_stored(row.try_get("extension")?),
         content_type: row.try_get("content_type")?,
         size_bytes: size_from_db(row.try_get("size_bytes")?)?,
@@ -118,7 +118,7 @@ pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Op
             id,
             sha256: row
                 .try_get::<Option<String>, _>("sha256")?
-                .ok_or_else(|| super::MetadataError::Corrupt(format!("{id} has no sha256")))?,
+                .ok_or_else(|| MetadataError::Corrupt(format!("{id} has no sha256")))?,
             extension: FileExtension::from_stored(row.try_get("extension")?),
         },
     }))

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqlitePool};
 
-use super::{
+use super::records::{
     is_unique_violation, size_from_db, Claimed, Due, DueQuery, KeyHolder, KeyQuery, ListCursor,
     MediaRecord, MediaStatus, MetadataError, NewMedia, PurgeQuery, Result,
 };

@@ -16,7 +16,7 @@ use object_store::signer::Signer;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// Chunks waiting for the connection to S3, besides the one being written.
 const QUEUED_CHUNKS: usize = 2;

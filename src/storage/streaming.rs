@@ -13,7 +13,7 @@ use futures_util::Stream;
 use object_store::ClientOptions;
 use tokio::time::{Instant, Sleep};
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// Client options for streamed GETs: connect and read (idle) timeouts, no total deadline.
 pub(super) fn read_client(

@@ -33,18 +33,19 @@
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::{Stream, StreamExt};
-use object_store::multipart::PartId;
-use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinSet;
 
 use crate::domain::ApiError;
 use crate::domain::{AccountId, FileExtension, IdempotencyKey, MediaId};
 use crate::metadata::{KeyHolder, KeyQuery, KeyedInsert, Metadata, NewMedia};
 use crate::metrics::MediaMetrics;
-use crate::storage::{Storage, StorageError, StreamedPut, UploadId};
+use crate::storage::{Storage, StorageError, StreamedPut};
 use crate::upload::buffer::{HeldChunks, PartBuffer};
+use crate::upload::cleanup::Cleanup;
+pub use crate::upload::cleanup::Cleanups;
 use crate::upload::limits::{Reservation, UploadSlot};
+use crate::upload::part_writer::{lost_to_the_reaper, Multipart};
 
 /// Chunks of a streamed PUT: what is copied together before it is forwarded, so that a
 /// client sending 1-byte chunks does not make 1-byte writes to S3.
@@ -125,53 +126,6 @@ pub struct Ingest {
 /// still running of database connections nor give up on a pool timeout. Each retries what
 /// failed with a growing pause; one that still cannot finish leaves its `uploading` row to
 /// the reaper.
-#[derive(Debug, Clone)]
-pub struct Cleanups {
-    tracker: tokio_util::task::TaskTracker,
-    runtime: tokio::runtime::Handle,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
-}
-
-/// Attempts of one clean-up before it leaves the rest to the reaper: with pauses from
-/// 100 ms doubling up to 5 s, about 30 s in all.
-const CLEANUP_ATTEMPTS: u32 = 10;
-
-impl Cleanups {
-    /// Must be called on the runtime that outlives the HTTP workers.
-    pub fn on_current_runtime(concurrency: usize) -> Self {
-        Self {
-            tracker: tokio_util::task::TaskTracker::new(),
-            runtime: tokio::runtime::Handle::current(),
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
-        }
-    }
-
-    /// Queues `cleanup` on the runtime that outlives the HTTP workers. It runs to its end
-    /// even if whoever waits for it is dropped (a request cut off at the shutdown deadline
-    /// in the middle of its own roll-back).
-    fn spawn(&self, cleanup: Cleanup) -> tokio::task::JoinHandle<()> {
-        let queue = self.clone();
-        self.tracker
-            .spawn_on(async move { queue.run(cleanup).await }, &self.runtime)
-    }
-
-    /// Runs `cleanup` when its turn in the queue comes.
-    async fn run(&self, cleanup: Cleanup) {
-        // The semaphore is never closed.
-        let _permit = self.permits.acquire().await;
-        cleanup.run().await;
-    }
-
-    /// Waits for clean-ups under way until `deadline`; false if some did not finish.
-    pub async fn wait_until(&self, deadline: tokio::time::Instant) -> bool {
-        self.tracker.close();
-        tokio::time::timeout_at(deadline, self.tracker.wait())
-            .await
-            .is_ok()
-    }
-}
-
-/// What the client declared of its body before sending it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Declared {
     /// `Content-Length`, when the body has one.
@@ -355,169 +309,6 @@ impl Ingest {
     }
 }
 
-/// A multipart upload in progress: how parts are written, the parts still being sent and
-/// the ids of those that arrived.
-struct Multipart {
-    writer: PartWriter,
-    id: MediaId,
-    storage: Storage,
-    parts: JoinSet<Result<(usize, Option<PartId>), StorageError>>,
-    sent: std::collections::BTreeMap<usize, PartId>,
-    next_index: usize,
-    /// Parts sent at once, at most.
-    in_flight: usize,
-}
-
-enum PartWriter {
-    /// S3: the upload is known by its id, saved in the row before the first part, so a
-    /// clean-up or the reaper aborts it without listing.
-    ById(UploadId),
-    /// Local disk: object_store's own writer; its staging file is named after the key.
-    Writer(Box<dyn MultipartUpload>),
-}
-
-impl Multipart {
-    /// Starts the multipart upload of `id`. On S3 the row says "being created" first, then
-    /// records the id, so no multipart upload ever exists that its row does not lead to.
-    async fn start(ingest: &Ingest, id: MediaId) -> Result<Self, ApiError> {
-        let storage = &ingest.storage;
-        let writer = if storage.uploads_by_id() {
-            let metadata = &ingest.metadata;
-            if !metadata
-                .set_multipart_upload(id, "", ingest.stale_before())
-                .await?
-            {
-                return Err(lost_to_the_reaper(id));
-            }
-            let upload = storage.create_multipart(id).await?;
-            match metadata
-                .set_multipart_upload(id, &upload, ingest.stale_before())
-                .await
-            {
-                Ok(true) => PartWriter::ById(upload),
-                saved => {
-                    // The row does not name it: abort it now, while its id is known (the
-                    // row still says "being created", so a listing finds it otherwise).
-                    let _ = storage.abort_multipart(id, &upload).await;
-                    return Err(match saved {
-                        Err(err) => err.into(),
-                        Ok(_) => lost_to_the_reaper(id),
-                    });
-                }
-            }
-        } else {
-            let _timer = storage.timer("create_multipart");
-            PartWriter::Writer(
-                storage
-                    .store()
-                    .put_multipart(&storage.key(id))
-                    .await
-                    .map_err(StorageError::from)?,
-            )
-        };
-        Ok(Self {
-            writer,
-            id,
-            storage: storage.clone(),
-            parts: JoinSet::new(),
-            sent: Default::default(),
-            next_index: 0,
-            in_flight: ingest.parts_in_flight.max(1),
-        })
-    }
-
-    /// Sends one part; its memory `reservation` is given back when storage has the part.
-    async fn send(
-        &mut self,
-        payload: PutPayload,
-        reservation: Option<Reservation>,
-    ) -> Result<(), StorageError> {
-        while self.parts.len() >= self.in_flight {
-            self.join_one().await?;
-        }
-        let index = self.next_index;
-        self.next_index += 1;
-        match &mut self.writer {
-            PartWriter::ById(upload) => {
-                let (storage, upload, id) = (self.storage.clone(), upload.clone(), self.id);
-                self.parts.spawn(async move {
-                    let _reservation = reservation;
-                    let part = storage.put_part(id, &upload, index, payload).await?;
-                    Ok((index, Some(part)))
-                });
-            }
-            PartWriter::Writer(upload) => {
-                let part = upload.put_part(payload);
-                let timer = self.storage.timer("put_part");
-                self.parts.spawn(async move {
-                    let _timer = timer;
-                    let _reservation = reservation;
-                    part.await?;
-                    Ok((index, None))
-                });
-            }
-        }
-        Ok(())
-    }
-
-    async fn join_one(&mut self) -> Result<(), StorageError> {
-        match self.parts.join_next().await {
-            Some(Ok(Ok((index, part)))) => {
-                if let Some(part) = part {
-                    self.sent.insert(index, part);
-                }
-                Ok(())
-            }
-            Some(Ok(Err(err))) => Err(err),
-            Some(Err(join)) => Err(object_store::Error::from(join).into()),
-            None => Ok(()),
-        }
-    }
-
-    async fn finish(&mut self) -> Result<(), StorageError> {
-        while !self.parts.is_empty() {
-            self.join_one().await?;
-        }
-        match &mut self.writer {
-            PartWriter::ById(upload) => {
-                let parts = std::mem::take(&mut self.sent).into_values().collect();
-                self.storage
-                    .complete_multipart(self.id, upload, parts)
-                    .await
-            }
-            PartWriter::Writer(upload) => {
-                let _timer = self.storage.timer("complete_multipart");
-                upload.complete().await?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Stops the parts under way and aborts the upload; one already gone counts as aborted.
-    async fn abort(&mut self) -> Result<(), StorageError> {
-        self.parts.abort_all();
-        while self.parts.join_next().await.is_some() {}
-        match &mut self.writer {
-            PartWriter::ById(upload) => self.storage.abort_multipart(self.id, upload).await,
-            PartWriter::Writer(upload) => {
-                let _timer = self.storage.timer("abort_multipart");
-                match upload.abort().await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(err) => Err(err.into()),
-                }
-            }
-        }
-    }
-}
-
-/// The answer when an upload's row was taken as crashed before it could commit.
-fn lost_to_the_reaper(id: MediaId) -> ApiError {
-    tracing::warn!(%id, "upload lost its row to the reaper before commit");
-    ApiError::Unavailable(anyhow::anyhow!(
-        "upload {id} counted as crashed before it was complete"
-    ))
-}
-
 struct Session {
     ingest: Ingest,
     id: MediaId,
@@ -584,7 +375,16 @@ impl Session {
                 if self.multipart.is_none() {
                     // From here a multipart upload may exist, even if starting it fails.
                     self.multipart_begun = true;
-                    self.multipart = Some(Multipart::start(&self.ingest, self.id).await?);
+                    self.multipart = Some(
+                        Multipart::start(
+                            &self.ingest.metadata,
+                            &self.ingest.storage,
+                            self.id,
+                            || self.ingest.stale_before(),
+                            self.ingest.parts_in_flight,
+                        )
+                        .await?,
+                    );
                 }
                 if let Some(multipart) = self.multipart.as_mut() {
                     multipart
@@ -760,7 +560,8 @@ impl Session {
     async fn discard(mut self) {
         self.armed = false;
         let cleanup = Cleanup {
-            ingest: self.ingest.clone(),
+            metadata: self.ingest.metadata.clone(),
+            storage: self.ingest.storage.clone(),
             id: self.id,
             multipart: self.multipart.take(),
             streamed: self.streamed.take(),
@@ -782,7 +583,8 @@ impl Drop for Session {
         // The request was cancelled mid-upload (client gone, shutdown deadline). Should the
         // clean-up not run (the process is killed), the row stays and the reaper cleans.
         let cleanup = Cleanup {
-            ingest: self.ingest.clone(),
+            metadata: self.ingest.metadata.clone(),
+            storage: self.ingest.storage.clone(),
             id: self.id,
             multipart: self.multipart.take(),
             streamed: self.streamed.take(),
@@ -791,90 +593,6 @@ impl Drop for Session {
             keyed: self.keyed,
         };
         drop(self.ingest.cleanups.spawn(cleanup));
-    }
-}
-
-struct Cleanup {
-    ingest: Ingest,
-    id: MediaId,
-    multipart: Option<Multipart>,
-    /// A streamed PUT: cancelled mid-body, or, once its whole body was sent, waited for,
-    /// so that the object is not written after it was deleted.
-    streamed: Option<StreamedPut>,
-    object_written: bool,
-    /// A multipart upload was started; without its handle (the start failed half-way) it
-    /// is looked for in storage.
-    multipart_begun: bool,
-    /// The row holds an idempotency key: it is freed first, so that the client's retry
-    /// is not refused (409) while storage is being cleaned, or, should that fail, until
-    /// the row counts as crashed.
-    keyed: bool,
-}
-
-impl Cleanup {
-    /// Removes what the upload left, storage first and the row last, retrying each step
-    /// that fails until it succeeds or the attempts run out.
-    async fn run(mut self) {
-        let id = self.id;
-        if self.keyed {
-            // Once: if the database fails here, deleting the row frees the key later.
-            if let Err(err) = self.ingest.metadata.clear_key(id).await {
-                tracing::debug!(%id, error = ?err, "freeing the idempotency key of a failed upload failed");
-            }
-        }
-        let mut pause = std::time::Duration::from_millis(100);
-        for attempt in 1..=CLEANUP_ATTEMPTS {
-            match self.step().await {
-                Ok(()) => return,
-                Err(failed) if attempt < CLEANUP_ATTEMPTS => {
-                    tracing::debug!(%id, attempt, failed, "clean-up of a failed upload will retry");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
-                }
-                Err(failed) => tracing::warn!(
-                    %id,
-                    failed,
-                    "clean-up of a failed upload gave up; the reaper will finish it"
-                ),
-            }
-        }
-    }
-
-    /// One attempt at what is left to do; the step that failed.
-    async fn step(&mut self) -> Result<(), &'static str> {
-        let id = self.id;
-        if let Some(multipart) = self.multipart.as_mut() {
-            if let Err(err) = multipart.abort().await {
-                tracing::debug!(%id, error = ?err, "aborting the multipart upload failed");
-                return Err("abort_multipart");
-            }
-            self.multipart = None;
-            self.multipart_begun = false;
-        }
-        if let Some(mut put) = self.streamed.take() {
-            put.settle().await;
-        }
-        if self.multipart_begun {
-            // Started, but its id never reached us: find it the slow way.
-            let recorded = self.ingest.storage.uploads_by_id().then_some("");
-            if let Err(err) = self.ingest.storage.abort_unfinished(id, recorded).await {
-                tracing::debug!(%id, error = ?err, "finding an unfinished multipart upload failed");
-                return Err("abort_multipart");
-            }
-            self.multipart_begun = false;
-        }
-        if self.object_written {
-            if let Err(err) = self.ingest.storage.delete(id).await {
-                tracing::debug!(%id, error = ?err, "deleting the object of a failed upload failed");
-                return Err("delete_object");
-            }
-            self.object_written = false;
-        }
-        if let Err(err) = self.ingest.metadata.delete(id).await {
-            tracing::debug!(%id, error = ?err, "deleting the row of a failed upload failed");
-            return Err("delete_row");
-        }
-        Ok(())
     }
 }
 

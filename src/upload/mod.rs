@@ -6,6 +6,8 @@
 
 pub mod body_guard;
 pub mod buffer;
+mod cleanup;
 pub mod ingest;
 pub mod limits;
+mod part_writer;
 pub mod shutdown;

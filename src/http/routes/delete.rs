@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde_json::json;
 
-use super::{media_id, AppState};
+use super::state::{media_id, AppState};
 use crate::auth::SCOPE_WRITE;
 use crate::domain::ApiError;
 use crate::http::error::meta;

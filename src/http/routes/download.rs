@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 
-use super::{media_id, AppState};
+use super::state::{media_id, AppState};
 use crate::auth::SCOPE_READ;
 use crate::domain::ApiError;
 use crate::domain::{AccountId, MediaId};

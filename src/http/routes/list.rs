@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::state::AppState;
 use crate::auth::SCOPE_READ;
 use crate::domain::ApiError;
 use crate::domain::MediaId;

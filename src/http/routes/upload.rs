@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::Either;
 use serde_json::json;
 
-use super::AppState;
+use super::state::AppState;
 use crate::auth::SCOPE_WRITE;
 use crate::domain::ApiError;
 use crate::domain::{FileExtension, IdempotencyKey};
