@@ -7,6 +7,15 @@ use crate::metadata::Metadata;
 use crate::storage::{Storage, StreamedPut};
 use crate::upload::part_writer::Multipart;
 
+/// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker
+/// whose runtime may be shutting down (a request cut off at the shutdown deadline), and
+/// shutdown waits for them, so nothing is left behind by a stop.
+///
+/// Clean-ups queue: at most `concurrency` run at once, so that thousands of uploads
+/// cancelled together (a network blip, a load balancer restart) neither starve the requests
+/// still running of database connections nor give up on a pool timeout. Each retries what
+/// failed with a growing pause; one that still cannot finish leaves its `uploading` row to
+/// the reaper.
 #[derive(Debug, Clone)]
 pub struct Cleanups {
     tracker: tokio_util::task::TaskTracker,
@@ -53,8 +62,8 @@ impl Cleanups {
     }
 }
 
-/// What the client declared of its body before sending it.
-
+/// One upload's roll-back: what it left, undone in the order that never leaves an object
+/// without a row.
 pub(super) struct Cleanup {
     pub(super) metadata: Metadata,
     pub(super) storage: Storage,

@@ -117,15 +117,7 @@ pub struct Ingest {
     pub verify_content: crate::domain::content_check::VerifyContent,
 }
 
-/// Clean-ups of cancelled uploads. They run on the main runtime, not on the HTTP worker
-/// whose runtime may be shutting down (a request cut off at the shutdown deadline), and
-/// shutdown waits for them, so nothing is left behind by a stop.
-///
-/// Clean-ups queue: at most `concurrency` run at once, so that thousands of uploads
-/// cancelled together (a network blip, a load balancer restart) neither starve the requests
-/// still running of database connections nor give up on a pool timeout. Each retries what
-/// failed with a growing pause; one that still cannot finish leaves its `uploading` row to
-/// the reaper.
+/// What the client declared of its body before sending it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Declared {
     /// `Content-Length`, when the body has one.
