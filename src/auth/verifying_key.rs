@@ -81,36 +81,12 @@ pub(super) fn check_rsa_bits(bits: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The modulus size of a DER `RSAPublicKey` (`SEQUENCE { INTEGER n, INTEGER e }`).
+/// The modulus size of a DER `RSAPublicKey` (`SEQUENCE { INTEGER n, INTEGER e }`, RFC 8017
+/// A.1.1), read by the `pkcs1` crate.
 pub(super) fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
-    let (0x30, sequence, _) = der_element(der)? else {
-        return None;
-    };
-    let (0x02, modulus, _) = der_element(sequence)? else {
-        return None;
-    };
-    Some(unsigned_bits(modulus))
-}
-
-/// One DER element: its tag, its contents and the bytes after it.
-pub(super) fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, after) = rest.split_at_checked(count)?;
-        rest = after;
-        bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    let (contents, rest) = rest.split_at_checked(len)?;
-    Some((tag, contents, rest))
+    use pkcs1::der::Decode;
+    let key = pkcs1::RsaPublicKey::from_der(der).ok()?;
+    Some(unsigned_bits(key.modulus.as_bytes()))
 }
 
 /// The bit length of a big-endian unsigned integer.
