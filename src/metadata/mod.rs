@@ -8,6 +8,7 @@
 mod postgres;
 mod records;
 mod sqlite;
+mod statements;
 
 use records::Due;
 pub use records::*;

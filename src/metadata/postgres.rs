@@ -8,11 +8,8 @@ use super::records::{
     is_unique_violation, size_from_db, Claimed, Due, DueQuery, KeyHolder, KeyQuery, ListCursor,
     MediaRecord, MediaStatus, MetadataError, NewMedia, PurgeQuery, Result,
 };
+use super::statements::{self, COLUMNS};
 use crate::domain::{AccountId, FileExtension, MediaId};
-
-const COLUMNS: &str =
-    "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at, \
-     detected_mime_type, idempotency_key, ready_at";
 
 fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
     let owner: String = row.try_get("owner")?;
@@ -35,19 +32,15 @@ fn record(row: &sqlx::postgres::PgRow) -> Result<MediaRecord> {
 }
 
 pub(super) async fn insert_uploading(pool: &PgPool, media: &NewMedia) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO media \
-             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at) \
-         VALUES ($1, $2, $3, $4, 'uploading', $5, $6, $5)",
-    )
-    .bind(media.id.as_uuid())
-    .bind(media.owner.as_str())
-    .bind(media.extension.as_str())
-    .bind(media.extension.content_type())
-    .bind(media.created_at)
-    .bind(media.expires_at)
-    .execute(pool)
-    .await?;
+    sqlx::query(statements::INSERT_UPLOADING)
+        .bind(media.id.as_uuid())
+        .bind(media.owner.as_str())
+        .bind(media.extension.as_str())
+        .bind(media.extension.content_type())
+        .bind(media.created_at)
+        .bind(media.expires_at)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -58,55 +51,38 @@ pub(super) async fn insert_uploading_keyed(
     media: &NewMedia,
     key: &str,
 ) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO media \
-             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at, \
-              idempotency_key) \
-         VALUES ($1, $2, $3, $4, 'uploading', $5, $6, $5, $7) \
-         ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(media.id.as_uuid())
-    .bind(media.owner.as_str())
-    .bind(media.extension.as_str())
-    .bind(media.extension.content_type())
-    .bind(media.created_at)
-    .bind(media.expires_at)
-    .bind(key)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(statements::INSERT_UPLOADING_KEYED)
+        .bind(media.id.as_uuid())
+        .bind(media.owner.as_str())
+        .bind(media.extension.as_str())
+        .bind(media.extension.content_type())
+        .bind(media.created_at)
+        .bind(media.expires_at)
+        .bind(key)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// A row of `owner` ($1) holding `key` ($2) that no longer counts: expired at $3, or an
-/// upload whose heartbeat is older than $4.
-const DEAD_KEY_HOLDER: &str = "owner = $1 AND idempotency_key = $2 \
-     AND (expires_at <= $3 \
-          OR (status = 'uploading' AND COALESCE(heartbeat_at, created_at) <= $4))";
-
 pub(super) async fn release_dead_key(pool: &PgPool, query: &KeyQuery<'_>) -> Result<u64> {
-    let done = sqlx::query(&format!(
-        "UPDATE media SET idempotency_key = NULL WHERE {DEAD_KEY_HOLDER}"
-    ))
-    .bind(query.owner.as_str())
-    .bind(query.key)
-    .bind(query.now)
-    .bind(query.stale_before)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::RELEASE_DEAD_KEY)
+        .bind(query.owner.as_str())
+        .bind(query.key)
+        .bind(query.now)
+        .bind(query.stale_before)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }
 
 pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Option<KeyHolder>> {
-    let row = sqlx::query(&format!(
-        "SELECT id, status, sha256, extension FROM media \
-         WHERE owner = $1 AND idempotency_key = $2 AND NOT ({DEAD_KEY_HOLDER})"
-    ))
-    .bind(query.owner.as_str())
-    .bind(query.key)
-    .bind(query.now)
-    .bind(query.stale_before)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&statements::KEY_HOLDER)
+        .bind(query.owner.as_str())
+        .bind(query.key)
+        .bind(query.now)
+        .bind(query.stale_before)
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -125,15 +101,12 @@ pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Op
 }
 
 pub(super) async fn attach_key(pool: &PgPool, id: MediaId, query: &KeyQuery<'_>) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE media SET idempotency_key = $3 \
-         WHERE id = $1 AND owner = $2 AND status = 'ready' AND idempotency_key IS NULL",
-    )
-    .bind(id.as_uuid())
-    .bind(query.owner.as_str())
-    .bind(query.key)
-    .execute(pool)
-    .await;
+    let done = sqlx::query(statements::ATTACH_KEY)
+        .bind(id.as_uuid())
+        .bind(query.owner.as_str())
+        .bind(query.key)
+        .execute(pool)
+        .await;
     match done {
         Ok(done) => Ok(done.rows_affected() == 1),
         Err(err) if is_unique_violation(&err) => Ok(false),
@@ -142,18 +115,12 @@ pub(super) async fn attach_key(pool: &PgPool, id: MediaId, query: &KeyQuery<'_>)
 }
 
 pub(super) async fn clear_key(pool: &PgPool, id: MediaId) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE media SET idempotency_key = NULL WHERE id = $1 AND idempotency_key IS NOT NULL",
-    )
-    .bind(id.as_uuid())
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(statements::CLEAR_KEY)
+        .bind(id.as_uuid())
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// The rows an upload may still write to: its own, not claimed, not stale ($2).
-const LIVE_UPLOAD: &str = "id = $1 AND status = 'uploading' AND reap_claim IS NULL \
-     AND COALESCE(heartbeat_at, created_at) > $2";
 
 pub(super) async fn mark_ready(
     pool: &PgPool,
@@ -165,19 +132,15 @@ pub(super) async fn mark_ready(
     ready_at: DateTime<Utc>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
-    let done = sqlx::query(&format!(
-        "UPDATE media SET status = 'ready', size_bytes = $3, sha256 = $4, \
-         detected_mime_type = $5, multipart_upload_id = NULL, ready_at = $6 \
-         WHERE {LIVE_UPLOAD}"
-    ))
-    .bind(id.as_uuid())
-    .bind(stale_before)
-    .bind(size)
-    .bind(sha256)
-    .bind(detected)
-    .bind(ready_at)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::MARK_READY)
+        .bind(id.as_uuid())
+        .bind(stale_before)
+        .bind(size)
+        .bind(sha256)
+        .bind(detected)
+        .bind(ready_at)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -187,14 +150,12 @@ pub(super) async fn set_multipart_upload(
     upload_id: &str,
     stale_before: DateTime<Utc>,
 ) -> Result<bool> {
-    let done = sqlx::query(&format!(
-        "UPDATE media SET multipart_upload_id = $3 WHERE {LIVE_UPLOAD}"
-    ))
-    .bind(id.as_uuid())
-    .bind(stale_before)
-    .bind(upload_id)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::SET_MULTIPART_UPLOAD)
+        .bind(id.as_uuid())
+        .bind(stale_before)
+        .bind(upload_id)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -204,14 +165,12 @@ pub(super) async fn heartbeat(
     now: DateTime<Utc>,
     stale_before: DateTime<Utc>,
 ) -> Result<bool> {
-    let done = sqlx::query(&format!(
-        "UPDATE media SET heartbeat_at = $3 WHERE {LIVE_UPLOAD}"
-    ))
-    .bind(id.as_uuid())
-    .bind(stale_before)
-    .bind(now)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::HEARTBEAT)
+        .bind(id.as_uuid())
+        .bind(stale_before)
+        .bind(now)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -221,20 +180,17 @@ pub(super) async fn find_readable(
     owner: &AccountId,
     now: DateTime<Utc>,
 ) -> Result<Option<MediaRecord>> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM media \
-         WHERE id = $1 AND owner = $2 AND status = 'ready' AND expires_at > $3"
-    ))
-    .bind(id.as_uuid())
-    .bind(owner.as_str())
-    .bind(now)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&statements::FIND_READABLE)
+        .bind(id.as_uuid())
+        .bind(owner.as_str())
+        .bind(now)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(record).transpose()
 }
 
 pub(super) async fn get(pool: &PgPool, id: MediaId) -> Result<Option<MediaRecord>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM media WHERE id = $1"))
+    let row = sqlx::query(&statements::GET)
         .bind(id.as_uuid())
         .fetch_optional(pool)
         .await?;
@@ -242,7 +198,7 @@ pub(super) async fn get(pool: &PgPool, id: MediaId) -> Result<Option<MediaRecord
 }
 
 pub(super) async fn delete(pool: &PgPool, id: MediaId) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM media WHERE id = $1")
+    let done = sqlx::query(statements::DELETE)
         .bind(id.as_uuid())
         .execute(pool)
         .await?;
@@ -250,7 +206,7 @@ pub(super) async fn delete(pool: &PgPool, id: MediaId) -> Result<bool> {
 }
 
 pub(super) async fn count(pool: &PgPool) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media")
+    let n: i64 = sqlx::query_scalar(statements::COUNT)
         .fetch_one(pool)
         .await?;
     Ok(n as u64)
@@ -368,7 +324,7 @@ pub(super) async fn release(pool: &PgPool, ids: &[MediaId], claim: Uuid) -> Resu
 }
 
 pub(super) async fn expired_backlog(pool: &PgPool, now: DateTime<Utc>) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE expires_at <= $1")
+    let n: i64 = sqlx::query_scalar(statements::EXPIRED_BACKLOG)
         .bind(now)
         .fetch_one(pool)
         .await?;
@@ -402,18 +358,14 @@ pub(super) async fn list_readable(
 pub(super) async fn claim_owned(pool: &PgPool, purge: &PurgeQuery) -> Result<(u64, Vec<Claimed>)> {
     // A fenced upload's lease is over at once: once it is stale (it rolled back or its
     // process died), the reaper takes it like any crashed upload.
-    let fenced = sqlx::query(
-        "UPDATE media SET reap_claim = $2, reap_claimed_until = $3 \
-         WHERE owner = $1 AND status = 'uploading' AND reap_claim IS NULL \
-           AND COALESCE(heartbeat_at, created_at) > $4",
-    )
-    .bind(purge.owner.as_str())
-    .bind(purge.claim)
-    .bind(purge.now)
-    .bind(purge.stale_before)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let fenced = sqlx::query(statements::CLAIM_OWNED)
+        .bind(purge.owner.as_str())
+        .bind(purge.claim)
+        .bind(purge.now)
+        .bind(purge.stale_before)
+        .execute(pool)
+        .await?
+        .rows_affected();
     let rows = sqlx::query(
         "WITH due AS ( \
              SELECT id FROM media \
@@ -455,7 +407,7 @@ pub(super) async fn delete_claimed_owned(
 }
 
 pub(super) async fn count_owned(pool: &PgPool, owner: &AccountId) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE owner = $1")
+    let n: i64 = sqlx::query_scalar(statements::COUNT_OWNED)
         .bind(owner.as_str())
         .fetch_one(pool)
         .await?;

@@ -8,11 +8,8 @@ use super::records::{
     is_unique_violation, size_from_db, Claimed, Due, DueQuery, KeyHolder, KeyQuery, ListCursor,
     MediaRecord, MediaStatus, MetadataError, NewMedia, PurgeQuery, Result,
 };
+use super::statements::{self, COLUMNS};
 use crate::domain::{AccountId, FileExtension, MediaId};
-
-const COLUMNS: &str =
-    "id, owner, extension, content_type, size_bytes, sha256, status, created_at, expires_at, \
-     detected_mime_type, idempotency_key, ready_at";
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -47,19 +44,15 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<MediaRecord> {
 }
 
 pub(super) async fn insert_uploading(pool: &SqlitePool, media: &NewMedia) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO media \
-             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at) \
-         VALUES (?1, ?2, ?3, ?4, 'uploading', ?5, ?6, ?5)",
-    )
-    .bind(media.id.to_string())
-    .bind(media.owner.as_str())
-    .bind(media.extension.as_str())
-    .bind(media.extension.content_type())
-    .bind(millis(media.created_at))
-    .bind(millis(media.expires_at))
-    .execute(pool)
-    .await?;
+    sqlx::query(statements::INSERT_UPLOADING)
+        .bind(media.id.to_string())
+        .bind(media.owner.as_str())
+        .bind(media.extension.as_str())
+        .bind(media.extension.content_type())
+        .bind(millis(media.created_at))
+        .bind(millis(media.expires_at))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -70,41 +63,27 @@ pub(super) async fn insert_uploading_keyed(
     media: &NewMedia,
     key: &str,
 ) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO media \
-             (id, owner, extension, content_type, status, created_at, expires_at, heartbeat_at, \
-              idempotency_key) \
-         VALUES (?1, ?2, ?3, ?4, 'uploading', ?5, ?6, ?5, ?7) \
-         ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(media.id.to_string())
-    .bind(media.owner.as_str())
-    .bind(media.extension.as_str())
-    .bind(media.extension.content_type())
-    .bind(millis(media.created_at))
-    .bind(millis(media.expires_at))
-    .bind(key)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(statements::INSERT_UPLOADING_KEYED)
+        .bind(media.id.to_string())
+        .bind(media.owner.as_str())
+        .bind(media.extension.as_str())
+        .bind(media.extension.content_type())
+        .bind(millis(media.created_at))
+        .bind(millis(media.expires_at))
+        .bind(key)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// A row of `owner` (?1) holding `key` (?2) that no longer counts: expired at ?3, or an
-/// upload whose heartbeat is older than ?4.
-const DEAD_KEY_HOLDER: &str = "owner = ?1 AND idempotency_key = ?2 \
-     AND (expires_at <= ?3 \
-          OR (status = 'uploading' AND COALESCE(heartbeat_at, created_at) <= ?4))";
-
 pub(super) async fn release_dead_key(pool: &SqlitePool, query: &KeyQuery<'_>) -> Result<u64> {
-    let done = sqlx::query(&format!(
-        "UPDATE media SET idempotency_key = NULL WHERE {DEAD_KEY_HOLDER}"
-    ))
-    .bind(query.owner.as_str())
-    .bind(query.key)
-    .bind(millis(query.now))
-    .bind(millis(query.stale_before))
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::RELEASE_DEAD_KEY)
+        .bind(query.owner.as_str())
+        .bind(query.key)
+        .bind(millis(query.now))
+        .bind(millis(query.stale_before))
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }
 
@@ -112,16 +91,13 @@ pub(super) async fn key_holder(
     pool: &SqlitePool,
     query: &KeyQuery<'_>,
 ) -> Result<Option<KeyHolder>> {
-    let row = sqlx::query(&format!(
-        "SELECT id, status, sha256, extension FROM media \
-         WHERE owner = ?1 AND idempotency_key = ?2 AND NOT ({DEAD_KEY_HOLDER})"
-    ))
-    .bind(query.owner.as_str())
-    .bind(query.key)
-    .bind(millis(query.now))
-    .bind(millis(query.stale_before))
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&statements::KEY_HOLDER)
+        .bind(query.owner.as_str())
+        .bind(query.key)
+        .bind(millis(query.now))
+        .bind(millis(query.stale_before))
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -145,15 +121,12 @@ pub(super) async fn attach_key(
     id: MediaId,
     query: &KeyQuery<'_>,
 ) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE media SET idempotency_key = ?3 \
-         WHERE id = ?1 AND owner = ?2 AND status = 'ready' AND idempotency_key IS NULL",
-    )
-    .bind(id.to_string())
-    .bind(query.owner.as_str())
-    .bind(query.key)
-    .execute(pool)
-    .await;
+    let done = sqlx::query(statements::ATTACH_KEY)
+        .bind(id.to_string())
+        .bind(query.owner.as_str())
+        .bind(query.key)
+        .execute(pool)
+        .await;
     match done {
         Ok(done) => Ok(done.rows_affected() == 1),
         Err(err) if is_unique_violation(&err) => Ok(false),
@@ -162,18 +135,12 @@ pub(super) async fn attach_key(
 }
 
 pub(super) async fn clear_key(pool: &SqlitePool, id: MediaId) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE media SET idempotency_key = NULL WHERE id = ?1 AND idempotency_key IS NOT NULL",
-    )
-    .bind(id.to_string())
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(statements::CLEAR_KEY)
+        .bind(id.to_string())
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// The rows an upload may still write to: its own, not claimed, not stale (?2).
-const LIVE_UPLOAD: &str = "id = ?1 AND status = 'uploading' AND reap_claim IS NULL \
-     AND COALESCE(heartbeat_at, created_at) > ?2";
 
 pub(super) async fn mark_ready(
     pool: &SqlitePool,
@@ -185,19 +152,15 @@ pub(super) async fn mark_ready(
     ready_at: DateTime<Utc>,
 ) -> Result<bool> {
     let size = i64::try_from(size_bytes).unwrap_or(i64::MAX);
-    let done = sqlx::query(&format!(
-        "UPDATE media SET status = 'ready', size_bytes = ?3, sha256 = ?4, \
-         detected_mime_type = ?5, multipart_upload_id = NULL, ready_at = ?6 \
-         WHERE {LIVE_UPLOAD}"
-    ))
-    .bind(id.to_string())
-    .bind(millis(stale_before))
-    .bind(size)
-    .bind(sha256)
-    .bind(detected)
-    .bind(millis(ready_at))
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::MARK_READY)
+        .bind(id.to_string())
+        .bind(millis(stale_before))
+        .bind(size)
+        .bind(sha256)
+        .bind(detected)
+        .bind(millis(ready_at))
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -207,14 +170,12 @@ pub(super) async fn set_multipart_upload(
     upload_id: &str,
     stale_before: DateTime<Utc>,
 ) -> Result<bool> {
-    let done = sqlx::query(&format!(
-        "UPDATE media SET multipart_upload_id = ?3 WHERE {LIVE_UPLOAD}"
-    ))
-    .bind(id.to_string())
-    .bind(millis(stale_before))
-    .bind(upload_id)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::SET_MULTIPART_UPLOAD)
+        .bind(id.to_string())
+        .bind(millis(stale_before))
+        .bind(upload_id)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -224,14 +185,12 @@ pub(super) async fn heartbeat(
     now: DateTime<Utc>,
     stale_before: DateTime<Utc>,
 ) -> Result<bool> {
-    let done = sqlx::query(&format!(
-        "UPDATE media SET heartbeat_at = ?3 WHERE {LIVE_UPLOAD}"
-    ))
-    .bind(id.to_string())
-    .bind(millis(stale_before))
-    .bind(millis(now))
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(&statements::HEARTBEAT)
+        .bind(id.to_string())
+        .bind(millis(stale_before))
+        .bind(millis(now))
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -241,20 +200,17 @@ pub(super) async fn find_readable(
     owner: &AccountId,
     now: DateTime<Utc>,
 ) -> Result<Option<MediaRecord>> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM media \
-         WHERE id = ?1 AND owner = ?2 AND status = 'ready' AND expires_at > ?3"
-    ))
-    .bind(id.to_string())
-    .bind(owner.as_str())
-    .bind(millis(now))
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&statements::FIND_READABLE)
+        .bind(id.to_string())
+        .bind(owner.as_str())
+        .bind(millis(now))
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(record).transpose()
 }
 
 pub(super) async fn get(pool: &SqlitePool, id: MediaId) -> Result<Option<MediaRecord>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM media WHERE id = ?1"))
+    let row = sqlx::query(&statements::GET)
         .bind(id.to_string())
         .fetch_optional(pool)
         .await?;
@@ -262,7 +218,7 @@ pub(super) async fn get(pool: &SqlitePool, id: MediaId) -> Result<Option<MediaRe
 }
 
 pub(super) async fn delete(pool: &SqlitePool, id: MediaId) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM media WHERE id = ?1")
+    let done = sqlx::query(statements::DELETE)
         .bind(id.to_string())
         .execute(pool)
         .await?;
@@ -270,7 +226,7 @@ pub(super) async fn delete(pool: &SqlitePool, id: MediaId) -> Result<bool> {
 }
 
 pub(super) async fn count(pool: &SqlitePool) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media")
+    let n: i64 = sqlx::query_scalar(statements::COUNT)
         .fetch_one(pool)
         .await?;
     Ok(n as u64)
@@ -359,7 +315,7 @@ pub(super) async fn release(pool: &SqlitePool, ids: &[MediaId], claim: uuid::Uui
 }
 
 pub(super) async fn expired_backlog(pool: &SqlitePool, now: DateTime<Utc>) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE expires_at <= ?1")
+    let n: i64 = sqlx::query_scalar(statements::EXPIRED_BACKLOG)
         .bind(millis(now))
         .fetch_one(pool)
         .await?;
@@ -395,18 +351,14 @@ pub(super) async fn claim_owned(
     pool: &SqlitePool,
     purge: &PurgeQuery,
 ) -> Result<(u64, Vec<Claimed>)> {
-    let fenced = sqlx::query(
-        "UPDATE media SET reap_claim = ?2, reap_claimed_until = ?3 \
-         WHERE owner = ?1 AND status = 'uploading' AND reap_claim IS NULL \
-           AND COALESCE(heartbeat_at, created_at) > ?4",
-    )
-    .bind(purge.owner.as_str())
-    .bind(purge.claim.to_string())
-    .bind(millis(purge.now))
-    .bind(millis(purge.stale_before))
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let fenced = sqlx::query(statements::CLAIM_OWNED)
+        .bind(purge.owner.as_str())
+        .bind(purge.claim.to_string())
+        .bind(millis(purge.now))
+        .bind(millis(purge.stale_before))
+        .execute(pool)
+        .await?
+        .rows_affected();
     let rows = sqlx::query(
         "UPDATE media SET reap_claim = ?5, reap_claimed_until = ?6 \
          WHERE id IN ( \
@@ -448,7 +400,7 @@ pub(super) async fn delete_claimed_owned(
 }
 
 pub(super) async fn count_owned(pool: &SqlitePool, owner: &AccountId) -> Result<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM media WHERE owner = ?1")
+    let n: i64 = sqlx::query_scalar(statements::COUNT_OWNED)
         .bind(owner.as_str())
         .fetch_one(pool)
         .await?;
