@@ -23,16 +23,32 @@ struct SlowUpload {
 
 impl SlowUpload {
     async fn start(app: &TestApp, token: &str) -> Self {
+        Self::begin(app, token, None, 1024).await
+    }
+
+    /// Like `start`, and the client goes on sending a little every 200 ms, so that the
+    /// body never stalls (5 KiB a second: a part is far away).
+    async fn start_ticking(app: &TestApp, token: &str) -> Self {
+        let mut upload = Self::start(app, token).await;
+        upload.tick(Duration::from_millis(200), 1024);
+        upload
+    }
+
+    /// An upload whose client sends `head` bytes at once, declaring `declared` bytes
+    /// (`Content-Length`) when given, chunked otherwise.
+    async fn begin(app: &TestApp, token: &str, declared: Option<u64>, head: usize) -> Self {
         let (sender, receiver) = mpsc::channel(4);
         let body =
             reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
-        let request = app
+        let mut request = app
             .request(Method::POST, "/v1/media", Some(token))
-            .header("X-Gr-File-Extension", "bin")
-            .body(body);
-        let response = tokio::spawn(request.send());
+            .header("X-Gr-File-Extension", "bin");
+        if let Some(declared) = declared {
+            request = request.header("Content-Length", declared);
+        }
+        let response = tokio::spawn(request.body(body).send());
         sender
-            .send(Ok(Bytes::from(content(1024, 9))))
+            .send(Ok(Bytes::from(content(head, 9))))
             .await
             .unwrap();
         Self {
@@ -42,16 +58,14 @@ impl SlowUpload {
         }
     }
 
-    /// Like `start`, and the client goes on sending a little every 200 ms, so that the
-    /// body never stalls (5 KiB a second: a part is far away).
-    async fn start_ticking(app: &TestApp, token: &str) -> Self {
-        let mut upload = Self::start(app, token).await;
-        let sender = upload.sender.clone().unwrap();
-        upload.ticker = Some(tokio::spawn(async move {
+    /// From now on the client sends `bytes` every `every`.
+    fn tick(&mut self, every: Duration, bytes: usize) {
+        let sender = self.sender.clone().unwrap();
+        self.ticker = Some(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(every).await;
                 if sender
-                    .send(Ok(Bytes::from(content(1024, 8))))
+                    .send(Ok(Bytes::from(content(bytes, 8))))
                     .await
                     .is_err()
                 {
@@ -59,7 +73,6 @@ impl SlowUpload {
                 }
             }
         }));
-        upload
     }
 
     /// Ends the body normally: the upload completes.
@@ -491,61 +504,6 @@ async fn beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once(backend: B
     app.assert_eventually_empty().await;
 }
 
-/// An upload that declares its length and whose client sends `head` bytes at once, then
-/// 4 KiB every half second: fast enough for the minimum body rate, and so slow that the
-/// parts it reserved stay reserved for as long as the test runs.
-struct Trickle {
-    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    ticker: JoinHandle<()>,
-    response: JoinHandle<reqwest::Result<Response>>,
-}
-
-impl Trickle {
-    async fn start(app: &TestApp, token: &str, declared: u64, head: usize) -> Self {
-        let (sender, receiver) = mpsc::channel(4);
-        let body =
-            reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
-        let request = app
-            .request(Method::POST, "/v1/media", Some(token))
-            .header("X-Gr-File-Extension", "bin")
-            .header("Content-Length", declared)
-            .body(body);
-        let response = tokio::spawn(request.send());
-        sender
-            .send(Ok(Bytes::from(content(head, 3))))
-            .await
-            .unwrap();
-        let ticking = sender.clone();
-        let ticker = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if ticking
-                    .send(Ok(Bytes::from(content(4096, 2))))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Self {
-            sender,
-            ticker,
-            response,
-        }
-    }
-
-    async fn abandon(self) {
-        self.ticker.abort();
-        let _ = self
-            .sender
-            .send(Err(std::io::Error::other("client gone")))
-            .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.response.abort();
-    }
-}
-
 crate::on_both_backends!(accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait);
 
 /// Two accounts trickle 20 uploads each and hold all the budget an account holding memory
@@ -565,7 +523,12 @@ async fn accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait(
     let mut trickles = Vec::new();
     for _ in 0..20 {
         for token in [&first, &second] {
-            trickles.push(Trickle::start(&app, token, 20 * MIB, 2 * MIB as usize).await);
+            // 2 MiB at once, then 4 KiB every half second: fast enough for the minimum
+            // body rate, and so slow that its part stays reserved while the test runs.
+            let mut trickle =
+                SlowUpload::begin(&app, token, Some(20 * MIB), 2 * MIB as usize).await;
+            trickle.tick(Duration::from_millis(500), 4096);
+            trickles.push(trickle);
         }
     }
     // Each holds a part of 8 MiB, up to its account's 128 MiB: together all but the
