@@ -284,7 +284,7 @@ impl Metrics {
         let http = HttpMetrics::new();
         registry.register(Box::new(http.requests.clone()))?;
         registry.register(Box::new(http.duration.clone()))?;
-        registry.register(Box::new(protocol_errors()))?;
+        registry.register(Box::new(PROTOCOL_ERRORS.clone()))?;
         let media = MediaMetrics::new();
         registry.register(Box::new(media.uploads.clone()))?;
         registry.register(Box::new(media.upload_bytes.clone()))?;
@@ -420,19 +420,14 @@ impl Default for LimitMetrics {
     }
 }
 
-static PROTOCOL_ERRORS: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
-
 /// `http_protocol_errors_total`: the process-wide count of what actix-http logged as an
-/// error (see `startup::logging`).
-pub fn protocol_errors() -> prometheus::IntCounter {
-    PROTOCOL_ERRORS
-        .get_or_init(|| {
-            prometheus::IntCounter::new(
-                "http_protocol_errors_total",
-                "Connections the HTTP layer ended with an error before or outside the API \
-                 (malformed requests, header timeouts, oversized heads, broken streams)",
-            )
-            .expect("valid metric")
-        })
-        .clone()
-}
+/// error (see `startup::logging`). One counter for the process, like
+/// `BACKEND_MISCONFIGURED`: the log layer that counts has no registry at hand.
+pub static PROTOCOL_ERRORS: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+    IntCounter::new(
+        "http_protocol_errors_total",
+        "Connections the HTTP layer ended with an error before or outside the API \
+         (malformed requests, header timeouts, oversized heads, broken streams)",
+    )
+    .expect("a valid metric")
+});

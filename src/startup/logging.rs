@@ -5,7 +5,7 @@ use tracing_subscriber::layer::{self, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Registry};
 
-use crate::metrics::protocol_errors;
+use crate::metrics::PROTOCOL_ERRORS;
 use crate::settings::{LogFormat, LogSettings};
 
 /// Errors that actix-http raises and logs itself, below the application: malformed
@@ -25,7 +25,7 @@ impl<S: tracing::Subscriber> Layer<S> for CountProtocolErrors {
     fn on_event(&self, event: &tracing::Event<'_>, _: layer::Context<'_, S>) {
         let meta = event.metadata();
         if *meta.level() == tracing::Level::ERROR && meta.target().starts_with(PROTOCOL_TARGET) {
-            protocol_errors().inc();
+            PROTOCOL_ERRORS.inc();
         }
     }
 }

@@ -362,7 +362,8 @@ impl UploadSlot {
                 permit = inner.reserve.clone().acquire_many_owned(kib), if newcomer => {
                     break permit.map_err(|_| self.refused("replica"))?;
                 }
-                // The account's other reservations ended: it may take from the reserve.
+                // The account's other reservations ended: it may take from the reserve. (The
+                // upload looks again from the back of the queues, behind later arrivals.)
                 () = &mut released, if !newcomer => {}
                 () = tokio::time::sleep_until(deadline) => return Err(self.refused("replica")),
             }
