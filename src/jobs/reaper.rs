@@ -28,6 +28,20 @@ pub struct PassReport {
     pub interrupted: bool,
 }
 
+impl PassReport {
+    /// One line for a pass that did something; an idle one logs nothing.
+    fn log(&self, started: Instant, message: &'static str) {
+        if self.deleted > 0 || self.errors > 0 {
+            tracing::info!(
+                deleted = self.deleted,
+                errors = self.errors,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "{message}"
+            );
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Reaper {
     metadata: Metadata,
@@ -99,13 +113,22 @@ impl Reaper {
     /// Expired media wait for the next full pass.
     pub async fn dead_uploads_pass(&self, shutdown: &watch::Receiver<bool>) -> PassReport {
         let started = Instant::now();
+        let report = self.batches(Scope::DeadUploads, shutdown).await;
+        report.log(started, "reaper pass for dead uploads finished");
+        report
+    }
+
+    /// Batches of `scope` until one comes back short (nothing more is due), one fails
+    /// (storage is failing: the rest waits for the next pass instead of spinning on the same
+    /// rows) or shutdown begins.
+    async fn batches(&self, scope: Scope, shutdown: &watch::Receiver<bool>) -> PassReport {
         let mut report = PassReport::default();
         loop {
             if *shutdown.borrow() {
                 report.interrupted = true;
                 break;
             }
-            match self.batch(Scope::DeadUploads).await {
+            match self.batch(scope).await {
                 Ok(batch) => {
                     report.deleted += batch.deleted;
                     report.errors += batch.errors;
@@ -118,14 +141,6 @@ impl Reaper {
                     break;
                 }
             }
-        }
-        if report.deleted > 0 || report.errors > 0 {
-            tracing::info!(
-                deleted = report.deleted,
-                errors = report.errors,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "reaper pass for dead uploads finished"
-            );
         }
         report
     }
@@ -134,28 +149,7 @@ impl Reaper {
     pub async fn pass(&self, shutdown: &watch::Receiver<bool>) -> PassReport {
         let started = Instant::now();
         self.metrics.runs.inc();
-        let mut report = PassReport::default();
-        loop {
-            if *shutdown.borrow() {
-                report.interrupted = true;
-                break;
-            }
-            match self.batch(Scope::Everything).await {
-                Ok(batch) => {
-                    report.deleted += batch.deleted;
-                    report.errors += batch.errors;
-                    if batch.claimed < self.settings.batch_size as usize || batch.errors > 0 {
-                        // Done, or storage is failing: leave the rest to the next pass
-                        // instead of spinning on the same rows.
-                        break;
-                    }
-                }
-                Err(()) => {
-                    report.errors += 1;
-                    break;
-                }
-            }
-        }
+        let report = self.batches(Scope::Everything, shutdown).await;
         match self.metadata.expired_backlog(Utc::now()).await {
             Ok(backlog) => self
                 .metrics
@@ -172,14 +166,7 @@ impl Reaper {
         self.metrics
             .pass_duration
             .observe(started.elapsed().as_secs_f64());
-        if report.deleted > 0 || report.errors > 0 {
-            tracing::info!(
-                deleted = report.deleted,
-                errors = report.errors,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "reaper pass finished"
-            );
-        }
+        report.log(started, "reaper pass finished");
         report
     }
 

@@ -1,6 +1,7 @@
 //! The `media` table: one row per object, written before the object and removed after it.
 //! PostgreSQL in production, SQLite as the embedded default; the backend is chosen by the
-//! URL alone. Both pass the same contract tests (`tests/metadata_contract.rs`).
+//! URL alone. Both pass the same contract tests
+//! (`tests/backends/metadata_contract.rs`).
 //!
 //! Time is passed in by the caller (`now`), so both backends agree on what "expired" means
 //! and tests can move the clock.
@@ -80,7 +81,16 @@ impl PoolOptions {
 
 /// Runs the same call on whichever pool is in use.
 macro_rules! on_pool {
-    ($self:ident, $operation:literal, |$pool:ident| $postgres:expr, $sqlite:expr) => {
+    // The function of the same name in `postgres` and in `sqlite`, with the pool first.
+    ($self:ident, $operation:ident($($arg:expr),* $(,)?)) => {
+        on_pool!(
+            $self,
+            stringify!($operation),
+            |pool| postgres::$operation(pool, $($arg),*).await,
+            sqlite::$operation(pool, $($arg),*).await
+        )
+    };
+    ($self:ident, $operation:expr, |$pool:ident| $postgres:expr, $sqlite:expr) => {
         $self
             .timed($operation, async {
                 match &$self.pool {
@@ -274,12 +284,7 @@ impl Metadata {
 
     /// Inserts the row of an upload that is about to start (`status = 'uploading'`).
     pub async fn insert_uploading(&self, media: &NewMedia) -> Result<()> {
-        on_pool!(
-            self,
-            "insert_uploading",
-            |pool| postgres::insert_uploading(pool, media).await,
-            sqlite::insert_uploading(pool, media).await
-        )
+        on_pool!(self, insert_uploading(media))
     }
 
     /// Inserts the row of an upload sent with an `Idempotency-Key` (see `KeyQuery`), holding
@@ -323,47 +328,27 @@ impl Metadata {
 
     /// The live row holding an account's key, if any.
     pub async fn key_holder(&self, query: &KeyQuery<'_>) -> Result<Option<KeyHolder>> {
-        on_pool!(
-            self,
-            "key_holder",
-            |pool| postgres::key_holder(pool, query).await,
-            sqlite::key_holder(pool, query).await
-        )
+        on_pool!(self, key_holder(query))
     }
 
     /// Takes an account's key off the row holding it when that row no longer counts (an
     /// upload whose heartbeat is older than `stale_before`, media expired at `now`): only
     /// the key changes, the row stays for the reaper. How many rows lost it (0 or 1).
     pub async fn release_dead_key(&self, query: &KeyQuery<'_>) -> Result<u64> {
-        on_pool!(
-            self,
-            "release_dead_key",
-            |pool| postgres::release_dead_key(pool, query).await,
-            sqlite::release_dead_key(pool, query).await
-        )
+        on_pool!(self, release_dead_key(query))
     }
 
     /// Gives the ready media `id` of `query.owner` the key, if no live row holds it (a row
     /// that no longer counts loses it first). False, and nothing changes, otherwise.
     pub async fn attach_key(&self, id: MediaId, query: &KeyQuery<'_>) -> Result<bool> {
         self.release_dead_key(query).await?;
-        on_pool!(
-            self,
-            "attach_key",
-            |pool| postgres::attach_key(pool, id, query).await,
-            sqlite::attach_key(pool, id, query).await
-        )
+        on_pool!(self, attach_key(id, query))
     }
 
     /// Takes the key off the row `id`, whatever its state: an upload that failed frees its
     /// key before its clean-up runs. False when it held none.
     pub async fn clear_key(&self, id: MediaId) -> Result<bool> {
-        on_pool!(
-            self,
-            "clear_key",
-            |pool| postgres::clear_key(pool, id).await,
-            sqlite::clear_key(pool, id).await
-        )
+        on_pool!(self, clear_key(id))
     }
 
     /// Marks an upload complete. False, and nothing changes, when the upload may no longer
@@ -428,12 +413,7 @@ impl Metadata {
         upload_id: &str,
         stale_before: DateTime<Utc>,
     ) -> Result<bool> {
-        on_pool!(
-            self,
-            "set_multipart_upload",
-            |pool| postgres::set_multipart_upload(pool, id, upload_id, stale_before).await,
-            sqlite::set_multipart_upload(pool, id, upload_id, stale_before).await
-        )
+        on_pool!(self, set_multipart_upload(id, upload_id, stale_before))
     }
 
     /// Refreshes the heartbeat of a live upload to `now`. False, and nothing changes, when
@@ -444,12 +424,7 @@ impl Metadata {
         now: DateTime<Utc>,
         stale_before: DateTime<Utc>,
     ) -> Result<bool> {
-        on_pool!(
-            self,
-            "heartbeat",
-            |pool| postgres::heartbeat(pool, id, now, stale_before).await,
-            sqlite::heartbeat(pool, id, now, stale_before).await
-        )
+        on_pool!(self, heartbeat(id, now, stale_before))
     }
 
     /// The media `owner` may read now: ready, not expired, theirs.
@@ -459,12 +434,7 @@ impl Metadata {
         owner: &AccountId,
         now: DateTime<Utc>,
     ) -> Result<Option<MediaRecord>> {
-        on_pool!(
-            self,
-            "find_readable",
-            |pool| postgres::find_readable(pool, id, owner, now).await,
-            sqlite::find_readable(pool, id, owner, now).await
-        )
+        on_pool!(self, find_readable(id, owner, now))
     }
 
     /// A page of `owner`'s readable media, newest first, starting after `after`.
@@ -475,24 +445,14 @@ impl Metadata {
         after: Option<ListCursor>,
         limit: u32,
     ) -> Result<Vec<MediaRecord>> {
-        on_pool!(
-            self,
-            "list_readable",
-            |pool| postgres::list_readable(pool, owner, now, after, limit).await,
-            sqlite::list_readable(pool, owner, now, after, limit).await
-        )
+        on_pool!(self, list_readable(owner, now, after, limit))
     }
 
     /// For a purge: fences `owner`'s live uploads (claimed, so none can commit any more;
     /// each rolls itself back at its commit), then claims up to `limit` of the account's
     /// other rows (ready, or uploads that crashed) that no other claim holds.
     pub async fn claim_owned(&self, purge: &PurgeQuery) -> Result<(u64, Vec<Claimed>)> {
-        on_pool!(
-            self,
-            "claim_owned",
-            |pool| postgres::claim_owned(pool, purge).await,
-            sqlite::claim_owned(pool, purge).await
-        )
+        on_pool!(self, claim_owned(purge))
     }
 
     /// Deletes the rows of `ids` that `claim` holds for a purge of `owner`.
@@ -505,42 +465,22 @@ impl Metadata {
         if ids.is_empty() {
             return Ok(0);
         }
-        on_pool!(
-            self,
-            "delete_claimed_owned",
-            |pool| postgres::delete_claimed_owned(pool, ids, claim, owner).await,
-            sqlite::delete_claimed_owned(pool, ids, claim, owner).await
-        )
+        on_pool!(self, delete_claimed_owned(ids, claim, owner))
     }
 
     /// How many rows `owner` has, whatever their state.
     pub async fn count_owned(&self, owner: &AccountId) -> Result<u64> {
-        on_pool!(
-            self,
-            "count_owned",
-            |pool| postgres::count_owned(pool, owner).await,
-            sqlite::count_owned(pool, owner).await
-        )
+        on_pool!(self, count_owned(owner))
     }
 
     /// Any row with this id, whatever its state (tests and operations).
     pub async fn get(&self, id: MediaId) -> Result<Option<MediaRecord>> {
-        on_pool!(
-            self,
-            "get",
-            |pool| postgres::get(pool, id).await,
-            sqlite::get(pool, id).await
-        )
+        on_pool!(self, get(id))
     }
 
     /// Removes a row. False when there was none.
     pub async fn delete(&self, id: MediaId) -> Result<bool> {
-        on_pool!(
-            self,
-            "delete",
-            |pool| postgres::delete(pool, id).await,
-            sqlite::delete(pool, id).await
-        )
+        on_pool!(self, delete(id))
     }
 
     /// How many rows there are (tests and operations).
@@ -635,22 +575,12 @@ impl Metadata {
         if ids.is_empty() {
             return Ok(());
         }
-        on_pool!(
-            self,
-            "release",
-            |pool| postgres::release(pool, ids, claim).await,
-            sqlite::release(pool, ids, claim).await
-        )
+        on_pool!(self, release(ids, claim))
     }
 
     /// How many rows have expired at `now` and are still there.
     pub async fn expired_backlog(&self, now: DateTime<Utc>) -> Result<u64> {
-        on_pool!(
-            self,
-            "expired_backlog",
-            |pool| postgres::expired_backlog(pool, now).await,
-            sqlite::expired_backlog(pool, now).await
-        )
+        on_pool!(self, expired_backlog(now))
     }
 
     pub async fn close(&self) {

@@ -85,13 +85,17 @@ impl Tally {
 
 /// What the end of a body decides.
 enum Decision {
-    /// Store it: its SHA-256, and the retry whose key it takes over, if any.
-    Store {
-        sha256: String,
-        adopt_key: Option<Retry>,
-    },
+    /// Store it.
+    Store(Keep),
     /// A retry with the bytes of ready media: that media answers.
     Replay(Stored),
+}
+
+/// A body to be kept: its size, its SHA-256, and the retry whose key it takes over, if any.
+struct Keep {
+    size: u64,
+    sha256: String,
+    adopt_key: Option<Retry>,
 }
 
 /// What an upload needs from the application.
@@ -386,13 +390,12 @@ impl Session {
             }
         }
 
-        let size = tally.size;
-        let (sha256, adopt_key) = match self
+        let keep = match self
             .ingest
             .decide(tally, declared, self.retry.take())
             .await?
         {
-            Decision::Store { sha256, adopt_key } => (sha256, adopt_key),
+            Decision::Store(keep) => keep,
             Decision::Replay(stored) => return Ok(stored),
         };
         // From here an object may exist even if the call fails (an answer lost on the way
@@ -420,7 +423,7 @@ impl Session {
         }
         self.multipart = None;
         drop(reservation);
-        self.commit(size, sha256, adopt_key).await
+        self.commit(keep).await
     }
 
     /// Streams a body of declared length into one PUT, forwarded in 256 KiB chunks as it
@@ -458,13 +461,12 @@ impl Session {
                 }
             }
         }
-        let size = tally.size;
-        let (sha256, adopt_key) = match self
+        let keep = match self
             .ingest
             .decide(tally, declared, self.retry.take())
             .await?
         {
-            Decision::Store { sha256, adopt_key } => (sha256, adopt_key),
+            Decision::Store(keep) => keep,
             // Left to the clean-up, which cancels it.
             Decision::Replay(stored) => return Ok(stored),
         };
@@ -486,16 +488,16 @@ impl Session {
         }
         self.streamed = None;
         drop(window);
-        self.commit(size, sha256, adopt_key).await
+        self.commit(keep).await
     }
 
     /// Marks the stored upload ready, and gives it the key of a retry whose original went.
-    async fn commit(
-        &mut self,
-        size: u64,
-        sha256: String,
-        adopt_key: Option<Retry>,
-    ) -> Result<Stored, ApiError> {
+    async fn commit(&mut self, keep: Keep) -> Result<Stored, ApiError> {
+        let Keep {
+            size,
+            sha256,
+            adopt_key,
+        } = keep;
         if !self
             .ingest
             .metadata
@@ -548,10 +550,9 @@ impl Session {
         err
     }
 
-    /// Removes everything of the upload: storage first, the row last.
-    async fn discard(mut self) {
-        self.armed = false;
-        let cleanup = Cleanup {
+    /// The clean-up of what this upload has stored so far.
+    fn cleanup(&mut self) -> Cleanup {
+        Cleanup {
             metadata: self.ingest.metadata.clone(),
             storage: self.ingest.storage.clone(),
             id: self.id,
@@ -560,7 +561,13 @@ impl Session {
             object_written: self.object_written,
             multipart_begun: self.multipart_begun,
             keyed: self.keyed,
-        };
+        }
+    }
+
+    /// Removes everything of the upload: storage first, the row last.
+    async fn discard(mut self) {
+        self.armed = false;
+        let cleanup = self.cleanup();
         // Awaited, so the answer comes after the roll-back; spawned, so dropping this
         // request does not abandon it half-way.
         let _ = self.ingest.cleanups.spawn(cleanup).await;
@@ -574,16 +581,7 @@ impl Drop for Session {
         }
         // The request was cancelled mid-upload (client gone, shutdown deadline). Should the
         // clean-up not run (the process is killed), the row stays and the reaper cleans.
-        let cleanup = Cleanup {
-            metadata: self.ingest.metadata.clone(),
-            storage: self.ingest.storage.clone(),
-            id: self.id,
-            multipart: self.multipart.take(),
-            streamed: self.streamed.take(),
-            object_written: self.object_written,
-            multipart_begun: self.multipart_begun,
-            keyed: self.keyed,
-        };
+        let cleanup = self.cleanup();
         drop(self.ingest.cleanups.spawn(cleanup));
     }
 }
@@ -668,7 +666,11 @@ impl Ingest {
                 None => adopt_key = Some(retry),
             }
         }
-        Ok(Decision::Store { sha256, adopt_key })
+        Ok(Decision::Store(Keep {
+            size,
+            sha256,
+            adopt_key,
+        }))
     }
 
     /// Whether the body goes to storage as one streamed PUT: when they are on, for a body
