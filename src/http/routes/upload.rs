@@ -1,12 +1,13 @@
 //! `POST /v1/media`: raw bytes (or a form's one file part, see `crate::http::form`) in, an id out.
 
-use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::Either;
 use serde_json::json;
 
 use super::state::AppState;
 use crate::auth::SCOPE_WRITE;
+use crate::domain::digest::{expected_sha256, CONTENT_DIGEST};
 use crate::domain::ApiError;
 use crate::domain::{FileExtension, IdempotencyKey};
 use crate::http::error::meta;
@@ -144,7 +145,10 @@ pub fn check_headers(
     if boundary.is_none() {
         let declared = Declared {
             length: declared_length_allowed(headers, limit)?,
-            sha256: crate::domain::digest::expected_sha256(headers)?,
+            sha256: match one_header(headers, CONTENT_DIGEST, "Content-Digest")? {
+                Some(value) => expected_sha256(value.as_bytes())?,
+                None => None,
+            },
         };
         if let Some(extension) = &extension {
             profile.check_declared(extension, declared.length)?;
@@ -213,17 +217,30 @@ fn extension_of(file_name: Option<&str>) -> Result<FileExtension, ApiError> {
     })
 }
 
-/// The `Idempotency-Key`, if sent; sent twice it is ambiguous and refused.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
-    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER);
-    let Some(raw) = values.next() else {
+/// The one value of the header `name` (`shown` in the message), if sent; sent twice it is
+/// ambiguous and refused.
+fn one_header<'h>(
+    headers: &'h HeaderMap,
+    name: impl header::AsHeaderName,
+    shown: &str,
+) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name);
+    let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(ApiError::InvalidParameter(
-            "send exactly one Idempotency-Key header".to_owned(),
-        ));
+        return Err(ApiError::InvalidParameter(format!(
+            "send exactly one {shown} header"
+        )));
     }
+    Ok(Some(value))
+}
+
+/// The `Idempotency-Key`, if sent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(raw) = one_header(headers, IDEMPOTENCY_KEY_HEADER, "Idempotency-Key")? else {
+        return Ok(None);
+    };
     IdempotencyKey::parse(raw.as_bytes())
         .map(Some)
         .map_err(|msg| ApiError::InvalidParameter(msg.to_owned()))
@@ -242,15 +259,9 @@ fn declared_length_allowed(headers: &HeaderMap, limit: u64) -> Result<Option<u64
 
 /// `X-Gr-File-Extension`, if sent.
 fn extension(headers: &HeaderMap) -> Result<Option<FileExtension>, ApiError> {
-    let mut values = headers.get_all(EXTENSION_HEADER);
-    let Some(raw) = values.next() else {
+    let Some(raw) = one_header(headers, EXTENSION_HEADER, "X-Gr-File-Extension")? else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(ApiError::InvalidParameter(
-            "send exactly one X-Gr-File-Extension header".to_owned(),
-        ));
-    }
     let raw = raw.to_str().map_err(|_| {
         ApiError::InvalidParameter("X-Gr-File-Extension must be 1-16 letters or digits".into())
     })?;
@@ -268,5 +279,31 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Some)
             .ok_or_else(|| ApiError::InvalidParameter("Content-Length is not a number".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_sent_twice_is_refused_by_name() {
+        let mut headers = HeaderMap::new();
+        assert!(one_header(&headers, CONTENT_DIGEST, "Content-Digest")
+            .unwrap()
+            .is_none());
+        let value = HeaderValue::from_static("sha-256=:AAAA:");
+        let name = HeaderName::from_static(CONTENT_DIGEST);
+        headers.append(name.clone(), value.clone());
+        assert_eq!(
+            one_header(&headers, CONTENT_DIGEST, "Content-Digest").unwrap(),
+            Some(&value)
+        );
+        headers.append(name, value);
+        let err = one_header(&headers, CONTENT_DIGEST, "Content-Digest").unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidParameter(msg) if msg == "send exactly one Content-Digest header"),
+            "{err:?}"
+        );
     }
 }
