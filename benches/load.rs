@@ -26,8 +26,6 @@
 //! gdb); `MEDIA_NODE_BIN` measures another build of the server,
 //! `BENCH_SERVER_ENV=KEY=VALUE,...` gives it settings.
 
-#[path = "../tests/api/helpers.rs"]
-mod helpers;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -40,7 +38,6 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use helpers::{content, test_settings, Backend, TempDir};
 use media_node::settings::Settings;
 use media_node::storage::Storage;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -49,6 +46,7 @@ use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt};
 use support::{Server, MIB};
+use test_support::{content, test_settings, Backend, TempDir};
 use tokio::io::AsyncWriteExt;
 
 /// media-node's default part size, used by every baseline too.
@@ -274,7 +272,7 @@ impl Pair {
                 AmazonS3Builder::new()
                     .with_endpoint(s3.endpoint.clone().unwrap())
                     .with_region(s3.region.clone().unwrap())
-                    .with_bucket_name(helpers::Services::from_env().s3_bucket)
+                    .with_bucket_name(test_support::Services::from_env().s3_bucket)
                     .with_access_key_id(s3.access_key_id.clone().unwrap())
                     .with_secret_access_key(s3.secret_access_key.as_ref().unwrap().expose())
                     .with_allow_http(true)
@@ -551,7 +549,7 @@ fn size_of(name: &str) -> usize {
         "4k" => 4096,
         "100k" => 100 * 1024,
         "1m" => MIB,
-        "37m" => helpers::MAX_UPLOAD as usize,
+        "37m" => test_support::MAX_UPLOAD as usize,
         other => panic!("unknown size {other}: 4k, 100k, 1m or 37m"),
     }
 }
@@ -688,7 +686,7 @@ async fn memory(settings: &Settings) {
     let server = Server::start(settings, &[]);
     server.wait().await;
     let client = reqwest::Client::new();
-    let data = Bytes::from(content(helpers::MAX_UPLOAD as usize, 9));
+    let data = Bytes::from(content(test_support::MAX_UPLOAD as usize, 9));
     let (before, _) = server.rss_kib();
     let tokens: Vec<String> = (0..clients)
         .map(|w| server.token_for(&format!("memory-{w}")))

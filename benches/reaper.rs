@@ -4,19 +4,16 @@
 //!
 //! Run: `scripts/bench reaper`.
 
-#[path = "../tests/api/helpers.rs"]
-mod helpers;
-
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use helpers::{create_database, seed_expired, test_settings, Backend, Services, TempDir};
 use media_node::jobs::reaper::Reaper;
 use media_node::metadata::Metadata;
 use media_node::metrics::Metrics;
 use media_node::storage::Storage;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use test_support::{create_database, seed_expired, test_settings, Backend, Services, TempDir};
 use tokio::sync::watch;
 
 const MEDIA: usize = 10_000;

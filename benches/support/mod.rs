@@ -41,7 +41,7 @@ impl Server {
             .env("MEDIA_NODE__ADMIN__HOST", "127.0.0.1")
             .env("MEDIA_NODE__ADMIN__PORT", free_port().to_string())
             .env("MEDIA_NODE__LOG__LEVEL", "warn")
-            .envs(crate::helpers::process_env(settings))
+            .envs(test_support::process_env(settings))
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .envs(server_env())
             .stdout(Stdio::null())

@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{assert_error, content, Backend, TempDir, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, Backend, TempDir, TestApp};
 
 on_both_backends!(
     missing_and_bad_tokens_are_401,

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{assert_error, content, Backend, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, Backend, TestApp};
 
 on_both_backends!(
     content_that_the_extension_cannot_be_is_refused,

@@ -1,5 +1,5 @@
-use crate::helpers::{assert_error, content, Backend, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, Backend, TestApp};
 
 on_both_backends!(delete_removes_object_and_row);
 

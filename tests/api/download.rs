@@ -1,7 +1,7 @@
 use reqwest::Method;
 
-use crate::helpers::{assert_error, content, sha256_hex, Backend, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, sha256_hex, Backend, TestApp};
 
 on_both_backends!(
     download_carries_the_contract_headers,

@@ -2,8 +2,8 @@ use reqwest::Method;
 
 use sqlx::{Connection, Executor};
 
-use crate::helpers::{assert_error, content, Backend, Services, TcpProxy, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, Backend, Services, TcpProxy, TestApp};
 
 on_both_backends!(
     unknown_routes_and_methods_are_json,
@@ -133,7 +133,7 @@ async fn repeated_request_id_uses_the_first_sane_one(backend: Backend) {
 async fn storage_down_is_503_and_nothing_is_stored(backend: Backend) {
     // Storage nobody can write to: a port nothing listens on (S3), a file where the
     // objects directory should be (local disk).
-    let blocker = crate::helpers::TempDir::new();
+    let blocker = test_support::TempDir::new();
     let app = TestApp::spawn_with(backend, |s| match backend {
         Backend::Production => s.storage.s3.endpoint = Some("http://127.0.0.1:9".to_owned()),
         Backend::Embedded => {
@@ -179,7 +179,7 @@ async fn storage_down_is_503_and_nothing_is_stored(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_is_503_and_nothing_reaches_storage() {
     let services = Services::from_env();
-    let database = crate::helpers::create_database(&services).await;
+    let database = test_support::create_database(&services).await;
     let (proxy, url) = TcpProxy::for_database(&database).await;
     let app = TestApp::spawn_with(Backend::Production, |s| {
         s.database.url = media_node::settings::Secret::new(url);
@@ -241,7 +241,7 @@ async fn a_blocked_statement_is_503_not_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_database_link_is_503_not_a_hang() {
     let services = Services::from_env();
-    let database = crate::helpers::create_database(&services).await;
+    let database = test_support::create_database(&services).await;
     let (proxy, url) = TcpProxy::for_database(&database).await;
     let app = TestApp::spawn_with(Backend::Production, |s| {
         s.database.url = media_node::settings::Secret::new(url);

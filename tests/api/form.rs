@@ -2,8 +2,8 @@
 
 use reqwest::Method;
 
-use crate::helpers::{assert_error, content, sha256_hex, Backend, TempDir, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, sha256_hex, Backend, TempDir, TestApp};
 
 on_both_backends!(
     curl_form_upload_stores_the_file_not_the_envelope,

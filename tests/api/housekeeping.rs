@@ -6,8 +6,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{assert_error, content, Backend, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, Backend, TestApp};
 
 on_both_backends!(
     listing_pages_through_the_callers_live_media_newest_first,
@@ -186,10 +186,10 @@ async fn purge_from_the_command_line(backend: Backend) {
     let kept = app
         .upload_ok(&app.token("kept"), "bin", content(10, 5))
         .await;
-    let dir = crate::helpers::TempDir::new();
-    let out = crate::helpers::media_node_command(&dir.0)
+    let dir = test_support::TempDir::new();
+    let out = test_support::media_node_command(&dir.0)
         .args(["purge", "--account", "gone"])
-        .envs(crate::helpers::process_env(&app.settings))
+        .envs(test_support::process_env(&app.settings))
         .output()
         .unwrap();
     assert!(
@@ -204,9 +204,9 @@ async fn purge_from_the_command_line(backend: Backend) {
     assert_eq!(app.object_keys().await.len(), 1);
     assert_eq!(app.get(&app.token("kept"), &kept).await.status(), 200);
     // An account that is not one is refused with a reason.
-    let out = crate::helpers::media_node_command(&dir.0)
+    let out = test_support::media_node_command(&dir.0)
         .args(["purge", "--account", ""])
-        .envs(crate::helpers::process_env(&app.settings))
+        .envs(test_support::process_env(&app.settings))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -234,7 +234,7 @@ async fn info_describes_the_media_and_its_signed_link_works_without_a_token(back
     assert_eq!(info["mime_type"], "image/png");
     assert_eq!(info["extension"], "png");
     assert_eq!(info["file_size"], 3000);
-    assert_eq!(info["sha256"], crate::helpers::sha256_hex(&data));
+    assert_eq!(info["sha256"], test_support::sha256_hex(&data));
     assert!(info["expires_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(info["meta"]["api_status"], "stable");
     let url = info["url"].as_str().unwrap().to_owned();

@@ -7,7 +7,7 @@ use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{self, content, sha256_hex, Backend, ServiceProcess, TempDir, TestApp};
+use test_support::{content, sha256_hex, Backend, ServiceProcess, TempDir, TestApp};
 
 /// A `media-node` process on the embedded backends, with a token for it.
 pub struct Process {
@@ -20,8 +20,8 @@ pub struct Process {
 impl Process {
     pub async fn start(backend: Backend, extra: &[(&'static str, &str)]) -> Self {
         let dir = TempDir::new();
-        let settings = helpers::test_settings(backend, &dir).await;
-        let mut env = helpers::process_env(&settings);
+        let settings = test_support::test_settings(backend, &dir).await;
+        let mut env = test_support::process_env(&settings);
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let mut server = ServiceProcess::start(&dir.0, &env);
         server.wait_ready().await;
@@ -204,7 +204,7 @@ async fn nothing_stored(settings: &media_node::settings::Settings) -> bool {
         && storage.all_pending_uploads().await.unwrap().is_empty()
 }
 
-crate::on_both_backends!(a_stalled_body_is_answered_408_and_rolled_back);
+test_support::on_both_backends!(a_stalled_body_is_answered_408_and_rolled_back);
 
 async fn a_stalled_body_is_answered_408_and_rolled_back(backend: Backend) {
     let process = Process::start(backend, &[("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "2s")]).await;
@@ -231,7 +231,7 @@ async fn a_stalled_streamed_put_is_answered_408_and_rolled_back() {
         .await
         .unwrap();
     assert_eq!(
-        helpers::labelled_value(
+        test_support::labelled_value(
             &text,
             "media_storage_operation_duration_seconds_count",
             &[("operation", "create_multipart")]
@@ -692,7 +692,7 @@ async fn a_slow_reader_gets_the_whole_download_past_the_storage_request_timeout(
     assert_eq!(sha256_hex(&body), sha256_hex(&data));
 }
 
-crate::on_both_backends!(a_client_that_stops_reading_is_disconnected);
+test_support::on_both_backends!(a_client_that_stops_reading_is_disconnected);
 
 async fn a_client_that_stops_reading_is_disconnected(backend: Backend) {
     let process = Process::start(backend, &[("MEDIA_NODE__SERVER__SEND_TIMEOUT", "2s")]).await;
@@ -797,7 +797,7 @@ async fn expect_continue_is_refused_before_the_body_when_the_upload_would_be() {
     assert_eq!(json["errors"][0]["code"], 1005);
 
     // Over the limit: 413 at once.
-    let (_, head) = expect_continue(port, Some(&token), helpers::MAX_UPLOAD + 1).await;
+    let (_, head) = expect_continue(port, Some(&token), test_support::MAX_UPLOAD + 1).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     // A read-only token: 403.

@@ -10,8 +10,8 @@ use reqwest::{Method, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::helpers::{assert_error, content, labelled_value, Backend, TestApp, PART_SIZE};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, labelled_value, Backend, TestApp, PART_SIZE};
 
 on_both_backends!(
     the_same_bytes_again_answer_the_same_media,
@@ -187,7 +187,7 @@ async fn the_same_bytes_again_answer_the_same_media(backend: Backend) {
     assert_eq!(outcome(&app, "replayed").await, 3.0);
     assert_eq!(outcome(&app, "stored").await, 2.0);
     assert_eq!(
-        crate::helpers::metric_value(&app.metrics_text().await, "media_uploads_in_flight"),
+        test_support::metric_value(&app.metrics_text().await, "media_uploads_in_flight"),
         Some(0.0)
     );
 }

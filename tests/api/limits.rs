@@ -9,7 +9,7 @@ use reqwest::{Method, Response};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::helpers::{assert_error, content, Backend, TestApp, PART_SIZE};
+use test_support::{assert_error, content, Backend, TestApp, PART_SIZE};
 
 const PART: u64 = PART_SIZE as u64;
 
@@ -148,7 +148,7 @@ fn retry_after(response: &Response) -> u64 {
         .unwrap()
 }
 
-crate::on_both_backends!(an_upload_without_room_waits_then_gets_503_and_leaves_nothing);
+test_support::on_both_backends!(an_upload_without_room_waits_then_gets_503_and_leaves_nothing);
 
 async fn an_upload_without_room_waits_then_gets_503_and_leaves_nothing(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
@@ -188,7 +188,7 @@ async fn an_upload_without_room_waits_then_gets_503_and_leaves_nothing(backend: 
     wait_for_memory(&app, 0).await;
 }
 
-crate::on_both_backends!(an_upload_that_waits_gets_its_turn_when_room_frees);
+test_support::on_both_backends!(an_upload_that_waits_gets_its_turn_when_room_frees);
 
 async fn an_upload_that_waits_gets_its_turn_when_room_frees(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
@@ -240,7 +240,7 @@ async fn an_upload_that_waits_gets_its_turn_when_room_frees(backend: Backend) {
     wait_for_memory(&app, 0).await;
 }
 
-crate::on_both_backends!(a_small_upload_reserves_only_what_it_declares);
+test_support::on_both_backends!(a_small_upload_reserves_only_what_it_declares);
 
 async fn a_small_upload_reserves_only_what_it_declares(backend: Backend) {
     // Room for one part and 64 KiB: a slow chunked upload holds the part.
@@ -265,7 +265,7 @@ async fn a_small_upload_reserves_only_what_it_declares(backend: Backend) {
     assert_eq!(app.row_count().await, 1);
 }
 
-crate::on_both_backends!(a_greedy_account_cannot_starve_another);
+test_support::on_both_backends!(a_greedy_account_cannot_starve_another);
 
 async fn a_greedy_account_cannot_starve_another(backend: Backend) {
     // Four parts in all, two per account.
@@ -413,7 +413,7 @@ async fn without_a_configured_rate_there_is_no_rate_limit() {
     assert_eq!(app.state.limits.tracked_accounts(), 0);
 }
 
-crate::on_both_backends!(uploads_larger_than_the_budget_allows_at_once_all_get_through);
+test_support::on_both_backends!(uploads_larger_than_the_budget_allows_at_once_all_get_through);
 
 /// More large uploads at once than the budget holds: each waits for parts of the others to
 /// reach storage, none holds a half reservation that blocks the rest, and all are stored.
@@ -462,7 +462,7 @@ async fn uploads_larger_than_the_budget_allows_at_once_all_get_through(backend: 
     wait_for_memory(&app, 0).await;
 }
 
-crate::on_both_backends!(beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once);
+test_support::on_both_backends!(beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once);
 
 /// `limits.max_waiting_uploads`: a waiting upload holds what its client sent in the HTTP
 /// layer, outside the budget, so no more than that many wait; one more is answered 503
@@ -504,7 +504,9 @@ async fn beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once(backend: B
     app.assert_eventually_empty().await;
 }
 
-crate::on_both_backends!(accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait);
+test_support::on_both_backends!(
+    accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait
+);
 
 /// Two accounts trickle 20 uploads each and hold all the budget an account holding memory
 /// may take; a third account's uploads, a small one and one of three parts, go through

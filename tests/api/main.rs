@@ -1,6 +1,5 @@
 //! API tests: every status and header of the contract, on both backend pairs.
 
-mod helpers;
 mod housekeeping;
 
 mod auth;

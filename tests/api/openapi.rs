@@ -1,7 +1,7 @@
 use reqwest::Method;
 
-use crate::helpers::{labelled_value, Backend, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{labelled_value, Backend, TestApp};
 
 on_both_backends!(the_document_is_served_without_a_token);
 

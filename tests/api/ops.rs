@@ -3,8 +3,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{assert_error, content, labelled_value, metric_value, Backend, TestApp};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, labelled_value, metric_value, Backend, TestApp};
 
 on_both_backends!(metrics_describe_what_happened);
 

@@ -11,9 +11,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_error, content, sha256_hex, Backend, TempDir, TestApp};
-use crate::on_both_backends;
 use media_node::domain::profile::Profile;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, sha256_hex, Backend, TempDir, TestApp};
 
 on_both_backends!(
     media_that_follows_the_rules_is_stored,

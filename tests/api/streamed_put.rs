@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::{
+use test_support::{
     assert_error, content, labelled_value, metric_value, sha256_hex, Backend, TestApp,
 };
 
@@ -267,8 +267,8 @@ async fn storage_refusing_the_configuration_is_500() {
 /// `storage.read_idle_timeout`: 503, the row removed, no object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_that_stops_taking_the_body_is_503_within_the_idle_limit() {
-    let services = crate::helpers::Services::from_env();
-    let (proxy, proxied) = crate::helpers::TcpProxy::for_s3(&services.s3_endpoint).await;
+    let services = test_support::Services::from_env();
+    let (proxy, proxied) = test_support::TcpProxy::for_s3(&services.s3_endpoint).await;
     let app = TestApp::spawn_with(Backend::Production, |s| {
         s.storage.s3.streamed_put = true;
         s.storage.s3.endpoint = Some(proxied);

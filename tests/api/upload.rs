@@ -5,8 +5,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_error, content, sha256_hex, Backend, TestApp, MAX_UPLOAD};
-use crate::on_both_backends;
+use test_support::on_both_backends;
+use test_support::{assert_error, content, sha256_hex, Backend, TestApp, MAX_UPLOAD};
 
 on_both_backends!(
     upload_answers_the_exact_created_body,
@@ -99,7 +99,7 @@ async fn multipart_uploads_round_trip_with_one_to_four_parts_in_flight(backend: 
         assert_eq!(app.pending_multipart_uploads().await, 0);
         let text = app.metrics_text().await;
         assert_eq!(
-            crate::helpers::metric_value(&text, "media_upload_memory_bytes"),
+            test_support::metric_value(&text, "media_upload_memory_bytes"),
             Some(0.0)
         );
     }
@@ -340,10 +340,10 @@ async fn client_disconnect_mid_body_leaves_nothing(backend: Backend) {
     app.assert_eventually_empty().await;
     let text = app.metrics_text().await;
     let aborted =
-        crate::helpers::labelled_value(&text, "media_uploads_total", &[("outcome", "aborted")]);
+        test_support::labelled_value(&text, "media_uploads_total", &[("outcome", "aborted")]);
     assert_eq!(aborted, Some(1.0), "{text}");
     assert_eq!(
-        crate::helpers::metric_value(&text, "media_uploads_in_flight"),
+        test_support::metric_value(&text, "media_uploads_in_flight"),
         Some(0.0)
     );
 }

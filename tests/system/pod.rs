@@ -10,18 +10,15 @@
 //! and `setpriv`, and root to switch to the manifest's uid; `scripts/test` installs
 //! bubblewrap.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use helpers::{content, free_port, sha256_hex, Backend, Services, TempDir};
 use media_node::auth::Authenticator;
 use serde_json::Value;
+use test_support::{content, free_port, sha256_hex, Backend, Services, TempDir};
 
 /// The overlay an operator applies.
 const OVERLAY: &str = "deploy/k8s/overlays/production";
@@ -513,7 +510,7 @@ async fn run_the_pod() {
     // Local replacements: the database, the bucket and prefix, the S3 endpoint of the
     // local Garage (plain HTTP on loopback) and its region; the secrets below.
     let dir = TempDir::new();
-    let local = helpers::test_settings(Backend::Production, &dir).await;
+    let local = test_support::test_settings(Backend::Production, &dir).await;
     let services = Services::from_env();
     let database_url = {
         // The manifests keep the password out of the URL (it comes from the Secret).

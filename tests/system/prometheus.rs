@@ -1,16 +1,13 @@
 //! A real Prometheus server (Debian's package, started by `scripts/prometheus`) scrapes a
 //! running media-node; the test reads the results back through Prometheus's query API.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use helpers::{content, Backend, ServiceProcess, TempDir};
 use media_node::auth::Authenticator;
 use serde_json::Value;
+use test_support::{content, Backend, ServiceProcess, TempDir};
 
 fn prometheus(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prometheus");
@@ -94,8 +91,8 @@ impl Drop for Prometheus<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_uploads_and_downloads() {
     let dir = TempDir::new();
-    let settings = helpers::test_settings(Backend::Production, &dir).await;
-    let mut server = ServiceProcess::start(&dir.0, &helpers::process_env(&settings));
+    let settings = test_support::test_settings(Backend::Production, &dir).await;
+    let mut server = ServiceProcess::start(&dir.0, &test_support::process_env(&settings));
     server.wait_ready().await;
     let prom_dir = dir.0.join("prometheus");
     let prom = Prometheus::start(&prom_dir, &format!("127.0.0.1:{}", server.admin_port));

@@ -3,14 +3,11 @@
 //! replicas' `media_reaper_deleted_total` add up to exactly the number of media: no row was
 //! processed twice.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::time::Duration;
 
-use helpers::{create_database, ServiceProcess, Services, TempDir};
 use media_node::metadata::Metadata;
 use media_node::storage::Storage;
+use test_support::{create_database, ServiceProcess, Services, TempDir};
 
 const MEDIA: usize = 1_200;
 const REPLICAS: usize = 3;
@@ -20,7 +17,7 @@ async fn replicas_reap_each_media_exactly_once() {
     let dir = TempDir::new();
     let services = Services::from_env();
     let database = create_database(&services).await;
-    let mut settings = helpers::test_settings(helpers::Backend::Production, &dir).await;
+    let mut settings = test_support::test_settings(test_support::Backend::Production, &dir).await;
     settings.database.url = media_node::settings::Secret::new(database.clone());
 
     // Everything expires a few seconds from now, when all replicas are up and polling.
@@ -28,11 +25,11 @@ async fn replicas_reap_each_media_exactly_once() {
     metadata.migrate().await.unwrap();
     let storage = Storage::from_settings(&settings.storage).unwrap();
     let expires_at = chrono::Utc::now() + chrono::Duration::seconds(6);
-    let seeded = helpers::seed(&metadata, &storage, MEDIA, expires_at).await;
+    let seeded = test_support::seed(&metadata, &storage, MEDIA, expires_at).await;
     assert_eq!(seeded.len(), MEDIA);
     assert_eq!(storage.object_keys().await.unwrap().len(), MEDIA);
 
-    let mut env = helpers::process_env(&settings);
+    let mut env = test_support::process_env(&settings);
     env.extend([
         ("APP_ENV", "production".to_owned()),
         ("MEDIA_NODE__REAPER__INTERVAL", "100ms".to_owned()),

@@ -2,14 +2,11 @@
 //! missing objects, and the multipart listing that the "nothing left behind" checks of the
 //! other tests rely on (proved here to see what it should see).
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use futures_util::TryStreamExt;
-use helpers::{test_settings, Backend, TempDir};
 use media_node::domain::MediaId;
 use media_node::storage::Storage;
 use object_store::{ObjectStoreExt, PutPayload};
+use test_support::{test_settings, Backend, TempDir};
 
 async fn storage(backend: Backend, dir: &TempDir) -> Storage {
     let settings = test_settings(backend, dir).await;
@@ -166,7 +163,7 @@ async fn objects_round_trip_and_delete_is_idempotent(backend: Backend) {
         .unwrap();
     assert_eq!(&part[..], b"el");
     // The service's own reader, over ranges that cross its chunk boundary.
-    let big = helpers::content(700 * 1024 + 3, 9);
+    let big = test_support::content(700 * 1024 + 3, 9);
     storage
         .store()
         .put(&storage.key(id), PutPayload::from(big.clone()))

@@ -1,19 +1,16 @@
 //! One contract for the metadata repository, run against SQLite and PostgreSQL alike.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use chrono::{Duration, DurationRound, Utc};
-use helpers::{Backend, Services, TempDir};
 use media_node::domain::{AccountId, FileExtension, MediaId};
 use media_node::metadata::{
     DueQuery, KeyHolder, KeyQuery, KeyedInsert, MediaStatus, Metadata, NewMedia, Pool,
 };
+use test_support::{Backend, Services, TempDir};
 
 async fn repo(backend: Backend, dir: &TempDir) -> Metadata {
     let url = match backend {
         Backend::Embedded => format!("sqlite://{}", dir.0.join("media.db").display()),
-        Backend::Production => helpers::create_database(&Services::from_env()).await,
+        Backend::Production => test_support::create_database(&Services::from_env()).await,
     };
     let metadata = Metadata::connect(&url, 4).unwrap();
     metadata.migrate().await.unwrap();

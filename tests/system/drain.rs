@@ -1,18 +1,15 @@
 //! Graceful drain of a real `media-node` process: SIGTERM while a 37 MiB upload streams
 //! slowly, and the shutdown deadline cutting an upload off.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use helpers::{
-    content, sha256_hex, Backend, ServiceProcess, Services, TcpProxy, TempDir, MAX_UPLOAD,
-};
 use media_node::auth::Authenticator;
 use media_node::metadata::Metadata;
 use media_node::storage::Storage;
+use test_support::{
+    content, sha256_hex, Backend, ServiceProcess, Services, TcpProxy, TempDir, MAX_UPLOAD,
+};
 
 /// A body that trickles `data` out in 1 MiB chunks, `pause` apart.
 fn slow_body(data: Vec<u8>, pause: Duration) -> reqwest::Body {
@@ -50,9 +47,9 @@ impl Draining {
         adjust: impl FnOnce(&mut media_node::settings::Settings),
     ) -> Self {
         let dir = TempDir::new();
-        let mut settings = helpers::test_settings(backend, &dir).await;
+        let mut settings = test_support::test_settings(backend, &dir).await;
         adjust(&mut settings);
-        let mut env = helpers::process_env(&settings);
+        let mut env = test_support::process_env(&settings);
         env.extend([
             ("MEDIA_NODE__SERVER__DRAIN_DELAY", drain_delay.to_owned()),
             (

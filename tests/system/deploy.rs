@@ -34,9 +34,6 @@ fn s3_lifecycle_rule_is_a_backstop_for_the_reaper() {
     }
 }
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 /// Metric names (as exported, before `_bucket`/`_count`/`_sum`) that `text` mentions.
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
@@ -71,10 +68,10 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 /// Every metric the dashboard and the alert rules use is one the service exports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_use_only_exported_metrics() {
-    let app = helpers::TestApp::spawn(helpers::Backend::Embedded).await;
+    let app = test_support::TestApp::spawn(test_support::Backend::Embedded).await;
     let token = app.token("acct");
     let id = app
-        .upload_ok(&token, "mp4", helpers::content(6 * 1024 * 1024, 1))
+        .upload_ok(&token, "mp4", test_support::content(6 * 1024 * 1024, 1))
         .await;
     assert_eq!(app.get(&token, &id).await.status(), 200);
     let exported = app.metrics_text().await;

@@ -1,15 +1,12 @@
 //! The reaper inside one application, on both backend pairs: expiry end to end, crashed
 //! uploads, batches, failures that keep rows, and the `reap --once` subcommand.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::time::Duration;
 
-use helpers::{content, Backend, TestApp};
 use media_node::domain::{AccountId, FileExtension, MediaId};
 use media_node::metadata::NewMedia;
 use object_store::{ObjectStoreExt, PutPayload};
+use test_support::{content, on_both_backends, Backend, TestApp};
 use tokio::sync::watch;
 
 on_both_backends!(
@@ -329,15 +326,15 @@ async fn storage_errors_leave_rows_for_the_next_pass() {
 /// reaper reports no success; nothing panics and nothing in storage is touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_errors_are_counted_and_survived() {
-    let services = helpers::Services::from_env();
-    let database = helpers::create_database(&services).await;
+    let services = test_support::Services::from_env();
+    let database = test_support::create_database(&services).await;
     let mut url = url::Url::parse(&database).unwrap();
     let target = tokio::net::lookup_host(("127.0.0.1", url.port().unwrap_or(5432)))
         .await
         .unwrap()
         .next()
         .unwrap();
-    let proxy = helpers::TcpProxy::start(target).await;
+    let proxy = test_support::TcpProxy::start(target).await;
     url.set_port(Some(proxy.port)).unwrap();
     let app = TestApp::spawn_with(Backend::Production, |s| {
         s.database.url = media_node::settings::Secret::new(url.to_string());
@@ -368,8 +365,8 @@ async fn database_errors_are_counted_and_survived() {
 /// same parameters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_claims_use_an_index_at_a_million_rows() {
-    let services = helpers::Services::from_env();
-    let database = helpers::create_database(&services).await;
+    let services = test_support::Services::from_env();
+    let database = test_support::create_database(&services).await;
     let metadata = media_node::metadata::Metadata::connect(&database, 2).unwrap();
     metadata.migrate().await.unwrap();
     let pool = sqlx::PgPool::connect(&database).await.unwrap();
@@ -452,11 +449,11 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_upload_on_local_disk_leaves_nothing_after_a_reap() {
     use tokio::io::AsyncWriteExt;
-    let dir = helpers::TempDir::new();
-    let settings = helpers::test_settings(Backend::Embedded, &dir).await;
+    let dir = test_support::TempDir::new();
+    let settings = test_support::test_settings(Backend::Embedded, &dir).await;
     let objects = std::path::PathBuf::from(settings.storage.url.strip_prefix("file://").unwrap());
-    let env = helpers::process_env(&settings);
-    let mut server = helpers::ServiceProcess::start(&dir.0, &env);
+    let env = test_support::process_env(&settings);
+    let mut server = test_support::ServiceProcess::start(&dir.0, &env);
     server.wait_ready().await;
     let token = media_node::auth::Authenticator::from_settings(&settings.auth, false)
         .unwrap()
@@ -493,7 +490,7 @@ async fn a_crash_mid_upload_on_local_disk_leaves_nothing_after_a_reap() {
 
     // Once the crashed upload's heartbeat is older than the threshold, one pass cleans it.
     tokio::time::sleep(Duration::from_millis(4200)).await;
-    let out = helpers::media_node_command(&dir.0)
+    let out = test_support::media_node_command(&dir.0)
         .args(["reap", "--once"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("MEDIA_NODE__REAPER__STALE_UPLOAD_AFTER", "4s")
@@ -515,8 +512,8 @@ async fn a_crash_mid_upload_on_local_disk_leaves_nothing_after_a_reap() {
 /// its staging files or multipart upload within seconds, not `reaper.stale_upload_after`.
 async fn after_a_crash_mid_upload_the_key_is_free_and_nothing_is_left(backend: Backend) {
     use tokio::io::AsyncWriteExt;
-    let dir = helpers::TempDir::new();
-    let settings = helpers::test_settings(backend, &dir).await;
+    let dir = test_support::TempDir::new();
+    let settings = test_support::test_settings(backend, &dir).await;
     let local_root = settings
         .storage
         .url
@@ -534,9 +531,9 @@ async fn after_a_crash_mid_upload_the_key_is_free_and_nothing_is_left(backend: B
             None => storage.all_pending_uploads().await.unwrap().len(),
         }
     };
-    let mut env = helpers::process_env(&settings);
+    let mut env = test_support::process_env(&settings);
     env.push(("MEDIA_NODE__REAPER__HEARTBEAT_INTERVAL", "1s".into()));
-    let mut server = helpers::ServiceProcess::start(&dir.0, &env);
+    let mut server = test_support::ServiceProcess::start(&dir.0, &env);
     server.wait_ready().await;
     let token = media_node::auth::Authenticator::from_settings(&settings.auth, false)
         .unwrap()
@@ -573,7 +570,7 @@ async fn after_a_crash_mid_upload_the_key_is_free_and_nothing_is_left(backend: B
     let killed = std::time::Instant::now();
     drop(stream);
 
-    let mut server = helpers::ServiceProcess::start_on(&dir.0, port, admin_port, &env);
+    let mut server = test_support::ServiceProcess::start_on(&dir.0, port, admin_port, &env);
     server.wait_ready().await;
     let client = reqwest::Client::new();
     let retry = content(3000, 9);

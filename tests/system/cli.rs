@@ -2,15 +2,14 @@
 //! empty directory, the `token`, `migrate` and `serve` subcommands, configuration through
 //! `MEDIA_NODE__…` variables, and a clean exit on SIGTERM.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
 const DB_PASSWORD: &str = "pw-never-in-logs-4711";
 
-use helpers::{free_port, media_node_command as media_node, ServiceProcess, Services, TempDir};
+use test_support::{
+    free_port, media_node_command as media_node, ServiceProcess, Services, TempDir,
+};
 
 fn output(command: &mut Command) -> Output {
     command.output().unwrap()
@@ -249,7 +248,7 @@ fn unusable_public_keys_refuse_to_start() {
 async fn configuration_comes_from_the_environment_and_secrets_stay_out_of_logs() {
     let dir = TempDir::new();
     let services = Services::from_env();
-    let database = helpers::create_database(&services).await;
+    let database = test_support::create_database(&services).await;
     let secret = "env-secret-0123456789abcdef0123456789abcdef".to_owned();
     let bucket = format!("s3://{}/cli-{}", services.s3_bucket, uuid::Uuid::new_v4());
 
@@ -376,8 +375,8 @@ fn production_never_falls_back_to_the_embedded_backends() {
 async fn a_release_serves_on_a_schema_with_an_unknown_newer_migration() {
     for environment in ["production", "development"] {
         let dir = TempDir::new();
-        let settings = helpers::test_settings(helpers::Backend::Production, &dir).await;
-        let mut envs = helpers::process_env(&settings);
+        let settings = test_support::test_settings(test_support::Backend::Production, &dir).await;
+        let mut envs = test_support::process_env(&settings);
         envs.push(("APP_ENV", environment.to_owned()));
         let migrated = output(
             media_node(&dir.0)
@@ -428,8 +427,8 @@ async fn a_release_serves_on_a_schema_with_an_unknown_newer_migration() {
 #[tokio::test]
 async fn production_serve_checks_the_schema_and_leaves_migrating_to_the_job() {
     let dir = TempDir::new();
-    let settings = helpers::test_settings(helpers::Backend::Production, &dir).await;
-    let mut envs = helpers::process_env(&settings);
+    let settings = test_support::test_settings(test_support::Backend::Production, &dir).await;
+    let mut envs = test_support::process_env(&settings);
     envs.push(("APP_ENV", "production".to_owned()));
     let mut server = ServiceProcess::start(&dir.0, &envs);
     let (status, logs) = server_exit(&mut server);

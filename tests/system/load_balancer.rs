@@ -12,9 +12,6 @@
 //!
 //! Needs HAProxy (the Debian package; `scripts/test` installs it).
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,15 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use helpers::{
-    content, free_port, media_node_command, sha256_hex, Backend, ServiceProcess, TempDir,
-    MAX_UPLOAD,
-};
 use media_node::auth::Authenticator;
 use media_node::domain::MediaId;
 use media_node::metadata::{MediaStatus, Metadata};
 use media_node::storage::Storage;
 use serde_json::Value;
+use test_support::{
+    content, free_port, media_node_command, sha256_hex, Backend, ServiceProcess, TempDir,
+    MAX_UPLOAD,
+};
 
 /// One cluster at a time: each starts three replicas and a balancer on a two-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -206,8 +203,8 @@ impl Cluster {
     async fn start() -> Self {
         let serial = SERIAL.lock().await;
         let dir = TempDir::new();
-        let settings = helpers::test_settings(Backend::Production, &dir).await;
-        let mut env = helpers::process_env(&settings);
+        let settings = test_support::test_settings(Backend::Production, &dir).await;
+        let mut env = test_support::process_env(&settings);
         env.extend([
             ("APP_ENV", "production".to_owned()),
             ("MEDIA_NODE__SERVER__DRAIN_DELAY", DRAIN_DELAY.to_owned()),
@@ -466,7 +463,7 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
             .send()
             .await
             .unwrap();
-        helpers::assert_error(response, 413, 1009).await;
+        test_support::assert_error(response, 413, 1009).await;
 
         // The admin endpoints are not reachable through the balancer; the balancer's request
         // id reaches the replica (which answers with it) when the client sent none. The
@@ -483,7 +480,7 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
                 .send()
                 .await
                 .unwrap();
-            helpers::assert_error(response, 404, 1006).await;
+            test_support::assert_error(response, 404, 1006).await;
         }
         let response = cluster
             .client
@@ -523,7 +520,7 @@ async fn every_replica_serves_what_the_balancer_took_and_37_mib_stream_through()
             .await
             .unwrap();
         assert!(response.headers().contains_key("retry-after"));
-        helpers::assert_error(response, 503, 1011).await;
+        test_support::assert_error(response, 503, 1011).await;
         cluster.replicas.clear();
         println!("no replica ready: the balancer's 503, JSON, Retry-After");
     })

@@ -5,20 +5,17 @@
 //! This test runs its own Garage (other ports, its own state) through `scripts/s3-server`,
 //! so killing it disturbs no other test.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use helpers::{create_database, seed_expired, Services, TempDir};
 use media_node::jobs::reaper::Reaper;
 use media_node::metadata::Metadata;
 use media_node::metrics::Metrics;
 use media_node::settings::{S3Settings, Secret, StorageSettings};
 use media_node::storage::Storage;
+use test_support::{create_database, seed_expired, Services, TempDir};
 use tokio::sync::watch;
 
 const MEDIA: usize = 3_000;
@@ -90,7 +87,7 @@ async fn storage_outage_during_a_pass_loses_nothing() {
     metadata.migrate().await.unwrap();
     seed_expired(&metadata, &storage, MEDIA).await;
 
-    let mut reaper_settings = helpers::test_settings(helpers::Backend::Embedded, &dir)
+    let mut reaper_settings = test_support::test_settings(test_support::Backend::Embedded, &dir)
         .await
         .reaper;
     reaper_settings.batch_size = BATCH;
