@@ -194,11 +194,33 @@ pub struct S3Settings {
     pub sign_payload: bool,
     /// Whether an upload that declares a `Content-Length` larger than one part goes to S3
     /// as one PUT whose body is forwarded as it arrives (a small window of memory, no part
-    /// buffers), instead of a multipart upload. Off by default: a multipart upload retries
-    /// a failed part, tolerates a client that pauses longer than S3's own idle limit, and
-    /// holds an S3 connection only while a part is sent. Needs `sign_payload = false`.
+    /// buffers, one object write), instead of a multipart upload. Unset: on, unless
+    /// `sign_payload` is (a body forwarded as it arrives cannot be signed by a hash known
+    /// only at its end); `true` with `sign_payload` is refused. Multipart stays for bodies
+    /// of unknown length (forms, chunked bodies). See `streams_puts`.
     #[serde(default)]
-    pub streamed_put: bool,
+    pub streamed_put: Option<bool>,
+    /// Longest pause of a body that is being forwarded into a streamed PUT, after which the
+    /// client is answered 408 and nothing is kept. Below S3's own limit for a request body
+    /// that stops moving (AWS ends it with `RequestTimeout` after about 20 s), so that a
+    /// pausing client gets its 408 before S3 cuts the PUT off (a 503). The shorter of this
+    /// and `limits.body_idle_timeout` applies.
+    #[serde(
+        with = "humantime_serde",
+        default = "default_streamed_put_idle_timeout"
+    )]
+    pub streamed_put_idle_timeout: Duration,
+}
+
+fn default_streamed_put_idle_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+impl S3Settings {
+    /// Whether bodies of declared length go to S3 as one streamed PUT (`streamed_put`).
+    pub fn streams_puts(&self) -> bool {
+        self.streamed_put.unwrap_or(!self.sign_payload)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

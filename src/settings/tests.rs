@@ -408,7 +408,7 @@ fn parts_in_flight_are_bounded() {
 }
 
 #[test]
-fn streamed_puts_need_unsigned_payloads() {
+fn streamed_puts_are_the_default_and_need_unsigned_payloads() {
     let streamed = ("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "true");
     let err = load_with(
         "development",
@@ -417,12 +417,35 @@ fn streamed_puts_need_unsigned_payloads() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("streamed_put"), "{err:#}");
     let settings = load_with("development", &[streamed]).unwrap();
-    assert!(settings.storage.s3.streamed_put);
+    assert!(settings.storage.s3.streams_puts());
+    // The default: on, unless payloads are signed; then multipart, without an error.
+    let default = load_with("development", &[]).unwrap().storage.s3;
+    assert_eq!(default.streamed_put, None);
+    assert!(default.streams_puts());
+    let signed = load_with(
+        "development",
+        &[("MEDIA_NODE__STORAGE__S3__SIGN_PAYLOAD", "true")],
+    )
+    .unwrap()
+    .storage
+    .s3;
+    assert!(!signed.streams_puts());
+    let off = load_with(
+        "development",
+        &[("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "false")],
+    )
+    .unwrap()
+    .storage
+    .s3;
+    assert!(!off.streams_puts());
+    assert_eq!(default.streamed_put_idle_timeout, Duration::from_secs(15));
+    let err = load_with(
+        "development",
+        &[("MEDIA_NODE__STORAGE__S3__STREAMED_PUT_IDLE_TIMEOUT", "0s")],
+    )
+    .unwrap_err();
     assert!(
-        !load_with("development", &[])
-            .unwrap()
-            .storage
-            .s3
-            .streamed_put
+        format!("{err:#}").contains("streamed_put_idle_timeout"),
+        "{err:#}"
     );
 }

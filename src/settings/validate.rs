@@ -42,13 +42,17 @@ impl Settings {
             "storage.part_size_bytes must be at least 5 MiB (the S3 minimum part size)"
         );
         anyhow::ensure!(
-            !(self.storage.s3.streamed_put && self.storage.s3.sign_payload),
+            !(self.storage.s3.streamed_put == Some(true) && self.storage.s3.sign_payload),
             "storage.s3.streamed_put needs storage.s3.sign_payload = false: a body forwarded \
              as it arrives cannot be signed by a hash known only at its end"
         );
         anyhow::ensure!(
             (1..=16).contains(&self.storage.parts_in_flight),
             "storage.parts_in_flight must be between 1 and 16"
+        );
+        anyhow::ensure!(
+            !self.storage.s3.streamed_put_idle_timeout.is_zero(),
+            "storage.s3.streamed_put_idle_timeout must be positive"
         );
         anyhow::ensure!(
             self.reaper.batch_size > 0,

@@ -113,6 +113,7 @@ impl Application {
                 min_rate_grace: settings.limits.min_body_rate_grace,
                 min_rate_window: settings.limits.min_body_rate_window,
             },
+            streamed_put_idle_timeout: settings.storage.s3.streamed_put_idle_timeout,
         };
         let (stop_plan, stop_signal) = watch::channel(None);
         let state = web::Data::new(AppState {

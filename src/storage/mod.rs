@@ -114,7 +114,7 @@ impl Storage {
             let s3 = Arc::new(s3);
             let puts = settings
                 .s3
-                .streamed_put
+                .streams_puts()
                 .then(|| {
                     streamed_put::PutClient::new(
                         CONNECT_TIMEOUT,

@@ -21,10 +21,12 @@
 //! holder crashed or expired is taken off that row (which stays for the reaper) and the
 //! upload goes on as a first one.
 //!
-//! With `storage.s3.streamed_put`, a body that declares a length larger than a part goes
-//! to S3 as one PUT, forwarded in 256 KiB chunks as it arrives, holding a reservation of
-//! five chunks instead of part buffers. Its last chunk is held back until the checks above
-//! have passed; a PUT stopped before it never completes, and S3 keeps nothing.
+//! On S3 (unless `storage.s3.streamed_put = false`, or payloads are signed), a body that
+//! declares a length larger than a part goes as one PUT, forwarded in 256 KiB chunks as it
+//! arrives, holding a reservation of five chunks instead of part buffers, and may pause
+//! only `storage.s3.streamed_put_idle_timeout` (S3 ends a stopped request body itself). Its
+//! last chunk is held back until the checks above have passed; a PUT stopped before it
+//! never completes, and S3 keeps nothing. Bodies of unknown length go as multipart uploads.
 //!
 //! The same rule holds for multipart uploads: on S3 the row says a multipart upload is
 //! being created before it is, and then names it, so every multipart upload is found
@@ -117,6 +119,9 @@ pub struct Ingest {
     pub cleanups: Cleanups,
     /// How slow a body may be before the upload is answered 408 and rolled back.
     pub body_limits: crate::upload::body_guard::BodyLimits,
+    /// The longest pause of a body forwarded into a streamed PUT
+    /// (`storage.s3.streamed_put_idle_timeout`), when shorter than the body's own.
+    pub streamed_put_idle_timeout: std::time::Duration,
     /// `media.verify_content`.
     pub verify_content: crate::domain::content_check::VerifyContent,
 }
@@ -671,6 +676,16 @@ impl Ingest {
             sha256,
             adopt_key,
         }))
+    }
+
+    /// How slow the body of an upload that declared `declared` may be: a body forwarded
+    /// into a streamed PUT may pause only as long as S3 waits for it.
+    pub fn body_limits_for(&self, declared: Declared) -> crate::upload::body_guard::BodyLimits {
+        let mut limits = self.body_limits;
+        if self.streams(declared) {
+            limits.idle_timeout = limits.idle_timeout.min(self.streamed_put_idle_timeout);
+        }
+        limits
     }
 
     /// Whether the body goes to storage as one streamed PUT: when they are on, for a body

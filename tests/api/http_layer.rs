@@ -207,7 +207,15 @@ async fn nothing_stored(settings: &media_node::settings::Settings) -> bool {
 test_support::on_both_backends!(a_stalled_body_is_answered_408_and_rolled_back);
 
 async fn a_stalled_body_is_answered_408_and_rolled_back(backend: Backend) {
-    let process = Process::start(backend, &[("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "2s")]).await;
+    // On S3, a multipart upload (the streamed PUT is the next test).
+    let process = Process::start(
+        backend,
+        &[
+            ("MEDIA_NODE__LIMITS__BODY_IDLE_TIMEOUT", "2s"),
+            ("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "false"),
+        ],
+    )
+    .await;
     stalled_body_is_answered_408(&process).await;
 }
 

@@ -152,6 +152,8 @@ test_support::on_both_backends!(an_upload_without_room_waits_then_gets_503_and_l
 
 async fn an_upload_without_room_waits_then_gets_503_and_leaves_nothing(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.limits.upload_memory_budget_bytes = 2 * PART;
         s.limits.account_memory_share = 1.0;
         s.limits.newcomer_memory_share = 0.0;
@@ -192,6 +194,8 @@ test_support::on_both_backends!(an_upload_that_waits_gets_its_turn_when_room_fre
 
 async fn an_upload_that_waits_gets_its_turn_when_room_frees(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.limits.upload_memory_budget_bytes = 2 * PART;
         s.limits.account_memory_share = 1.0;
         s.limits.newcomer_memory_share = 0.0;
@@ -245,6 +249,8 @@ test_support::on_both_backends!(a_small_upload_reserves_only_what_it_declares);
 async fn a_small_upload_reserves_only_what_it_declares(backend: Backend) {
     // Room for one part and 64 KiB: a slow chunked upload holds the part.
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.limits.upload_memory_budget_bytes = PART + 64 * 1024;
         s.limits.account_memory_share = 1.0;
         s.limits.newcomer_memory_share = 0.0;
@@ -270,6 +276,8 @@ test_support::on_both_backends!(a_greedy_account_cannot_starve_another);
 async fn a_greedy_account_cannot_starve_another(backend: Backend) {
     // Four parts in all, two per account.
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.limits.upload_memory_budget_bytes = 4 * PART;
         s.limits.account_memory_share = 0.5;
         s.limits.newcomer_memory_share = 0.0;
@@ -419,6 +427,8 @@ test_support::on_both_backends!(uploads_larger_than_the_budget_allows_at_once_al
 /// reach storage, none holds a half reservation that blocks the rest, and all are stored.
 async fn uploads_larger_than_the_budget_allows_at_once_all_get_through(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.limits.upload_memory_budget_bytes = 3 * PART;
         s.limits.account_memory_share = 1.0;
         s.limits.newcomer_memory_share = 0.0;
@@ -470,6 +480,8 @@ test_support::on_both_backends!(beyond_the_waiting_uploads_allowed_one_more_gets
 /// and writes nothing.
 async fn beyond_the_waiting_uploads_allowed_one_more_gets_503_at_once(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.limits.upload_memory_budget_bytes = 2 * PART;
         s.limits.account_memory_share = 1.0;
         s.limits.newcomer_memory_share = 0.0;
@@ -514,6 +526,8 @@ test_support::on_both_backends!(
 async fn accounts_holding_the_budget_with_slow_uploads_do_not_make_another_wait(backend: Backend) {
     const MIB: u64 = 1024 * 1024;
     let app = TestApp::spawn_with(backend, |s| {
+        // The budget as multipart uploads take it, part by part.
+        s.storage.s3.streamed_put = Some(false);
         s.storage.part_size_bytes = 8 * MIB as usize;
         s.limits.upload_memory_budget_bytes = 256 * MIB;
         s.limits.account_memory_share = 0.5;

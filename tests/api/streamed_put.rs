@@ -20,7 +20,10 @@ use test_support::{
 const LARGE: usize = 12 * 1024 * 1024 + 17;
 
 async fn streamed_app() -> TestApp {
-    TestApp::spawn_with(Backend::Production, |s| s.storage.s3.streamed_put = true).await
+    TestApp::spawn_with(Backend::Production, |s| {
+        s.storage.s3.streamed_put = Some(true)
+    })
+    .await
 }
 
 /// Calls of one storage operation so far.
@@ -240,12 +243,12 @@ async fn storage_refusing_the_configuration_is_500() {
     type Adjust = fn(&mut media_node::settings::Settings);
     let cases: [(&str, Adjust); 2] = [
         ("wrong secret key", |s| {
-            s.storage.s3.streamed_put = true;
+            s.storage.s3.streamed_put = Some(true);
             s.storage.s3.secret_access_key =
                 Some(media_node::settings::Secret::new("not-the-secret-key"));
         }),
         ("missing bucket", |s| {
-            s.storage.s3.streamed_put = true;
+            s.storage.s3.streamed_put = Some(true);
             s.storage.url = "s3://media-node-no-such-bucket/t".to_owned();
         }),
     ];
@@ -270,7 +273,7 @@ async fn storage_that_stops_taking_the_body_is_503_within_the_idle_limit() {
     let services = test_support::Services::from_env();
     let (proxy, proxied) = test_support::TcpProxy::for_s3(&services.s3_endpoint).await;
     let app = TestApp::spawn_with(Backend::Production, |s| {
-        s.storage.s3.streamed_put = true;
+        s.storage.s3.streamed_put = Some(true);
         s.storage.s3.endpoint = Some(proxied);
         s.storage.read_idle_timeout = Duration::from_secs(1);
         s.storage.request_timeout = Duration::from_secs(2);
@@ -323,4 +326,157 @@ async fn storage_that_stops_taking_the_body_is_503_within_the_idle_limit() {
     let storage = media_node::storage::Storage::from_settings(&direct).unwrap();
     assert!(storage.object_keys().await.unwrap().is_empty());
     assert!(storage.all_pending_uploads().await.unwrap().is_empty());
+}
+
+/// The default on S3: a body that declares a length larger than a part goes as one
+/// streamed PUT; with `sign_payload`, which a forwarded body cannot satisfy, multipart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_put_is_the_default_unless_payloads_are_signed() {
+    for (sign_payload, put_streamed, create_multipart) in [(false, 1.0, 0.0), (true, 0.0, 1.0)] {
+        let app = TestApp::spawn_with(Backend::Production, |s| {
+            assert_eq!(
+                s.storage.s3.streamed_put, None,
+                "the shipped default is unset"
+            );
+            s.storage.s3.sign_payload = sign_payload;
+        })
+        .await;
+        let token = app.token("acct");
+        let data = content(LARGE, 21);
+        let id = app.upload_ok(&token, "mp4", data.clone()).await;
+        let body = app.get(&token, &id).await.bytes().await.unwrap();
+        assert!(
+            body == data,
+            "content differs (sign_payload = {sign_payload})"
+        );
+        let text = app.metrics_text().await;
+        assert_eq!(storage_calls(&text, "put_streamed"), put_streamed, "{text}");
+        assert_eq!(
+            storage_calls(&text, "create_multipart"),
+            create_multipart,
+            "{text}"
+        );
+        app.assert_eventually_holds(1).await;
+    }
+}
+
+/// Sends the head of an upload of `LARGE` bytes and its first 6 MiB, pauses for `pause`,
+/// then sends the rest (as far as the server still reads it), and reads the answer.
+async fn upload_with_a_pause(app: &TestApp, pause: Duration) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let token = app.token("acct");
+    let data = content(LARGE, 22);
+    let mut stream = TcpStream::connect(("127.0.0.1", app.port())).await.unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         X-Gr-File-Extension: mp4\r\nContent-Length: {LARGE}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = data.split_at(6 * 1024 * 1024);
+    stream.write_all(first).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(pause).await;
+    // The server may have answered and closed meanwhile: then the rest does not go (a write
+    // to a closed connection would bring a reset that discards the unread answer).
+    let mut answer = vec![0u8; 64 * 1024];
+    let answered =
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut answer)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+    answer.truncate(answered);
+    if answered == 0 {
+        stream.write_all(rest).await.unwrap();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no answer after a pause of {pause:?}: {text:?}"));
+    (status, text)
+}
+
+/// A phone that pauses 25 s mid-body gets either its 201 or a 408 with nothing kept, never
+/// a 503 or a partial object, on every path:
+/// - by default the minimum body rate (1 KiB/s over 10 s) answers 408 first;
+/// - with the rate check off, a body forwarded into a streamed PUT may pause only
+///   `storage.s3.streamed_put_idle_timeout` (15 s): S3 ends a request whose body has not
+///   moved for about 20 s (AWS: `RequestTimeout`), which would be a 503, so the client is
+///   answered 408 before;
+/// - with the rate check off, a multipart upload (S3 sees no request while the client
+///   pauses) rides the pause out within `limits.body_idle_timeout` (30 s): 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pausing_25_s_mid_body_gets_201_or_408_never_a_partial_object() {
+    let cases = [
+        ("default", None, true, 408),
+        ("streamed PUT, no rate check", Some(true), false, 408),
+        ("multipart, no rate check", Some(false), false, 201),
+    ];
+    let runs = cases.map(|(case, streamed_put, rate_check, expected)| async move {
+        let app = TestApp::spawn_with(Backend::Production, |s| {
+            s.storage.s3.streamed_put = streamed_put;
+            if !rate_check {
+                s.limits.min_body_rate_bytes_per_sec = 0;
+            }
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let (status, text) = upload_with_a_pause(&app, Duration::from_secs(25)).await;
+        println!("{case}: {status} after {:?}", started.elapsed());
+        assert_eq!(status, expected, "{case}: {text}");
+        if status == 408 {
+            assert!(text.contains("\"code\":1009"), "{case}: {text}");
+            app.assert_eventually_empty().await;
+        } else {
+            app.assert_eventually_holds(1).await;
+        }
+        let metrics = app.metrics_text().await;
+        let multipart = storage_calls(&metrics, "create_multipart");
+        assert_eq!(
+            multipart,
+            f64::from(streamed_put == Some(false)),
+            "{case}: {metrics}"
+        );
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// A slow, steady phone: the streamed PUT lives as long as the client's upload, and no
+/// request timeout of the storage client cuts it (here the control calls' whole-request
+/// limit is 2 s, while the body takes about 12 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_client_outlasting_every_storage_timeout_gets_its_201() {
+    let app = TestApp::spawn_with(Backend::Production, |s| {
+        s.storage.request_timeout = Duration::from_secs(2);
+        s.storage.read_idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let token = app.token("acct");
+    let data = content(LARGE, 23);
+    let pieces: Vec<Vec<u8>> = data.chunks(256 * 1024).map(<[u8]>::to_vec).collect();
+    let body = futures_util::stream::iter(pieces).then(|piece| async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    let started = std::time::Instant::now();
+    let response = app
+        .request(Method::POST, "/v1/media", Some(&token))
+        .header("X-Gr-File-Extension", "mp4")
+        .header("Content-Length", LARGE)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    println!("{LARGE} bytes sent over {:?}", started.elapsed());
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let id = response.json::<Value>().await.unwrap()["media"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = app.get(&token, &id).await.bytes().await.unwrap();
+    assert!(stored == data, "content differs");
+    let text = app.metrics_text().await;
+    assert_eq!(storage_calls(&text, "put_streamed"), 1.0, "{text}");
 }

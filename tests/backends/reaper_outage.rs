@@ -79,7 +79,8 @@ async fn storage_outage_during_a_pass_loses_nothing() {
             secret_access_key: Some(Secret::new(var("MEDIA_NODE_TEST_S3_SECRET_ACCESS_KEY"))),
             allow_http: true,
             sign_payload: false,
-            streamed_put: false,
+            streamed_put: Some(false),
+            streamed_put_idle_timeout: Duration::from_secs(15),
         },
     };
     let storage = Storage::from_settings(&storage_settings).unwrap();

@@ -205,7 +205,7 @@ async fn the_shutdown_deadline_cuts_a_streamed_put_off_without_leftovers() {
         server,
         token,
     } = Draining::start_with(Backend::Production, "0s", "1s", |s| {
-        s.storage.s3.streamed_put = true;
+        s.storage.s3.streamed_put = Some(true);
     })
     .await;
     let metadata = Metadata::connect(settings.database.url.expose(), 2).unwrap();

@@ -65,7 +65,7 @@ async fn store(
     // Counted among the account's uploads, or refused (429) before a byte of the body.
     let slot = state.limits.begin_upload(&caller.account)?;
 
-    let body = BodyGuard::new(body, state.ingest.body_limits);
+    let body = BodyGuard::new(body, state.ingest.body_limits_for(declared));
     let body = crate::upload::shutdown::cut_off_at_stop(body, state.stop.clone());
     let (extension, body) = match (checked.boundary, checked.extension) {
         (None, Some(extension)) => (extension, Either::Left(body)),

@@ -203,9 +203,16 @@ pub fn process_env(settings: &Settings) -> Vec<(&'static str, String)> {
             s3.allow_http.to_string(),
         ));
     }
-    if s3.streamed_put {
-        env.push(("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "true".to_owned()));
+    if let Some(streamed) = s3.streamed_put {
+        env.push((
+            "MEDIA_NODE__STORAGE__S3__STREAMED_PUT",
+            streamed.to_string(),
+        ));
     }
+    env.push((
+        "MEDIA_NODE__STORAGE__S3__STREAMED_PUT_IDLE_TIMEOUT",
+        format!("{}ms", s3.streamed_put_idle_timeout.as_millis()),
+    ));
     if let Some(region) = &s3.region {
         env.push(("MEDIA_NODE__STORAGE__S3__REGION", region.clone()));
     }
