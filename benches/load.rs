@@ -12,7 +12,10 @@
 //!
 //! Each cell is `requests` operations by `concurrency` workers, each worker with its own
 //! account (so the per-account limits are not what is measured). Uploads per second and
-//! p50/p99 latency for small bodies, MiB/s for large ones; refused requests (503 when the
+//! p50/p99 latency for small bodies, MiB/s for large ones, and beside them media-node's own
+//! CPU over the cell (utime + stime of its process: ms per request for small bodies, s per
+//! GiB for large ones), which does not depend on how the two shared cores were split
+//! between the load generator, the servers and media-node; refused requests (503 when the
 //! memory budget is full) are counted, not hidden. Then the memory budget: a fresh server,
 //! 128 concurrent 37 MiB uploads, its peak RSS against the budget, and every upload stored
 //! or refused with nothing left behind.
@@ -89,6 +92,8 @@ struct Cell {
     bytes: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// media-node's own CPU seconds (utime + stime) over the cell, for its target.
+    server_cpu: Option<f64>,
 }
 
 impl Cell {
@@ -598,6 +603,21 @@ fn print_line(columns: &[Target], size: usize, concurrency: usize, cells: &[(Tar
         }
         line.push_str(&format!(" {text} |"));
     }
+    // media-node's own CPU: per request for small bodies, per GiB for large ones.
+    if columns.contains(&Target::MediaNode) {
+        let cpu = of(Target::MediaNode).and_then(|cell| {
+            let seconds = cell.server_cpu?;
+            Some(if small {
+                format!("{:.3} ms/request", seconds * 1000.0 / cell.ok.max(1) as f64)
+            } else {
+                format!(
+                    "{:.2} s/GiB",
+                    seconds / (cell.bytes.max(1) as f64 / (1024.0 * MIB as f64))
+                )
+            })
+        });
+        line.push_str(&format!(" {} |", cpu.as_deref().unwrap_or("–")));
+    }
     let node = of(Target::MediaNode).map(value).unwrap_or(f64::NAN);
     for baseline in [Target::Bare, Target::Presigned] {
         if columns.contains(&baseline) {
@@ -627,14 +647,20 @@ async fn matrix(pair: &Pair, sizes: &[usize], concurrencies: &[usize]) {
                     .upload(target, data.clone(), warm, warm, &format!("{run}-warm"))
                     .await;
                 pair.clean(target, stored).await;
-                let (cell, stored) = pair
+                let cpu = pair.server.cpu_seconds();
+                let (mut cell, stored) = pair
                     .upload(target, data.clone(), concurrency, requests, &run)
                     .await;
-                let read = if stored.is_empty() {
+                let cpu_after_upload = pair.server.cpu_seconds();
+                let mut read = if stored.is_empty() {
                     Cell::default()
                 } else {
                     pair.download(target, &stored, concurrency, requests).await
                 };
+                if target == Target::MediaNode {
+                    cell.server_cpu = Some(cpu_after_upload - cpu);
+                    read.server_cpu = Some(pair.server.cpu_seconds() - cpu_after_upload);
+                }
                 eprintln!(
                     "{}, {}, c={concurrency}, {}: {} uploads ok {}, {} downloads ok {}",
                     pair.name,
@@ -659,6 +685,9 @@ async fn matrix(pair: &Pair, sizes: &[usize], concurrencies: &[usize]) {
         let mut head = String::from("| size | concurrency |");
         for target in &columns {
             head.push_str(&format!(" {} |", target.name()));
+        }
+        if columns.contains(&Target::MediaNode) {
+            head.push_str(" media-node CPU |");
         }
         if columns.contains(&Target::Bare) {
             head.push_str(" media-node / bare |");

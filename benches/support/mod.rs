@@ -84,7 +84,6 @@ impl Server {
             .unwrap()
     }
 
-    /// Resident set size now and at its peak (KiB), from /proc.
     /// glibc's `malloc_stats()` of the server (arenas and mapped chunks), printed on its
     /// stderr through gdb: where memory is held, for `BENCH_MEMORY_STATS=1`.
     pub fn malloc_stats(&self) {
@@ -99,6 +98,26 @@ impl Server {
         }
     }
 
+    /// CPU time the process has used so far, user and system (utime + stime of
+    /// `/proc/<pid>/stat`), in seconds: on shared cores, the figure that does not depend on
+    /// how the cores were split between the client, the servers and media-node.
+    pub fn cpu_seconds(&self) -> f64 {
+        static TICKS_PER_SECOND: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+        let ticks = *TICKS_PER_SECOND.get_or_init(|| {
+            let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        });
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The fields after the command name, which is in parentheses: the state is the
+        // third field of the line, utime the 14th and stime the 15th.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| fields[n - 3].parse::<f64>().unwrap();
+        (field(14) + field(15)) / ticks
+    }
+
+    /// Resident set size now and at its peak (KiB), from /proc.
     pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let field = |name: &str| {
