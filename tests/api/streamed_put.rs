@@ -16,7 +16,7 @@ use test_support::{
     assert_error, content, labelled_value, metric_value, sha256_hex, Backend, TestApp,
 };
 
-/// Larger than two test parts of 5 MiB, not a multiple of the 256 KiB chunks.
+/// Larger than two test parts of 5 MiB, not a multiple of the 128 KiB chunks.
 const LARGE: usize = 12 * 1024 * 1024 + 17;
 
 async fn streamed_app() -> TestApp {
@@ -155,7 +155,7 @@ async fn a_client_gone_mid_body_leaves_nothing() {
         .unwrap();
     stream.flush().await.unwrap();
     // Under way: the row exists and the window is reserved (a part's worth would be
-    // 5 MiB; the window is 1.25 MiB).
+    // 5 MiB; the window is five 128 KiB chunks, 640 KiB).
     let mut reserved = None;
     for _ in 0..200 {
         let text = app.metrics_text().await;
@@ -166,7 +166,7 @@ async fn a_client_gone_mid_body_leaves_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(reserved, Some(1.25 * 1024.0 * 1024.0));
+    assert_eq!(reserved, Some(640.0 * 1024.0));
     drop(stream);
     app.assert_eventually_empty().await;
     let text = app.metrics_text().await;
