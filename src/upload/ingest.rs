@@ -397,11 +397,8 @@ impl Session {
             }
         }
 
-        let keep = match self
-            .ingest
-            .decide(tally, declared, self.retry.take())
-            .await?
-        {
+        let retry = self.retry.take();
+        let keep = match self.ingest.decide(tally, declared, retry).await? {
             Decision::Store(keep) => keep,
             Decision::Replay(stored) => return Ok(stored),
         };
@@ -468,11 +465,8 @@ impl Session {
                 }
             }
         }
-        let keep = match self
-            .ingest
-            .decide(tally, declared, self.retry.take())
-            .await?
-        {
+        let retry = self.retry.take();
+        let keep = match self.ingest.decide(tally, declared, retry).await? {
             Decision::Store(keep) => keep,
             // Left to the clean-up, which cancels it.
             Decision::Replay(stored) => return Ok(stored),
