@@ -410,34 +410,22 @@ fn parts_in_flight_are_bounded() {
 #[test]
 fn streamed_puts_are_the_default_and_need_unsigned_payloads() {
     let streamed = ("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "true");
-    let err = load_with(
-        "development",
-        &[streamed, ("MEDIA_NODE__STORAGE__S3__SIGN_PAYLOAD", "true")],
-    )
-    .unwrap_err();
+    let signed = ("MEDIA_NODE__STORAGE__S3__SIGN_PAYLOAD", "true");
+    let err = load_with("development", &[streamed, signed]).unwrap_err();
     assert!(format!("{err:#}").contains("streamed_put"), "{err:#}");
-    let settings = load_with("development", &[streamed]).unwrap();
-    assert!(settings.storage.s3.streams_puts());
     // The default: on, unless payloads are signed; then multipart, without an error.
+    let off = ("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "false");
+    for (env, streams) in [
+        (&[][..], true),
+        (&[streamed], true),
+        (&[signed], false),
+        (&[off], false),
+    ] {
+        let s3 = load_with("development", env).unwrap().storage.s3;
+        assert_eq!(s3.streams_puts(), streams, "{env:?}");
+    }
     let default = load_with("development", &[]).unwrap().storage.s3;
     assert_eq!(default.streamed_put, None);
-    assert!(default.streams_puts());
-    let signed = load_with(
-        "development",
-        &[("MEDIA_NODE__STORAGE__S3__SIGN_PAYLOAD", "true")],
-    )
-    .unwrap()
-    .storage
-    .s3;
-    assert!(!signed.streams_puts());
-    let off = load_with(
-        "development",
-        &[("MEDIA_NODE__STORAGE__S3__STREAMED_PUT", "false")],
-    )
-    .unwrap()
-    .storage
-    .s3;
-    assert!(!off.streams_puts());
     assert_eq!(default.streamed_put_idle_timeout, Duration::from_secs(15));
     let err = load_with(
         "development",

@@ -363,13 +363,12 @@ async fn a_streamed_put_is_the_default_unless_payloads_are_signed() {
 /// Sends the head of an upload of `LARGE` bytes and its first 6 MiB, pauses for `pause`,
 /// then sends the rest (as far as the server still reads it), and reads the answer.
 async fn upload_with_a_pause(app: &TestApp, pause: Duration) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
     let token = app.token("acct");
     let data = content(LARGE, 22);
     let mut stream = TcpStream::connect(("127.0.0.1", app.port())).await.unwrap();
     let head = format!(
         "POST /v1/media HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
-         X-Gr-File-Extension: mp4\r\nContent-Length: {LARGE}\r\nConnection: close\r\n\r\n"
+         X-Gr-File-Extension: mp4\r\nContent-Length: {LARGE}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let (first, rest) = data.split_at(6 * 1024 * 1024);
@@ -378,24 +377,19 @@ async fn upload_with_a_pause(app: &TestApp, pause: Duration) -> (u16, String) {
     tokio::time::sleep(pause).await;
     // The server may have answered and closed meanwhile: then the rest does not go (a write
     // to a closed connection would bring a reset that discards the unread answer).
-    let mut answer = vec![0u8; 64 * 1024];
-    let answered =
-        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut answer)).await {
-            Ok(Ok(n)) => n,
-            _ => 0,
-        };
-    answer.truncate(answered);
-    if answered == 0 {
+    let answered = tokio::time::timeout(Duration::from_millis(200), stream.peek(&mut [0u8; 1]))
+        .await
+        .is_ok_and(|peeked| peeked.is_ok());
+    if !answered {
         stream.write_all(rest).await.unwrap();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no answer after a pause of {pause:?}: {text:?}"));
-    (status, text)
+    let (status, head, body) = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::http_layer::read_answer(&mut stream),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no answer after a pause of {pause:?}"));
+    (status, head + &String::from_utf8_lossy(&body))
 }
 
 /// A phone that pauses 25 s mid-body gets either its 201 or a 408 with nothing kept, never
