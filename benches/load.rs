@@ -3,8 +3,9 @@
 //!
 //! - `media-node`: the release binary as its own process (token, SQL, hashing, checks);
 //! - `bare actix`: an actix-web handler in this process that streams the body to the same
-//!   store with the same part size and concurrency, with no auth, no SQL and no hashing:
-//!   the physical limit of the front end, the only baseline on local disk;
+//!   store the way media-node does (one streamed PUT where media-node makes one, else the
+//!   same part size and concurrency), with no auth, no SQL and no hashing: the physical
+//!   limit of the front end, the only baseline on local disk;
 //! - `S3 presigned` (S3 only): the object put (one PUT, whatever the size) and got directly
 //!   through presigned URLs, the same HTTP client and concurrency;
 //! - `object_store multipart` (S3 only, bodies of a part or more): object_store's own
@@ -20,7 +21,8 @@
 //! 128 concurrent 37 MiB uploads, its peak RSS against the budget, and every upload stored
 //! or refused with nothing left behind.
 //!
-//! Run: `scripts/bench load` (starts PostgreSQL and the S3 server). Subsets through the
+//! Run: `scripts/bench load` (starts PostgreSQL and the S3 server: Garage, or s3s-fs with
+//! `BENCH_S3=s3s`). Subsets through the
 //! environment: `BENCH_BACKENDS=s3,local`, `BENCH_SIZES=4k,100k,1m,37m`,
 //! `BENCH_CONCURRENCY=1,8,32,128`, `BENCH_TARGETS=media-node,bare,presigned,multipart`,
 //! `BENCH_MEMORY=0` to skip the memory run, `BENCH_MEMORY=local` to run it on local disk
@@ -193,16 +195,54 @@ fn short(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The id under which the bare relay keeps the object of `key`.
+fn bare_id(key: &str) -> media_node::domain::MediaId {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let uuid = uuid::Uuid::from_slice(&digest[..16]).unwrap();
+    media_node::domain::MediaId::parse(&uuid.hyphenated().to_string()).unwrap()
+}
+
+/// Where the bare relay keeps the object of `key`.
+fn bare_object(storage: &Storage, key: &str) -> Path {
+    storage.key(bare_id(key))
+}
+
 /// The bare front end: a handler that streams a body into the store and one that streams
-/// an object out, nothing else.
-fn start_bare(store: Arc<dyn ObjectStore>) -> u16 {
+/// an object out, nothing else. It takes the way to storage media-node takes for the same
+/// body: one streamed PUT (`Storage::start_streamed_put`, the chunks forwarded as they
+/// arrive, the last one held back as media-node does) for a declared length over a part
+/// where the settings stream PUTs, object_store's buffered writer (one PUT, or multipart
+/// with two parts in flight) otherwise. Its objects live under ids made from its keys, so
+/// that the streamed PUT, which writes by id, and the reads find the same object.
+fn start_bare(storage: Storage) -> u16 {
     async fn put(
         key: web::Path<String>,
+        req: actix_web::HttpRequest,
         mut body: web::Payload,
-        store: web::Data<Arc<dyn ObjectStore>>,
+        storage: web::Data<Storage>,
     ) -> actix_web::Result<HttpResponse> {
-        let store = store.get_ref().clone();
-        let mut writer = BufWriter::with_capacity(store, Path::from(key.as_str()), PART_SIZE)
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let failed = actix_web::error::ErrorInternalServerError;
+        if let Some(length) = declared.filter(|&l| l > PART_SIZE as u64 && storage.streams_puts()) {
+            let mut put = storage
+                .start_streamed_put(bare_id(&key), length)
+                .await
+                .map_err(failed)?;
+            let mut held: Option<Bytes> = None;
+            while let Some(chunk) = body.next().await {
+                if let Some(ready) = held.replace(chunk?) {
+                    put.send(ready).await.map_err(failed)?;
+                }
+            }
+            put.finish(held.unwrap_or_default()).await.map_err(failed)?;
+            return Ok(HttpResponse::Created().finish());
+        }
+        let store = storage.store().clone();
+        let mut writer = BufWriter::with_capacity(store, bare_object(&storage, &key), PART_SIZE)
             .with_max_concurrency(2);
         while let Some(chunk) = body.next().await {
             writer.write_all(&chunk?).await?;
@@ -213,10 +253,11 @@ fn start_bare(store: Arc<dyn ObjectStore>) -> u16 {
 
     async fn get(
         key: web::Path<String>,
-        store: web::Data<Arc<dyn ObjectStore>>,
+        storage: web::Data<Storage>,
     ) -> actix_web::Result<HttpResponse> {
-        let found = store
-            .get(&Path::from(key.as_str()))
+        let found = storage
+            .store()
+            .get(&bare_object(&storage, &key))
             .await
             .map_err(actix_web::error::ErrorInternalServerError)?;
         // Local files in media-node's chunks: the store's own file stream reads 8 KiB per
@@ -230,7 +271,7 @@ fn start_bare(store: Arc<dyn ObjectStore>) -> u16 {
         actix_web::rt::System::new().block_on(async move {
             HttpServer::new(move || {
                 App::new()
-                    .app_data(web::Data::new(store.clone()))
+                    .app_data(web::Data::new(storage.clone()))
                     .app_data(web::PayloadConfig::new(usize::MAX))
                     .route("/bare/{key:.*}", web::post().to(put))
                     .route("/bare/{key:.*}", web::get().to(get))
@@ -257,6 +298,8 @@ struct Pair {
     name: &'static str,
     server: Server,
     bare_port: u16,
+    /// The bare relay's way to storage.
+    bare_storage: Storage,
     store: Arc<dyn ObjectStore>,
     s3: Option<Arc<AmazonS3>>,
     tokens: Vec<String>,
@@ -267,10 +310,16 @@ impl Pair {
     async fn start(name: &'static str, settings: &Settings) -> Self {
         let server = Server::start(settings, &[]);
         server.wait().await;
-        let store = Storage::from_settings(&settings.storage)
-            .unwrap()
-            .store()
-            .clone();
+        // The bare relay takes media-node's way to storage: its settings, with what
+        // `BENCH_SERVER_ENV` changes of the streamed PUT.
+        let mut storage_settings = settings.storage.clone();
+        for (key, value) in support::server_env() {
+            if key == "MEDIA_NODE__STORAGE__S3__STREAMED_PUT" {
+                storage_settings.s3.streamed_put = Some(value == "true");
+            }
+        }
+        let storage = Storage::from_settings(&storage_settings).unwrap();
+        let store = storage.store().clone();
         let s3 = settings.storage.url.strip_prefix("s3://").map(|_| {
             let s3 = &settings.storage.s3;
             Arc::new(
@@ -295,7 +344,8 @@ impl Pair {
             .unwrap();
         Self {
             name,
-            bare_port: start_bare(store.clone()),
+            bare_port: start_bare(storage.clone()),
+            bare_storage: storage,
             server,
             store,
             s3,
@@ -507,9 +557,13 @@ impl Pair {
             }
             _ => {
                 let store = self.store.clone();
+                let bare = self.bare_storage.clone();
                 drive(16, requests, move |i, _| {
                     let store = store.clone();
-                    let key = Path::from(stored[i].0.as_str());
+                    let key = match target {
+                        Target::Bare => bare_object(&bare, &stored[i].0),
+                        _ => Path::from(stored[i].0.as_str()),
+                    };
                     async move {
                         store.delete(&key).await.map_err(|e| short(&e))?;
                         Ok(0)
@@ -798,8 +852,12 @@ async fn main() {
     let local_dir = TempDir::new();
     for backend in &backends {
         let (name, mut settings) = match backend.as_str() {
+            // `scripts/bench` says which S3 server it started.
             "s3" => (
-                "PostgreSQL + S3 (Garage)",
+                match std::env::var("BENCH_S3").as_deref() {
+                    Ok("s3s") => "PostgreSQL + S3 (s3s-fs)",
+                    _ => "PostgreSQL + S3 (Garage)",
+                },
                 test_settings(Backend::Production, &s3_dir).await,
             ),
             "local" => (
