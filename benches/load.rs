@@ -49,7 +49,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::signer::Signer;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
 use support::{Server, MIB};
 use test_support::{content, test_settings, Backend, TempDir};
 use tokio::io::AsyncWriteExt;
@@ -298,9 +298,8 @@ struct Pair {
     name: &'static str,
     server: Server,
     bare_port: u16,
-    /// The bare relay's way to storage.
-    bare_storage: Storage,
-    store: Arc<dyn ObjectStore>,
+    /// The way to storage of the bare relay and of the direct targets.
+    storage: Storage,
     s3: Option<Arc<AmazonS3>>,
     tokens: Vec<String>,
     client: reqwest::Client,
@@ -315,11 +314,14 @@ impl Pair {
         let mut storage_settings = settings.storage.clone();
         for (key, value) in support::server_env() {
             if key == "MEDIA_NODE__STORAGE__S3__STREAMED_PUT" {
-                storage_settings.s3.streamed_put = Some(value == "true");
+                // Anything else would leave the relay on another way than media-node.
+                let on = value.parse::<bool>().unwrap_or_else(|_| {
+                    panic!("{key}={value} in BENCH_SERVER_ENV: write true or false")
+                });
+                storage_settings.s3.streamed_put = Some(on);
             }
         }
         let storage = Storage::from_settings(&storage_settings).unwrap();
-        let store = storage.store().clone();
         let s3 = settings.storage.url.strip_prefix("s3://").map(|_| {
             let s3 = &settings.storage.s3;
             Arc::new(
@@ -345,9 +347,8 @@ impl Pair {
         Self {
             name,
             bare_port: start_bare(storage.clone()),
-            bare_storage: storage,
+            storage,
             server,
-            store,
             s3,
             tokens,
             client,
@@ -438,7 +439,7 @@ impl Pair {
                 .await
             }
             Target::Multipart => {
-                let store = self.store.clone();
+                let store = self.storage.store().clone();
                 let keys: Vec<Path> = (0..requests)
                     .map(|i| Path::from(format!("bench-load/{run}/{i}")))
                     .collect();
@@ -476,7 +477,7 @@ impl Pair {
         let client = self.client.clone();
         match target {
             Target::Multipart => {
-                let store = self.store.clone();
+                let store = self.storage.store().clone();
                 let keys: Vec<Path> = stored.iter().map(|(k, _)| Path::from(k.as_str())).collect();
                 drive(concurrency, requests, move |i, _| {
                     let store = store.clone();
@@ -556,12 +557,11 @@ impl Pair {
                 .await;
             }
             _ => {
-                let store = self.store.clone();
-                let bare = self.bare_storage.clone();
+                let storage = self.storage.clone();
                 drive(16, requests, move |i, _| {
-                    let store = store.clone();
+                    let store = storage.store().clone();
                     let key = match target {
-                        Target::Bare => bare_object(&bare, &stored[i].0),
+                        Target::Bare => bare_object(&storage, &stored[i].0),
                         _ => Path::from(stored[i].0.as_str()),
                     };
                     async move {
