@@ -97,7 +97,30 @@ impl FileExtension {
     pub fn content_type(&self) -> &'static str {
         content_type_for(&self.0)
     }
+
+    /// The usual extension of a content type of the well-known table (`image/jpeg` is
+    /// `jpeg`), its parameters and case aside; `None` for any other type, the generic
+    /// `application/octet-stream` among them.
+    pub fn for_content_type(content_type: &str) -> Option<Self> {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        PREFERRED_EXTENSIONS
+            .iter()
+            .find(|ext| content_type_for(ext) == essence)
+            .map(|ext| Self((*ext).to_owned()))
+    }
 }
+
+/// One extension for each type of `content_type_for`, the one a type names back.
+const PREFERRED_EXTENSIONS: &[&str] = &[
+    "jpeg", "png", "gif", "webp", "heic", "heif", "avif", "bmp", "tiff", "mp4", "3gp", "mov",
+    "webm", "mkv", "avi", "ogg", "mp3", "m4a", "aac", "amr", "wav", "flac", "pdf", "txt", "csv",
+    "rtf", "json", "zip", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "odt", "ods", "odp", "vcf",
+];
 
 impl fmt::Display for FileExtension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -213,6 +236,24 @@ fn content_type_for(ext: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_known_type_names_an_extension_that_serves_it_back() {
+        for ext in PREFERRED_EXTENSIONS {
+            let served = content_type_for(ext);
+            assert_ne!(served, "application/octet-stream", "{ext}");
+            let back = FileExtension::for_content_type(served).unwrap();
+            assert_eq!(back.content_type(), served, "{ext}");
+        }
+        assert_eq!(
+            FileExtension::for_content_type("video/3gpp")
+                .unwrap()
+                .as_str(),
+            "3gp"
+        );
+        assert!(FileExtension::for_content_type("application/octet-stream").is_none());
+        assert!(FileExtension::for_content_type("").is_none());
+    }
 
     #[test]
     fn extension_rules() {

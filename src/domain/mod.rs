@@ -7,6 +7,8 @@ pub mod digest;
 pub mod error;
 mod ids;
 pub mod profile;
+pub mod resumable_hash;
+pub mod tus_metadata;
 
 pub use error::ApiError;
 pub use ids::*;
