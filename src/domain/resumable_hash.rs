@@ -105,11 +105,11 @@ impl ResumableSha256 {
         // The length goes in the last 8 bytes of the block that has room for it.
         let end = if filled < BLOCK - 8 { BLOCK } else { 2 * BLOCK };
         tail[end - 8..end].copy_from_slice(&(self.length.wrapping_mul(8)).to_be_bytes());
-        let blocks: Vec<GenericArray<u8, _>> = tail[..end]
-            .chunks_exact(BLOCK)
-            .map(GenericArray::clone_from_slice)
-            .collect();
-        sha2::compress256(&mut state, &blocks);
+        let mut blocks = [GenericArray::<u8, U64>::default(); 2];
+        for (block, bytes) in blocks.iter_mut().zip(tail.chunks_exact(BLOCK)) {
+            block.copy_from_slice(bytes);
+        }
+        sha2::compress256(&mut state, &blocks[..end / BLOCK]);
         let mut out = [0u8; 32];
         for (word, bytes) in state.iter().zip(out.chunks_exact_mut(4)) {
             bytes.copy_from_slice(&word.to_be_bytes());
@@ -165,16 +165,10 @@ mod tests {
         Sha256::digest(data).into()
     }
 
-    /// Deterministic bytes of every value, not a repeating pattern.
+    /// Deterministic bytes of every value, not a short repeating pattern.
     fn bytes(len: usize) -> Vec<u8> {
-        let mut x: u32 = 0x9e37_79b9;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect()
     }
 
