@@ -190,12 +190,29 @@ pub struct MediaMetrics {
     pub download_bytes: IntCounter,
     /// Requests of a signed download link refused by the link's own rate.
     pub signed_link_refusals: IntCounter,
+    /// Resumable uploads by event: created, resumed (a request continued an upload that
+    /// held bytes), completed, terminated (`DELETE`), ended (refused mid-way: past its
+    /// length, its content); the reaper counts the expired ones.
+    pub resumable: IntCounterVec,
+    pub resumable_created: IntCounter,
+    pub resumable_resumed: IntCounter,
+    pub resumable_completed: IntCounter,
+    pub resumable_terminated: IntCounter,
+    pub resumable_ended: IntCounter,
 }
 
 impl MediaMetrics {
     fn new() -> Self {
         const KIB: f64 = 1024.0;
         const MIB: f64 = 1024.0 * 1024.0;
+        let resumable = IntCounterVec::new(
+            Opts::new(
+                "media_resumable_uploads_total",
+                "Resumable upload events (created, resumed, completed, terminated, ended)",
+            ),
+            &["event"],
+        )
+        .unwrap();
         Self {
             uploads: IntCounterVec::new(
                 Opts::new("media_uploads_total", "Upload requests by outcome"),
@@ -243,6 +260,12 @@ impl MediaMetrics {
                 "Requests of a signed download link refused (429) by the link's own rate",
             )
             .unwrap(),
+            resumable_created: resumable.with_label_values(&["created"]),
+            resumable_resumed: resumable.with_label_values(&["resumed"]),
+            resumable_completed: resumable.with_label_values(&["completed"]),
+            resumable_terminated: resumable.with_label_values(&["terminated"]),
+            resumable_ended: resumable.with_label_values(&["ended"]),
+            resumable,
         }
     }
 }
@@ -293,6 +316,7 @@ impl Metrics {
         registry.register(Box::new(media.downloads.clone()))?;
         registry.register(Box::new(media.download_bytes.clone()))?;
         registry.register(Box::new(media.signed_link_refusals.clone()))?;
+        registry.register(Box::new(media.resumable.clone()))?;
         let limits = LimitMetrics::new();
         limits.register(&registry)?;
         let pool = PoolMetrics {

@@ -375,6 +375,23 @@ fn generic(extension: &FileExtension) -> bool {
     extension.content_type() == "application/octet-stream"
 }
 
+/// The check of a body seen in pieces (a resumable upload, whose first bytes may come in
+/// several requests): `head` is its first `HEAD_BYTES`, or all of it when `whole`. The
+/// detected type, or the refusal `Checked` would give.
+pub fn check_head(
+    head: &[u8],
+    whole: bool,
+    extension: &FileExtension,
+    policy: VerifyContent,
+) -> Result<Option<&'static str>, ApiError> {
+    if policy == VerifyContent::Off {
+        return Ok(None);
+    }
+    let detected = Detected::default();
+    decide(head, whole, extension, policy, &detected)?;
+    Ok(detected.mime_type())
+}
+
 /// Detects the type of `head` (`whole`: all of the body) and decides whether `extension`
 /// may carry it.
 fn decide(

@@ -51,6 +51,21 @@ pub enum ApiError {
          X-Gr-File-Extension; use a new key for a new file"
     )]
     IdempotencyKeyOtherExtension,
+    /// 409, code 1009: a resumable upload's request starts at another offset than the
+    /// bytes kept (`expected`).
+    #[error("the upload holds {expected} bytes; this request starts at {provided}: continue from Upload-Offset {expected}")]
+    OffsetMismatch { expected: u64, provided: u64 },
+    /// 409, code 1009: another request is writing this resumable upload and did not let
+    /// go in time; retry.
+    #[error("another request is writing this upload; retry in a moment")]
+    UploadBusy,
+    /// 415, code 1009: the body's `Content-Type` is not the protocol's.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 460, code 1009: tus's `Upload-Checksum` does not match the request's bytes, which
+    /// were discarded.
+    #[error("the bytes of this request do not match Upload-Checksum; they were discarded")]
+    ChecksumMismatch,
     /// 413: the body is over the limit.
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -120,7 +135,11 @@ impl ApiError {
             | ApiError::RangeNotSatisfiable { .. }
             | ApiError::PreconditionFailed(_)
             | ApiError::IdempotencyKeyReused
-            | ApiError::IdempotencyKeyOtherExtension => (1009, "Parameter value is not valid"),
+            | ApiError::IdempotencyKeyOtherExtension
+            | ApiError::OffsetMismatch { .. }
+            | ApiError::UploadBusy
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::ChecksumMismatch => (1009, "Parameter value is not valid"),
             ApiError::IdempotencyKeyInUse => (1004, "Resource already exists"),
             ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => (1005, "Access denied"),
             ApiError::NotFound(_) => (1006, "Resource not found"),

@@ -44,7 +44,14 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyInUse
+            | ApiError::OffsetMismatch { .. }
+            | ApiError::UploadBusy => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            // tus's own status for a checksum mismatch.
+            ApiError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyOtherExtension => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -106,6 +113,12 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::OffsetMismatch { expected, .. } => {
+                response.insert_header(("upload-offset", expected.to_string()));
+            }
+            ApiError::UploadBusy => {
+                response.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::PayloadTooLarge { .. }
             | ApiError::OverProfileLimit(_)

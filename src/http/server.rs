@@ -117,11 +117,10 @@ pub fn start(
 /// (401, 403, 400 for any header `routes::upload::check_headers` refuses, 413, 429 for an
 /// account with all its uploads running, 409 for an
 /// `Idempotency-Key` whose upload still streams, 422 for one whose media has another
-/// extension) before the client sends its body; anything else continues.
+/// extension) before the client sends its body; so are a tus creation with its first bytes
+/// and a tus `PATCH` (401, 403, the headers their handlers refuse: 412, 415, 400, 413; 429);
+/// anything else continues.
 async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Response<BoxBody>> {
-    if req.method() != Method::POST || req.path() != "/v1/media" {
-        return Ok(req);
-    }
     let refusal = |err: ApiError| {
         let id = RequestId::from_header(req.headers().get(&request_id::HEADER));
         tracing::info!(request_id = %id, status = err.status_code().as_u16(), "upload refused before its body");
@@ -129,8 +128,40 @@ async fn expect_continue(state: &AppState, req: Request) -> Result<Request, Resp
         if let Ok(value) = HeaderValue::from_str(id.as_str()) {
             response.headers_mut().insert(request_id::HEADER, value);
         }
+        if req.path().starts_with("/v1/uploads") {
+            response.headers_mut().insert(
+                routes::uploads::TUS_RESUMABLE,
+                HeaderValue::from_static(routes::uploads::VERSION),
+            );
+        }
         Response::from(response)
     };
+    // A tus creation with its first bytes, or a tus PATCH: the same checks as their
+    // handlers run before reading the body.
+    let limit = state.ingest.max_upload_bytes;
+    let resumable = match (req.method(), req.path()) {
+        (&Method::POST, "/v1/uploads") => {
+            Some(routes::uploads::check_creation(req.headers(), limit, state.profile).map(drop))
+        }
+        (&Method::PATCH, path) if path.starts_with("/v1/uploads/") => {
+            Some(routes::uploads::check_patch(req.headers(), limit).map(drop))
+        }
+        _ => None,
+    };
+    if let Some(headers) = resumable {
+        let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
+            caller.require(SCOPE_WRITE)?;
+            headers?;
+            state.limits.upload_allowed(&caller.account)
+        });
+        return match checked {
+            Ok(()) => Ok(req),
+            Err(err) => Err(refusal(err)),
+        };
+    }
+    if req.method() != Method::POST || req.path() != "/v1/media" {
+        return Ok(req);
+    }
     let checked = state.auth.authenticate(req.headers()).and_then(|caller| {
         caller.require(SCOPE_WRITE)?;
         let headers = routes::upload::check_headers(

@@ -268,18 +268,19 @@ pub(crate) struct Cleared {
 }
 
 /// Removes what storage holds for claimed rows, objects before rows: for uploads that
-/// never finished their multipart upload (S3) or staging files (local disk), then every
-/// object, in bulk. Shared by the reaper and an account's purge.
+/// never finished their multipart upload (S3) or staging files (local disk), and for
+/// resumable uploads that never completed their temporary objects too, then every object,
+/// in bulk. Shared by the reaper and an account's purge.
 pub(crate) async fn clear_storage(storage: &Storage, claimed: &[Claimed]) -> Cleared {
     let mut cleared = Cleared::default();
-    for row in claimed
-        .iter()
-        .filter(|r| r.status == MediaStatus::Uploading)
-    {
-        if let Err(err) = storage
-            .abort_unfinished(row.id, row.multipart_upload_id.as_deref())
-            .await
-        {
+    for row in claimed.iter() {
+        let recorded = row.multipart_upload_id.as_deref();
+        let unfinished = match row.status {
+            MediaStatus::Uploading => storage.abort_unfinished(row.id, recorded).await,
+            MediaStatus::Incomplete => storage.discard_resumable(row.id, recorded).await,
+            MediaStatus::Ready => continue,
+        };
+        if let Err(err) = unfinished {
             tracing::debug!(id = %row.id, error = ?err, "aborting an unfinished upload failed");
             cleared.unfinished_failed.push(row.id);
         }

@@ -427,6 +427,108 @@ impl Metadata {
         on_pool!(self, heartbeat(id, now, stale_before))
     }
 
+    /// Inserts the row of a resumable upload (`status = 'incomplete'`), unless the account
+    /// has `max_incomplete` incomplete uploads already, or a live row holds its idempotency
+    /// key: that row is returned, and nothing is inserted.
+    pub async fn insert_incomplete(&self, new: &NewResumable) -> Result<ResumableInsert> {
+        let key = new.idempotency_key.as_deref();
+        for _ in 0..3 {
+            if let Some(key) = key {
+                let query = self.key_query(new, key);
+                self.release_dead_key(&query).await?;
+            }
+            if on_pool!(self, insert_incomplete(new))? {
+                return Ok(ResumableInsert::Inserted);
+            }
+            let Some(key) = key else {
+                return Ok(ResumableInsert::TooMany);
+            };
+            if let Some(holder) = self.key_holder(&self.key_query(new, key)).await? {
+                return Ok(ResumableInsert::Held(holder));
+            }
+            // No holder: either the account is at its limit, or the holder went meanwhile.
+            let count = on_pool!(
+                self,
+                count_incomplete(&new.media.owner, new.media.created_at)
+            )?;
+            if count >= u64::from(new.max_incomplete) {
+                return Ok(ResumableInsert::TooMany);
+            }
+        }
+        Ok(ResumableInsert::TooMany)
+    }
+
+    fn key_query<'a>(&self, new: &'a NewResumable, key: &'a str) -> KeyQuery<'a> {
+        KeyQuery {
+            owner: &new.media.owner,
+            key,
+            now: new.media.created_at,
+            stale_before: new.stale_before,
+        }
+    }
+
+    /// The row `id` if `owner` has it, whatever its state, with a resumable upload's
+    /// progress.
+    pub async fn find_upload(
+        &self,
+        id: MediaId,
+        owner: &AccountId,
+    ) -> Result<Option<ResumableRecord>> {
+        on_pool!(self, find_upload(id, owner))
+    }
+
+    /// Takes the lease of an incomplete upload for the request `lease.token`, when no
+    /// other request holds it at `lease.now` and it has neither expired nor been claimed;
+    /// its generation goes up by one. The row as it is then, or `None`.
+    pub async fn acquire_upload(&self, lease: &LeaseQuery<'_>) -> Result<Option<ResumableRecord>> {
+        on_pool!(self, acquire_upload(lease))
+    }
+
+    /// Asks the request holding the upload to stop and release it (it sees this when it
+    /// renews). False when no request holds it.
+    pub async fn ask_takeover(&self, lease: &LeaseQuery<'_>) -> Result<bool> {
+        on_pool!(self, ask_takeover(lease))
+    }
+
+    /// Extends the lease to `lease.until` and the upload's expiry to `expires_at`.
+    pub async fn renew_lease(
+        &self,
+        lease: &LeaseQuery<'_>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Renewal> {
+        on_pool!(self, renew_lease(lease, expires_at))
+    }
+
+    /// Records how far the upload got. False, and nothing changes, when the lease is lost.
+    pub async fn save_progress(
+        &self,
+        lease: &LeaseQuery<'_>,
+        progress: &Progress<'_>,
+    ) -> Result<bool> {
+        on_pool!(self, save_progress(lease, progress))
+    }
+
+    /// Gives the lease up, so the next request takes the upload at once.
+    pub async fn release_lease(&self, lease: &LeaseQuery<'_>) -> Result<bool> {
+        on_pool!(self, release_lease(lease))
+    }
+
+    /// Makes the upload ready media. False, and nothing changes, when the lease is lost.
+    pub async fn complete_upload(
+        &self,
+        lease: &LeaseQuery<'_>,
+        done: &Completion<'_>,
+    ) -> Result<bool> {
+        on_pool!(self, complete_upload(lease, done))
+    }
+
+    /// Ends an incomplete upload of `lease.owner` now: it expires at `lease.now` (no
+    /// request takes it again; the reaper may remove it) and its holder, if any, is asked
+    /// to stop. False when there was no such incomplete upload.
+    pub async fn terminate_upload(&self, lease: &LeaseQuery<'_>) -> Result<bool> {
+        on_pool!(self, terminate_upload(lease))
+    }
+
     /// The media `owner` may read now: ready, not expired, theirs.
     pub async fn find_readable(
         &self,

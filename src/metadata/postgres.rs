@@ -5,8 +5,9 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::records::{
-    is_unique_violation, size_from_db, Claimed, Due, DueQuery, KeyHolder, KeyQuery, ListCursor,
-    MediaRecord, MediaStatus, MetadataError, NewMedia, PurgeQuery, Result,
+    db_size, is_unique_violation, renewal, size_from_db, Claimed, Completion, Due, DueQuery,
+    KeyHolder, KeyQuery, LeaseQuery, ListCursor, MediaRecord, MediaStatus, MetadataError, NewMedia,
+    NewResumable, Progress, PurgeQuery, Renewal, Result, ResumableRecord, UploadProtocol,
 };
 use super::statements::{self, COLUMNS};
 use crate::domain::{AccountId, FileExtension, MediaId};
@@ -90,6 +91,7 @@ pub(super) async fn key_holder(pool: &PgPool, query: &KeyQuery<'_>) -> Result<Op
     let status: String = row.try_get("status")?;
     Ok(Some(match MediaStatus::parse(&status)? {
         MediaStatus::Uploading => KeyHolder::Streaming(id),
+        MediaStatus::Incomplete => KeyHolder::Incomplete(id),
         MediaStatus::Ready => KeyHolder::Ready {
             id,
             sha256: row
@@ -412,4 +414,162 @@ pub(super) async fn count_owned(pool: &PgPool, owner: &AccountId) -> Result<u64>
         .fetch_one(pool)
         .await?;
     Ok(n as u64)
+}
+
+fn resumable(row: &sqlx::postgres::PgRow) -> Result<ResumableRecord> {
+    let protocol: Option<String> = row.try_get("upload_protocol")?;
+    Ok(ResumableRecord {
+        media: record(row)?,
+        length: size_from_db(row.try_get("upload_length")?)?,
+        offset: size_from_db(row.try_get("upload_offset")?)?.unwrap_or_default(),
+        state: row.try_get("upload_state")?,
+        generation: size_from_db(row.try_get("upload_generation")?)?.unwrap_or_default(),
+        protocol: protocol.as_deref().map(UploadProtocol::parse).transpose()?,
+        tus_metadata: row.try_get("upload_metadata")?,
+        multipart_upload_id: row.try_get("multipart_upload_id")?,
+        lease_until: row.try_get("upload_lease_until")?,
+    })
+}
+
+pub(super) async fn insert_incomplete(pool: &PgPool, new: &NewResumable) -> Result<bool> {
+    let media = &new.media;
+    let done = sqlx::query(statements::INSERT_INCOMPLETE)
+        .bind(media.id.as_uuid())
+        .bind(media.owner.as_str())
+        .bind(media.extension.as_str())
+        .bind(media.extension.content_type())
+        .bind(media.created_at)
+        .bind(media.expires_at)
+        .bind(new.length.map(db_size))
+        .bind(new.protocol.as_str())
+        .bind(new.tus_metadata.as_deref())
+        .bind(new.idempotency_key.as_deref())
+        .bind(i64::from(new.max_incomplete))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn count_incomplete(
+    pool: &PgPool,
+    owner: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let n: i64 = sqlx::query_scalar(statements::COUNT_INCOMPLETE)
+        .bind(owner.as_str())
+        .bind(now)
+        .fetch_one(pool)
+        .await?;
+    Ok(n.max(0) as u64)
+}
+
+pub(super) async fn find_upload(
+    pool: &PgPool,
+    id: MediaId,
+    owner: &AccountId,
+) -> Result<Option<ResumableRecord>> {
+    let row = sqlx::query(&statements::FIND_UPLOAD)
+        .bind(id.as_uuid())
+        .bind(owner.as_str())
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(resumable).transpose()
+}
+
+pub(super) async fn acquire_upload(
+    pool: &PgPool,
+    lease: &LeaseQuery<'_>,
+) -> Result<Option<ResumableRecord>> {
+    let row = sqlx::query(&statements::ACQUIRE_UPLOAD)
+        .bind(lease.id.as_uuid())
+        .bind(lease.owner.as_str())
+        .bind(lease.token.to_string())
+        .bind(lease.until)
+        .bind(lease.now)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(resumable).transpose()
+}
+
+pub(super) async fn ask_takeover(pool: &PgPool, lease: &LeaseQuery<'_>) -> Result<bool> {
+    let done = sqlx::query(statements::ASK_TAKEOVER)
+        .bind(lease.id.as_uuid())
+        .bind(lease.owner.as_str())
+        .bind(lease.token.to_string())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn renew_lease(
+    pool: &PgPool,
+    lease: &LeaseQuery<'_>,
+    expires_at: DateTime<Utc>,
+) -> Result<Renewal> {
+    let row: Option<Option<String>> = sqlx::query_scalar(&statements::RENEW_LEASE)
+        .bind(lease.id.as_uuid())
+        .bind(lease.token.to_string())
+        .bind(lease.until)
+        .bind(expires_at)
+        .bind(lease.now)
+        .fetch_optional(pool)
+        .await?;
+    Ok(renewal(row))
+}
+
+pub(super) async fn save_progress(
+    pool: &PgPool,
+    lease: &LeaseQuery<'_>,
+    progress: &Progress<'_>,
+) -> Result<bool> {
+    let done = sqlx::query(&statements::SAVE_PROGRESS)
+        .bind(lease.id.as_uuid())
+        .bind(lease.token.to_string())
+        .bind(db_size(progress.offset))
+        .bind(progress.state)
+        .bind(progress.multipart_upload_id)
+        .bind(progress.expires_at)
+        .bind(progress.now)
+        .bind(progress.length.map(db_size))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn release_lease(pool: &PgPool, lease: &LeaseQuery<'_>) -> Result<bool> {
+    let done = sqlx::query(statements::RELEASE_LEASE)
+        .bind(lease.id.as_uuid())
+        .bind(lease.token.to_string())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn complete_upload(
+    pool: &PgPool,
+    lease: &LeaseQuery<'_>,
+    done: &Completion<'_>,
+) -> Result<bool> {
+    let result = sqlx::query(&statements::COMPLETE_UPLOAD)
+        .bind(lease.id.as_uuid())
+        .bind(lease.token.to_string())
+        .bind(db_size(done.size_bytes))
+        .bind(done.sha256)
+        .bind(done.detected)
+        .bind(done.ready_at)
+        .bind(done.expires_at)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub(super) async fn terminate_upload(pool: &PgPool, lease: &LeaseQuery<'_>) -> Result<bool> {
+    let done = sqlx::query(statements::TERMINATE_UPLOAD)
+        .bind(lease.id.as_uuid())
+        .bind(lease.owner.as_str())
+        .bind(lease.now)
+        .bind(lease.token.to_string())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }

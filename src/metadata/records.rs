@@ -10,6 +10,9 @@ use crate::domain::{AccountId, FileExtension, MediaId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaStatus {
     Uploading,
+    /// A resumable upload, paused or being written: its bytes are kept, the row waits for
+    /// the rest (see `ResumableRecord`).
+    Incomplete,
     Ready,
 }
 
@@ -17,6 +20,7 @@ impl MediaStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             MediaStatus::Uploading => "uploading",
+            MediaStatus::Incomplete => "incomplete",
             MediaStatus::Ready => "ready",
         }
     }
@@ -24,6 +28,7 @@ impl MediaStatus {
     pub(super) fn parse(raw: &str) -> Result<Self, MetadataError> {
         match raw {
             "uploading" => Ok(MediaStatus::Uploading),
+            "incomplete" => Ok(MediaStatus::Incomplete),
             "ready" => Ok(MediaStatus::Ready),
             other => Err(MetadataError::Corrupt(format!("unknown status {other:?}"))),
         }
@@ -85,6 +90,8 @@ pub struct KeyQuery<'a> {
 pub enum KeyHolder {
     /// An upload still streaming: its heartbeat is fresh.
     Streaming(MediaId),
+    /// A resumable upload that has not completed and not expired.
+    Incomplete(MediaId),
     /// Ready media, not expired, with the SHA-256 of its content (lower-case hex) and the
     /// extension it was uploaded with.
     Ready {
@@ -104,6 +111,136 @@ pub enum KeyedInsert {
     /// Nothing was inserted: the key changed hands several times while this tried (rows
     /// holding it came and went); the caller answers as for an upload still streaming.
     Contended,
+}
+
+/// How a resumable upload is spoken; the row records it, so every replica answers it in
+/// the protocol it was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadProtocol {
+    /// tus 1.0.0.
+    Tus,
+    /// The IETF draft "Resumable Uploads for HTTP".
+    Draft,
+}
+
+impl UploadProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadProtocol::Tus => "tus",
+            UploadProtocol::Draft => "draft",
+        }
+    }
+
+    pub(super) fn parse(raw: &str) -> Result<Self, MetadataError> {
+        match raw {
+            "tus" => Ok(UploadProtocol::Tus),
+            "draft" => Ok(UploadProtocol::Draft),
+            other => Err(MetadataError::Corrupt(format!(
+                "unknown protocol {other:?}"
+            ))),
+        }
+    }
+}
+
+/// What is known of a resumable upload at its creation. `media.expires_at` is when it
+/// expires if no byte arrives (`uploads.incomplete_expiry` from now).
+#[derive(Debug, Clone)]
+pub struct NewResumable {
+    pub media: NewMedia,
+    /// `Upload-Length`, when declared at creation.
+    pub length: Option<u64>,
+    pub protocol: UploadProtocol,
+    /// tus's `Upload-Metadata` as sent.
+    pub tus_metadata: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// The account's incomplete uploads, at most (`uploads.max_incomplete_per_account`).
+    pub max_incomplete: u32,
+    /// A one-shot upload holding the key whose heartbeat is older is dead (`KeyQuery`).
+    pub stale_before: DateTime<Utc>,
+}
+
+/// What `insert_incomplete` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumableInsert {
+    Inserted,
+    /// The idempotency key is held by this live row (incomplete, ready or streaming).
+    Held(KeyHolder),
+    /// The account has `max_incomplete` incomplete uploads already.
+    TooMany,
+}
+
+/// A resumable upload's row: the media it becomes and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumableRecord {
+    pub media: MediaRecord,
+    /// `Upload-Length`; `None` while deferred.
+    pub length: Option<u64>,
+    /// The bytes kept. For ready media, its size.
+    pub offset: u64,
+    /// The engine's saved state (JSON), `None` before the first byte and once ready.
+    pub state: Option<String>,
+    /// How many requests took the upload so far.
+    pub generation: u64,
+    /// `None` for media that was not uploaded resumably.
+    pub protocol: Option<UploadProtocol>,
+    pub tus_metadata: Option<String>,
+    pub multipart_upload_id: Option<String>,
+    /// Until when the request writing it holds it, if one does.
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+impl ResumableRecord {
+    /// Whether a request holds the upload at `now`.
+    pub fn leased_at(&self, now: DateTime<Utc>) -> bool {
+        self.lease_until.is_some_and(|until| until > now)
+    }
+}
+
+/// A request's hold on an incomplete upload (see `Metadata::acquire_upload`).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseQuery<'a> {
+    pub id: MediaId,
+    pub owner: &'a AccountId,
+    /// The request's own token: every write of the upload names it.
+    pub token: uuid::Uuid,
+    pub now: DateTime<Utc>,
+    /// The lease lasts until then, unless renewed.
+    pub until: DateTime<Utc>,
+}
+
+/// What a lease holder saves: the bytes kept so far and the state that continues them.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    pub offset: u64,
+    /// `Upload-Length`, once known (it is never changed once recorded).
+    pub length: Option<u64>,
+    pub state: &'a str,
+    pub multipart_upload_id: Option<&'a str>,
+    /// The last byte's instant plus `uploads.incomplete_expiry`.
+    pub expires_at: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+/// What renewing a lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still held, and nobody asks for it.
+    Held,
+    /// Still held, but a newer request asks for the upload: stop, save, release.
+    TakeoverAsked,
+    /// Not held any more (taken, terminated, expired or claimed): write nothing.
+    Lost,
+}
+
+/// A completed resumable upload's commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub size_bytes: u64,
+    pub sha256: &'a str,
+    pub detected: Option<&'a str>,
+    pub ready_at: DateTime<Utc>,
+    /// `ready_at` plus the retention: it is kept as long as a one-shot upload.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Where a page of an account's listing starts: after this row (newest first).
@@ -243,6 +380,21 @@ pub(super) fn size_from_db(value: Option<i64>) -> Result<Option<u64>> {
     value
         .map(|v| u64::try_from(v).map_err(|_| MetadataError::Corrupt(format!("size {v}"))))
         .transpose()
+}
+
+/// A size as the `bigint` columns keep it.
+pub(super) fn db_size(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// What `renew_lease`'s `RETURNING upload_takeover` says: no row, the lease is lost; a
+/// takeover token, a newer request waits.
+pub(super) fn renewal(row: Option<Option<String>>) -> Renewal {
+    match row {
+        None => Renewal::Lost,
+        Some(None) => Renewal::Held,
+        Some(Some(_)) => Renewal::TakeoverAsked,
+    }
 }
 
 /// What went wrong in the catalogue's words: unreachable is 503 material, the rest a bug.

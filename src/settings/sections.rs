@@ -41,6 +41,7 @@ pub struct Settings {
     pub media: MediaSettings,
     pub limits: LimitSettings,
     pub reaper: ReaperSettings,
+    pub uploads: UploadSettings,
     pub log: LogSettings,
     /// `APP_ENV`, not read from the files: `production` turns development conveniences off.
     #[serde(skip)]
@@ -334,6 +335,16 @@ pub struct ReaperSettings {
     /// How long a replica holds a claimed batch; longer than a batch ever takes.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+}
+
+/// Resumable uploads (tus 1.0 and the IETF draft).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadSettings {
+    /// How long a paused upload is kept after its last byte.
+    #[serde(with = "humantime_serde")]
+    pub incomplete_expiry: Duration,
+    /// Incomplete uploads one account may have at once; one more is answered 429.
+    pub max_incomplete_per_account: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -58,6 +58,14 @@ impl Settings {
             self.reaper.batch_size > 0,
             "reaper.batch_size must be positive"
         );
+        anyhow::ensure!(
+            self.uploads.incomplete_expiry >= Duration::from_secs(60),
+            "uploads.incomplete_expiry must be at least 1m"
+        );
+        anyhow::ensure!(
+            self.uploads.max_incomplete_per_account > 0,
+            "uploads.max_incomplete_per_account must be positive"
+        );
         for secret in [
             &self.auth.url_signing_secret,
             &self.auth.url_signing_secret_previous,

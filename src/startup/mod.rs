@@ -120,6 +120,11 @@ impl Application {
             auth,
             metadata: metadata.clone(),
             storage: storage.clone(),
+            resumable: crate::upload::resumable::Resumable::new(
+                ingest.clone(),
+                settings.uploads.incomplete_expiry,
+                settings.uploads.max_incomplete_per_account,
+            ),
             ingest,
             limits: crate::upload::limits::Limits::new(&settings.limits, metrics.limits.clone()),
             metrics: metrics.clone(),

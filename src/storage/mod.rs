@@ -4,6 +4,7 @@
 //! Keys are `<prefix>/<media id>`: nothing the client sends ever reaches a key.
 
 mod error;
+mod resumable;
 mod s3_uploads;
 mod streamed_put;
 mod streaming;
@@ -26,6 +27,7 @@ use object_store::{
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 pub use error::{StorageError, StorageFault};
+pub use resumable::{AppendFile, MAX_PART_NUMBER};
 pub use s3_uploads::PendingUpload;
 pub use streamed_put::StreamedPut;
 
@@ -68,8 +70,8 @@ enum Kind {
 pub type UploadId = object_store::MultipartId;
 
 /// Staging files of one object tried on local disk: object_store numbers them from 1, and
-/// an id is only ever uploaded once.
-const LOCAL_STAGING_SUFFIXES: std::ops::RangeInclusive<u32> = 1..=8;
+/// an id is only ever uploaded once; `#0` is a resumable upload's append-only file.
+const LOCAL_STAGING_SUFFIXES: std::ops::RangeInclusive<u32> = 0..=8;
 
 impl Storage {
     /// Builds the store from `storage.url`: `file://DIR` or `s3://BUCKET[/PREFIX]`.

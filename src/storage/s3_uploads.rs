@@ -1,7 +1,10 @@
-//! ListMultipartUploads, the one S3 call object_store does not offer. It is needed only
-//! where nothing else can find an upload: a crash between creating a multipart upload and
-//! saving its id in the row (the row then says "being created"), and the tests' checks that
-//! nothing was left behind. Requests go through object_store's own HTTP client and SigV4
+//! The two S3 calls object_store does not offer. ListMultipartUploads is needed only where
+//! nothing else can find an upload: a crash between creating a multipart upload and saving
+//! its id in the row (the row then says "being created"), and the tests' checks that
+//! nothing was left behind. CompleteMultipartUpload with the parts' own numbers: object_store
+//! numbers the parts it completes 1, 2, 3…, while a resumable upload's are numbered by the
+//! request that wrote them (so that no two requests ever write the same number), with gaps.
+//! Requests go through object_store's own HTTP client and SigV4
 //! signer, with the store's credentials; the answer is read with an XML parser.
 
 use anyhow::Context;
@@ -105,9 +108,38 @@ impl UploadLister {
         }
     }
 
+    /// Completes the multipart upload `upload_id` of `key` from `parts` (number, ETag), in
+    /// the order given.
+    pub(super) async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> anyhow::Result<()> {
+        let mut url = self.bucket_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the S3 endpoint URL cannot take a key"))?
+            .extend(key.split('/'));
+        url.query_pairs_mut().append_pair("uploadId", upload_id);
+        let body = completion_document(parts);
+        let answer = self.send("POST", url, body.into_bytes()).await?;
+        // S3 may answer 200 and report the failure in the body.
+        anyhow::ensure!(
+            !answer.contains("<Error>"),
+            "S3 refused to complete the upload: {}",
+            answer.chars().take(300).collect::<String>()
+        );
+        Ok(())
+    }
+
     async fn get(&self, url: url::Url) -> anyhow::Result<String> {
+        self.send("GET", url, Vec::new()).await
+    }
+
+    async fn send(&self, method: &str, url: url::Url, body: Vec<u8>) -> anyhow::Result<String> {
         let credential = self.credentials.get_credential().await?;
-        let mut request = HttpRequest::new(HttpRequestBody::empty());
+        let mut request = HttpRequest::new(HttpRequestBody::from(body));
+        *request.method_mut() = method.parse()?;
         *request.uri_mut() = url.as_str().parse()?;
         AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)?;
         let response = self.client.execute(request).await?;
@@ -123,6 +155,23 @@ impl UploadLister {
     }
 }
 
+/// The body of CompleteMultipartUpload. ETags are quoted strings of hex digits; they are
+/// escaped all the same.
+fn completion_document(parts: &[(u32, String)]) -> String {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (number, etag) in parts {
+        let etag = etag
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        xml.push_str(&format!(
+            "<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"
+        ));
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
+}
+
 fn parse_listing(xml: &str) -> anyhow::Result<ListMultipartUploadsResult> {
     quick_xml::de::from_str(xml).context("reading the ListMultipartUploads answer")
 }
@@ -130,6 +179,18 @@ fn parse_listing(xml: &str) -> anyhow::Result<ListMultipartUploadsResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_names_each_part_by_its_own_number() {
+        let xml = completion_document(&[(7, "\"ab\"".to_owned()), (15, "<x&y>".to_owned())]);
+        assert_eq!(
+            xml,
+            "<CompleteMultipartUpload>\
+             <Part><PartNumber>7</PartNumber><ETag>\"ab\"</ETag></Part>\
+             <Part><PartNumber>15</PartNumber><ETag>&lt;x&amp;y&gt;</ETag></Part>\
+             </CompleteMultipartUpload>"
+        );
+    }
 
     #[test]
     fn parses_list_multipart_uploads() {

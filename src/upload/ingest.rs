@@ -272,7 +272,9 @@ impl Ingest {
             stale_before: self.stale_before(),
         };
         match self.metadata.key_holder(&query).await {
-            Ok(Some(KeyHolder::Streaming(_))) => Some(ApiError::IdempotencyKeyInUse),
+            Ok(Some(KeyHolder::Streaming(_) | KeyHolder::Incomplete(_))) => {
+                Some(ApiError::IdempotencyKeyInUse)
+            }
             Ok(Some(KeyHolder::Ready {
                 extension: held, ..
             })) if held != *extension => Some(ApiError::IdempotencyKeyOtherExtension),
@@ -293,9 +295,8 @@ impl Ingest {
             .await?
         {
             KeyedInsert::Inserted => Ok(KeyRole::Holder),
-            KeyedInsert::Held(KeyHolder::Streaming(_)) | KeyedInsert::Contended => {
-                Err(ApiError::IdempotencyKeyInUse)
-            }
+            KeyedInsert::Held(KeyHolder::Streaming(_) | KeyHolder::Incomplete(_))
+            | KeyedInsert::Contended => Err(ApiError::IdempotencyKeyInUse),
             KeyedInsert::Held(KeyHolder::Ready { extension, .. }) if extension != row.extension => {
                 Err(ApiError::IdempotencyKeyOtherExtension)
             }
@@ -695,7 +696,7 @@ impl Ingest {
     }
 
     /// Uploads whose heartbeat is older than this are dead (crashed).
-    fn stale_before(&self) -> chrono::DateTime<Utc> {
+    pub(super) fn stale_before(&self) -> chrono::DateTime<Utc> {
         Utc::now() - chrono::Duration::from_std(self.dead_after).unwrap_or_default()
     }
 }

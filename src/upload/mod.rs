@@ -10,4 +10,5 @@ mod cleanup;
 pub mod ingest;
 pub mod limits;
 mod part_writer;
+pub mod resumable;
 pub mod shutdown;

@@ -133,29 +133,6 @@ async fn wait_for_rows(app: &TestApp, n: u64) {
     assert_eq!(app.row_count().await, n, "rows");
 }
 
-/// Moves the expiry of `id` to a minute ago, behind the API.
-async fn expire(app: &TestApp, id: &str) {
-    use media_node::metadata::Pool;
-    let past = chrono::Utc::now() - chrono::Duration::minutes(1);
-    let changed = match app.state.metadata.pool() {
-        Pool::Postgres(pool) => sqlx::query("UPDATE media SET expires_at = $1 WHERE id = $2")
-            .bind(past)
-            .bind(uuid::Uuid::parse_str(id).unwrap())
-            .execute(pool)
-            .await
-            .unwrap()
-            .rows_affected(),
-        Pool::Sqlite(pool) => sqlx::query("UPDATE media SET expires_at = ?1 WHERE id = ?2")
-            .bind(past.timestamp_millis())
-            .bind(id)
-            .execute(pool)
-            .await
-            .unwrap()
-            .rows_affected(),
-    };
-    assert_eq!(changed, 1);
-}
-
 /// A first upload, then retries with the same bytes (small, and multipart-sized), in the
 /// plain and the quoted form of the key: the same id, 201, `Idempotent-Replayed: true`,
 /// and one row and one object per medium.
@@ -416,7 +393,7 @@ async fn expired_media_frees_its_key(backend: Backend) {
     let token = app.token("acct");
     let bytes = content(1500, 8);
     let (first, _) = created(upload_keyed(&app, &token, "daily", bytes.clone()).await).await;
-    expire(&app, &first).await;
+    app.expire(&first).await;
 
     let (second, replayed) =
         created(upload_keyed(&app, &token, "daily", bytes.clone()).await).await;

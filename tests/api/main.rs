@@ -14,5 +14,6 @@ mod limits;
 mod openapi;
 mod ops;
 mod profile;
+mod resumable;
 mod streamed_put;
 mod upload;

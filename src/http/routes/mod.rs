@@ -6,6 +6,7 @@ mod download;
 mod list;
 mod state;
 pub mod upload;
+pub mod uploads;
 
 pub use state::AppState;
 
@@ -30,6 +31,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(download::download))
             .route(web::delete().to(delete::delete))
             .default_service(web::to(|| method_not_allowed("GET, HEAD, DELETE"))),
+    )
+    .service(
+        web::resource("/v1/uploads")
+            .name("upload_collection")
+            .route(web::post().to(uploads::create))
+            .route(web::method(actix_web::http::Method::OPTIONS).to(uploads::options))
+            .default_service(web::to(|| method_not_allowed("POST, OPTIONS"))),
+    )
+    .service(
+        web::resource("/v1/uploads/{id}")
+            .name("upload_item")
+            .route(web::head().to(uploads::head))
+            .route(web::patch().to(uploads::patch))
+            .route(web::delete().to(uploads::delete))
+            .route(web::method(actix_web::http::Method::OPTIONS).to(uploads::options))
+            .default_service(web::to(|| {
+                method_not_allowed("HEAD, PATCH, DELETE, OPTIONS")
+            })),
     )
     .service(
         web::resource("/v1/media/{id}/info")

@@ -16,6 +16,8 @@ pub struct AppState {
     pub metadata: Metadata,
     pub storage: Storage,
     pub ingest: Ingest,
+    /// Resumable uploads (`/v1/uploads`).
+    pub resumable: crate::upload::resumable::Resumable,
     /// The upload memory budget and the per-account limits.
     pub limits: crate::upload::limits::Limits,
     pub metrics: crate::metrics::Metrics,

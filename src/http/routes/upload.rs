@@ -219,7 +219,7 @@ fn extension_of(file_name: Option<&str>) -> Result<FileExtension, ApiError> {
 
 /// The one value of the header `name` (`shown` in the message), if sent; sent twice it is
 /// ambiguous and refused.
-fn one_header<'h>(
+pub(super) fn one_header<'h>(
     headers: &'h HeaderMap,
     name: impl header::AsHeaderName,
     shown: &str,
@@ -237,7 +237,7 @@ fn one_header<'h>(
 }
 
 /// The `Idempotency-Key`, if sent.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(raw) = one_header(headers, IDEMPOTENCY_KEY_HEADER, "Idempotency-Key")? else {
         return Ok(None);
     };

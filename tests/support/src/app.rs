@@ -212,6 +212,29 @@ impl TestApp {
         )
     }
 
+    /// Moves the expiry of the row `id` to a minute ago, behind the API.
+    pub async fn expire(&self, id: &str) {
+        use media_node::metadata::Pool;
+        let past = chrono::Utc::now() - chrono::Duration::minutes(1);
+        let changed = match self.state.metadata.pool() {
+            Pool::Postgres(pool) => sqlx::query("UPDATE media SET expires_at = $1 WHERE id = $2")
+                .bind(past)
+                .bind(uuid::Uuid::parse_str(id).unwrap())
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Pool::Sqlite(pool) => sqlx::query("UPDATE media SET expires_at = ?1 WHERE id = ?2")
+                .bind(past.timestamp_millis())
+                .bind(id)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+        };
+        assert_eq!(changed, 1);
+    }
+
     pub async fn object_exists(&self, id: &str) -> bool {
         self.state
             .storage
