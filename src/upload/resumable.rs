@@ -895,11 +895,23 @@ impl Writer {
     /// Records the multipart upload with the state last saved (a provisional request's
     /// progress is not saved, its multipart upload is).
     async fn save_marker(&mut self, upload: Option<&str>) -> Result<(), ApiError> {
+        let state = self.saved_json.clone();
+        self.write_progress(self.saved_offset, &state, upload).await
+    }
+
+    /// Writes `offset`, `state` and the multipart upload into the row, fenced on the
+    /// lease; a lost lease ends this request's writing.
+    async fn write_progress(
+        &mut self,
+        offset: u64,
+        state: &str,
+        upload: Option<&str>,
+    ) -> Result<(), ApiError> {
         let now = Utc::now();
         let progress = Progress {
-            offset: self.saved_offset,
+            offset,
             length: self.length,
-            state: &self.saved_json,
+            state,
             multipart_upload_id: upload,
             expires_at: now + self.engine.incomplete_expiry,
             now,
@@ -976,30 +988,12 @@ impl Writer {
         self.saved.head = base64::engine::general_purpose::STANDARD.encode(&self.head);
         let json = serde_json::to_string(&self.saved)
             .map_err(|err| ApiError::Internal(anyhow::anyhow!("upload state: {err}")))?;
-        let now = Utc::now();
         let upload = match &self.sink {
             Sink::Parts { upload, .. } => upload.clone(),
             _ => None,
         };
-        let progress = Progress {
-            offset: self.offset,
-            length: self.length,
-            state: &json,
-            multipart_upload_id: upload.as_deref(),
-            expires_at: now + self.engine.incomplete_expiry,
-            now,
-        };
-        let lease = self.lease(now);
-        if !self
-            .engine
-            .ingest
-            .metadata
-            .save_progress(&lease, &progress)
-            .await?
-        {
-            self.done = true;
-            return Err(lost_upload());
-        }
+        self.write_progress(self.offset, &json, upload.as_deref())
+            .await?;
         self.saved_offset = self.offset;
         self.saved_json = json;
         for tail in std::mem::take(&mut self.obsolete_tails) {

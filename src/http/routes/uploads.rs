@@ -354,14 +354,25 @@ fn guarded(
     crate::upload::shutdown::cut_off_at_stop(body, state.stop.clone())
 }
 
+/// The caller (token, scope: 401, 403), the version (412) and the upload addressed (an id
+/// that is none is the same 404 as an unknown one), in that order.
+async fn addressed(
+    req: &HttpRequest,
+    path: &str,
+    state: &AppState,
+) -> Result<(crate::auth::Caller, crate::domain::MediaId), ApiError> {
+    let caller = state.caller(req, SCOPE_WRITE).await?;
+    check_version(req.headers())?;
+    let id = media_id(path).map_err(|_| crate::upload::resumable::upload_not_found())?;
+    Ok((caller, id))
+}
+
 async fn head_upload(
     req: &HttpRequest,
     path: &str,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.caller(req, SCOPE_WRITE).await?;
-    check_version(req.headers())?;
-    let id = media_id(path).map_err(|_| crate::upload::resumable::upload_not_found())?;
+    let (caller, id) = addressed(req, path, state).await?;
     let status = state.resumable.status(&caller.account, id).await?;
     let mut response = HttpResponse::Ok();
     status_headers(&mut response, &status);
@@ -393,9 +404,7 @@ async fn delete_upload(
     path: &str,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.caller(req, SCOPE_WRITE).await?;
-    check_version(req.headers())?;
-    let id = media_id(path).map_err(|_| crate::upload::resumable::upload_not_found())?;
+    let (caller, id) = addressed(req, path, state).await?;
     state.resumable.terminate(&caller.account, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
