@@ -27,7 +27,7 @@ use object_store::{
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 pub use error::{StorageError, StorageFault};
-pub use resumable::{AppendFile, MAX_PART_NUMBER};
+pub use resumable::{AppendFile, APPEND_BUFFER, MAX_PART_NUMBER};
 pub use s3_uploads::PendingUpload;
 pub use streamed_put::StreamedPut;
 

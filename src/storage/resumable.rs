@@ -22,9 +22,14 @@ pub const MAX_PART_NUMBER: u32 = 10_000;
 /// A resumable upload's file on local disk, open for appending at its end.
 #[derive(Debug)]
 pub struct AppendFile {
-    file: tokio::fs::File,
+    /// Buffered, so that a client's small chunks (down to single bytes) become writes of
+    /// `APPEND_BUFFER` bytes, not one blocking call each.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     len: u64,
 }
+
+/// What an append-only file gathers before it writes.
+pub const APPEND_BUFFER: usize = 256 * 1024;
 
 impl AppendFile {
     /// Appends `bytes`.
@@ -37,7 +42,7 @@ impl AppendFile {
     /// Makes what was appended durable, so the offset saved next is true after a crash.
     pub async fn sync(&mut self) -> Result<()> {
         self.file.flush().await.map_err(io_error)?;
-        self.file.sync_data().await.map_err(io_error)
+        self.file.get_ref().sync_data().await.map_err(io_error)
     }
 
     pub fn len(&self) -> u64 {
@@ -205,7 +210,10 @@ impl Storage {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(io_error)?;
-        Ok(AppendFile { file, len: offset })
+        Ok(AppendFile {
+            file: tokio::io::BufWriter::with_capacity(APPEND_BUFFER, file),
+            len: offset,
+        })
     }
 
     /// Moves `id`'s append-only file into place as its object.

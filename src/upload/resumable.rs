@@ -37,7 +37,7 @@ use crate::metadata::{
     Completion, KeyHolder, LeaseQuery, MediaStatus, NewMedia, NewResumable, Progress, Renewal,
     ResumableInsert, ResumableRecord,
 };
-use crate::storage::{AppendFile, MAX_PART_NUMBER};
+use crate::storage::{AppendFile, APPEND_BUFFER, MAX_PART_NUMBER};
 use crate::upload::buffer::PartBuffer;
 use crate::upload::ingest::{Ingest, Stored};
 use crate::upload::limits::{Reservation, UploadSlot};
@@ -52,8 +52,8 @@ const RENEW_EVERY: Duration = Duration::from_millis(500);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(6);
 /// How often a waiting request looks again.
 const POLL: Duration = Duration::from_millis(100);
-/// The memory a request reserves on local disk, where chunks go straight to the file.
-const LOCAL_WINDOW: u64 = 256 * 1024;
+/// The memory a request reserves on local disk: the file's write buffer.
+const LOCAL_WINDOW: u64 = APPEND_BUFFER as u64;
 
 /// Resumable uploads of the replica.
 #[derive(Debug, Clone)]
@@ -283,15 +283,20 @@ impl Resumable {
         }
     }
 
+    /// Asks the request of this process that holds `id`, if one does, to let go now.
+    fn signal_holder(&self, id: MediaId) {
+        if let Some((_, signal)) = self.holders.lock().expect("holders").get(&id) {
+            let _ = signal.send(Signal::TakeoverAsked);
+        }
+    }
+
     async fn ask_takeover(
         &self,
         owner: &AccountId,
         id: MediaId,
         token: Uuid,
     ) -> Result<(), ApiError> {
-        if let Some((_, signal)) = self.holders.lock().expect("holders").get(&id) {
-            let _ = signal.send(Signal::TakeoverAsked);
-        }
+        self.signal_holder(id);
         let now = Utc::now();
         self.ingest
             .metadata
@@ -415,6 +420,24 @@ impl Resumable {
         }
     }
 
+    /// Removes an ended upload (expired from now on, so no request takes it again) with
+    /// everything it kept, storage first and the row last. Should storage fail, the row
+    /// stays for the reaper.
+    async fn remove_ended(&self, owner: &AccountId, id: MediaId) -> Result<(), ApiError> {
+        let Some(row) = self.ingest.metadata.find_upload(id, owner).await? else {
+            return Ok(());
+        };
+        let storage = &self.ingest.storage;
+        let recorded = row.multipart_upload_id.as_deref();
+        if let Err(err) = storage.discard_resumable(id, recorded).await {
+            tracing::warn!(%id, error = ?err, "an ended upload is left to the reaper");
+            return Ok(());
+        }
+        storage.delete(id).await?;
+        self.ingest.metadata.delete(id).await?;
+        Ok(())
+    }
+
     /// Ends an upload: an incomplete one is removed with all it kept (its writer is asked
     /// to stop first); ready media is deleted as `DELETE /v1/media/{id}` deletes it.
     pub async fn terminate(&self, owner: &AccountId, id: MediaId) -> Result<(), ApiError> {
@@ -438,9 +461,7 @@ impl Resumable {
         if !metadata.terminate_upload(&lease).await? {
             return Err(upload_not_found());
         }
-        if let Some((_, signal)) = self.holders.lock().expect("holders").get(&id) {
-            let _ = signal.send(Signal::TakeoverAsked);
-        }
+        self.signal_holder(id);
         // The holder, if any, stops within a renewal; its lease ends within `LEASE` anyway.
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         loop {
@@ -448,14 +469,7 @@ impl Resumable {
                 return Ok(());
             };
             if !row.leased_at(Utc::now()) || tokio::time::Instant::now() >= deadline {
-                let recorded = row.multipart_upload_id.as_deref();
-                // Expired now: should this fail, the reaper finishes it.
-                if let Err(err) = storage.discard_resumable(id, recorded).await {
-                    tracing::warn!(%id, error = ?err, "a terminated upload is left to the reaper");
-                    return Ok(());
-                }
-                storage.delete(id).await?;
-                metadata.delete(id).await?;
+                self.remove_ended(owner, id).await?;
                 self.ingest.metrics.resumable_terminated.inc();
                 return Ok(());
             }
@@ -1203,31 +1217,19 @@ impl Writer {
     /// Ends the upload for good (bytes past its length, content refused): everything it
     /// kept goes, then its row.
     async fn end(&mut self) {
-        let now = Utc::now();
-        let metadata = self.engine.ingest.metadata.clone();
-        let storage = self.engine.ingest.storage.clone();
-        // Expired from now, so no request takes it again and the reaper may finish this.
-        let terminated = metadata.terminate_upload(&self.lease(now)).await;
+        let engine = self.engine.clone();
+        let terminated = engine
+            .ingest
+            .metadata
+            .terminate_upload(&self.lease(Utc::now()))
+            .await;
         self.done = true;
         self.forget();
-        if terminated.is_err() {
-            return;
-        }
-        let upload = match &self.sink {
-            Sink::Parts { upload, .. } => upload.clone(),
-            _ => None,
-        };
-        // The marker was saved before any multipart upload was created.
-        let recorded = upload.as_deref().or(Some(""));
-        let recorded = if storage.keeps_parts() {
-            recorded
-        } else {
-            None
-        };
-        if storage.discard_resumable(self.id, recorded).await.is_ok()
-            && storage.delete(self.id).await.is_ok()
-        {
-            let _ = metadata.delete(self.id).await;
+        engine.ingest.metrics.resumable_ended.inc();
+        if matches!(terminated, Ok(true)) {
+            if let Err(err) = engine.remove_ended(&self.owner, self.id).await {
+                tracing::warn!(id = %self.id, error = ?err, "an ended upload is left to the reaper");
+            }
         }
     }
 

@@ -12,7 +12,9 @@ use reqwest::{Method, Response};
 use tokio::sync::mpsc;
 
 use test_support::on_both_backends;
-use test_support::{assert_error, content, sha256_hex, Backend, TestApp, PART_SIZE};
+use test_support::{
+    assert_error, content, labelled_value, sha256_hex, Backend, TestApp, PART_SIZE,
+};
 
 on_both_backends!(
     options_advertise_the_protocol,
@@ -30,6 +32,8 @@ on_both_backends!(
     incomplete_uploads_per_account_are_limited,
     an_idempotency_key_returns_the_same_upload,
     creation_with_upload_and_deferred_length,
+    a_stalled_body_is_408_and_keeps_what_it_sent,
+    one_byte_chunks_are_kept_and_checked_like_any,
 );
 
 const TUS: &str = "1.0.0";
@@ -383,6 +387,13 @@ async fn bytes_past_the_length_are_413_and_end_the_upload(backend: Backend) {
     assert_error(response, 413, 1009).await;
     assert_eq!(head(&app, &token, &path).await.status(), 404);
     app.assert_eventually_empty().await;
+    let metrics = app.metrics_text().await;
+    let ended = labelled_value(
+        &metrics,
+        "media_resumable_uploads_total",
+        &[("event", "ended")],
+    );
+    assert_eq!(ended, Some(1.0), "an ended upload is counted");
 }
 
 async fn termination_leaves_nothing(backend: Backend) {
@@ -669,4 +680,78 @@ async fn creation_with_upload_and_deferred_length(backend: Backend) {
         .unwrap();
     assert_eq!(last.status(), 204, "{:?}", last.text().await);
     assert_media(&app, &token, &path, &bytes).await;
+}
+
+/// A PATCH whose client stops sending for longer than `limits.body_idle_timeout` is
+/// answered 408; what it sent before is kept, and the upload continues from there.
+async fn a_stalled_body_is_408_and_keeps_what_it_sent(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.limits.body_idle_timeout = Duration::from_secs(1);
+        s.limits.min_body_rate_bytes_per_sec = 0;
+    })
+    .await;
+    let token = app.token("acct");
+    let bytes = content(PART_SIZE + 100_000, 12);
+    let path = create(&app, &token, bytes.len() as u64, &metadata("a.bin", "")).await;
+    let sent = PART_SIZE + 4_321;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tx.send(Ok(Bytes::copy_from_slice(&bytes[..sent])))
+        .await
+        .unwrap();
+    let response = app
+        .request(Method::PATCH, &path, Some(&token))
+        .header("Tus-Resumable", TUS)
+        .header("Content-Type", OFFSET_STREAM)
+        .header("Upload-Offset", "0")
+        .header("Content-Length", bytes.len().to_string())
+        .body(reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 408, 1009).await;
+    drop(tx);
+    assert_eq!(offset(&app, &token, &path).await, sent as u64);
+    let rest = patch(&app, &token, &path, sent as u64, bytes[sent..].to_vec()).await;
+    assert_eq!(rest.status(), 204, "{:?}", rest.text().await);
+    assert_media(&app, &token, &path, &bytes).await;
+    app.assert_eventually_holds(1).await;
+}
+
+/// A body of 1-byte chunks (past the content check's head), then the rest in one chunk
+/// across a part boundary: every byte is kept, hashed and checked once.
+async fn one_byte_chunks_are_kept_and_checked_like_any(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let token = app.token("acct");
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0".to_vec();
+    png.extend(content(PART_SIZE + 30_000, 13));
+    let path = create(
+        &app,
+        &token,
+        png.len() as u64,
+        &metadata("dot.png", "image/png"),
+    )
+    .await;
+    let singles = 9_000;
+    let chunks: Vec<Result<Bytes, std::io::Error>> = png[..singles]
+        .iter()
+        .map(|b| Ok(Bytes::copy_from_slice(&[*b])))
+        .chain(std::iter::once(Ok(Bytes::copy_from_slice(&png[singles..]))))
+        .collect();
+    let response = app
+        .request(Method::PATCH, &path, Some(&token))
+        .header("Tus-Resumable", TUS)
+        .header("Content-Type", OFFSET_STREAM)
+        .header("Upload-Offset", "0")
+        .header("Content-Length", png.len().to_string())
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{:?}", response.text().await);
+    assert_media(&app, &token, &path, &png).await;
+    app.assert_eventually_holds(1).await;
 }

@@ -270,7 +270,7 @@ fn extension(headers: &HeaderMap) -> Result<Option<FileExtension>, ApiError> {
         .map_err(|msg| ApiError::InvalidParameter(msg.to_owned()))
 }
 
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(super) fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(value) => value

@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use base64::Engine;
 
 use super::state::{media_id, AppState};
-use super::upload::{idempotency_key, one_header};
+use super::upload::{declared_length, idempotency_key, one_header};
 use crate::auth::SCOPE_WRITE;
 use crate::domain::digest::{expected_sha256, CONTENT_DIGEST};
 use crate::domain::tus_metadata::UploadMetadata;
@@ -255,10 +255,6 @@ fn number(headers: &HeaderMap, name: HeaderName, shown: &str) -> Result<Option<u
         .ok_or_else(|| {
             ApiError::InvalidParameter(format!("{shown} must be a non-negative integer"))
         })
-}
-
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    number(headers, header::CONTENT_LENGTH, "Content-Length")
 }
 
 /// tus's `Upload-Checksum: <algorithm> <Base64 digest>`.
